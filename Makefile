@@ -1,0 +1,38 @@
+# make demo  -- set up, make the demo data and model, score them with spark-submit
+# make test  -- set up, run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export PYSPARK_PYTHON ?= $(abspath $(PY))
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test bench bench-quick clean venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+data/demo/features data/demo/model: | venv
+	$(PY) -m jobs.demo_data --out data/demo
+
+demo: venv data/demo/features data/demo/model
+	./spark-submit.sh --driver-memory 4g jobs/score.py --config conf/demo.yaml --quiet
+	$(PY) -m jobs.evaluate --predictions data/demo/predictions --label defaulted --score default_probability
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) -m bench.run --profile full
+
+bench-quick: venv
+	$(PY) -m bench.run --profile quick
+
+clean:
+	rm -rf build data/demo/predictions data/demo/predictions_quarantine

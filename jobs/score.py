@@ -1,0 +1,241 @@
+"""Score a dataset with a TensorFlow model: `python -m jobs.score --config FILE [--set k=v ...]`.
+
+Exit codes: 0 success; 2 a user error (config, input, model, schema, bad rows
+with on_bad_rows=fail), one line `error: ...` on stderr; 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from jobs import publish
+from jobs.config import load_config
+from jobs.fs import HadoopFs
+from jobs.inputs import read_input
+from jobs.manifest import to_json
+from jobs.session import build_session
+from udfs.batching import REASON_COLUMN
+from udfs.errors import BadRowsError, BatchscoreError, ConfigError, InputError
+
+log = logging.getLogger("batchscore")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _local_abs(path: str) -> str:
+    return path if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", path) else os.path.abspath(path)
+
+
+def _inside(child: str, parent: str) -> bool:
+    c, p = child.rstrip("/") + "/", parent.rstrip("/") + "/"
+    return c.startswith(p)
+
+
+def check_paths(fs: HadoopFs, cfg: dict[str, Any]) -> tuple[str, str]:
+    """Qualified output and quarantine paths; refuse outputs inside the input or model."""
+    out = fs.qualify(_local_abs(cfg["output"]["path"]))
+    q = cfg["quarantine"]["path"] or cfg["output"]["path"].rstrip("/") + "_quarantine"
+    q = fs.qualify(_local_abs(q))
+    sources = {"model.path": fs.qualify(_local_abs(cfg["model"]["path"]))}
+    if cfg["input"]["format"] != "table":
+        sources["input.path"] = fs.qualify(_local_abs(cfg["input"]["path"]))
+    for key, src in sources.items():
+        for name, p in (("output.path", out), ("quarantine.path", q)):
+            if _inside(p, src) or _inside(src, p):
+                raise ConfigError(f"{name} '{p}' overlaps {key} '{src}'; write somewhere else")
+    if _inside(q, out) or _inside(out, q):
+        raise ConfigError(f"quarantine.path '{q}' overlaps output.path '{out}'")
+    return out, q
+
+
+def translate_spark_error(e: Exception) -> Exception:
+    """Turn task failures a user caused into one-line BatchscoreErrors."""
+    text = str(e)
+    m = re.search(r"BadRowsError: (.+)", text)
+    if m:
+        return BadRowsError(m.group(1).strip())
+    m = re.search(r"udfs\.errors\.(\w+Error): (.+)", text) or re.search(r"\b(ModelError|SchemaError): (.+)", text)
+    if m:
+        return BatchscoreError(m.group(2).strip())
+    m = re.search(r"(?:Encountered error while reading file|FAILED_READ_FILE[^\n]*?file) ([^\s.]+(?:\.[^\s.]+)*)", text)
+    if m:
+        return InputError(f"cannot read input file {m.group(1)} (corrupt or not Parquet?); "
+                          "set input.ignore_corrupt_files: true to skip such files")
+    return e
+
+
+def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -> dict[str, Any]:
+    """Score `input` with `model` into `output` and its quarantine; returns the manifest."""
+    from udfs.distribution import make_model_source  # noqa: PLC0415
+    from udfs.scoring import arrow_schema_of, plan_scoring, with_predictions  # noqa: PLC0415
+    from udfs.signature import read_signature  # noqa: PLC0415
+    from udfs.stats import make_stats_accumulator, model_loads  # noqa: PLC0415
+
+    started, t_start = _now(), time.monotonic()
+    run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    fs = HadoopFs(spark)
+    out_path, q_path = check_paths(fs, cfg)
+    mode = cfg["output"]["mode"]
+    if mode == "error" and fs.exists(out_path):
+        raise ConfigError(f"output.path '{out_path}' exists and output.mode is 'error'; "
+                          "choose overwrite, append or overwrite_partitions")
+    m = cfg["model"]
+    signature = read_signature(_local_abs(m["path"]), m["signature"])
+    df = read_input(spark, cfg["input"])
+    keep = list(cfg["output"]["keep_columns"])
+    parts = list(cfg["output"]["partition_by"])
+    keep += [c for c in parts if c not in keep]
+    if mode == "overwrite_partitions" and not parts:
+        log.warning("output.mode overwrite_partitions without output.partition_by replaces the whole output")
+    source_holder: dict[str, Any] = {}
+
+    def plan_for(schema: Any) -> Any:
+        source = source_holder.get("source") or make_model_source(
+            spark.sparkContext, signature.path, signature.fingerprint, m["distribution"])
+        source_holder["source"] = source
+        return plan_scoring(signature, schema, source, columns=cfg["input"]["columns"],
+                            batch_size=m["batch_size"], keep_columns=keep,
+                            rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
+
+    plan = plan_for(arrow_schema_of(df))
+    lane = "dataframe"
+    acc = make_stats_accumulator(spark.sparkContext)
+    scored = with_predictions(df, plan, acc)
+    staging = publish.staging_path(out_path, run_id)
+    new_out = new_q = None
+    t_score = time.monotonic()
+    try:
+        try:
+            (scored.write.mode("overwrite").partitionBy(REASON_COLUMN, "bs__column", *parts).parquet(staging))
+        except Exception as e:  # noqa: BLE001
+            raise translate_spark_error(e) from None
+        counts = _staged_counts(spark, staging)
+        rows_in = df.count()
+        rows_scored = counts.pop("ok", 0)
+        rows_quarantined = sum(counts.values())
+        if rows_in != rows_scored + rows_quarantined:
+            raise RuntimeError(
+                f"accounting failed: rows_in={rows_in} != rows_scored={rows_scored} + "
+                f"rows_quarantined={rows_quarantined}; nothing was published")
+        new_out = publish.new_output_dir(fs, staging, out_path, run_id)
+        if new_out is None:
+            new_out = _write_empty_output(spark, scored, fs, out_path, run_id)
+        new_q = publish.build_quarantine_tree(fs, staging, run_id, q_path)
+        publish.publish_dir(fs, new_out, out_path, mode, run_id)
+        new_out = None
+        q_mode = "overwrite" if mode == "error" else mode
+        if new_q is not None:
+            publish.publish_dir(fs, new_q, q_path, q_mode, run_id)
+            new_q = None
+        elif q_mode == "overwrite":
+            fs.delete(q_path)  # yesterday's bad rows are not today's
+        publish.mark_success(fs, out_path)
+    finally:
+        publish.cleanup(fs, staging, new_out, new_q)
+    seconds_scoring = time.monotonic() - t_score
+    stats = acc.value
+    manifest = {
+        "status": "succeeded",
+        "run_id": run_id,
+        "rows_in": rows_in,
+        "rows_scored": rows_scored,
+        "rows_quarantined": rows_quarantined,
+        "quarantine_reasons": counts,
+        "model": {"path": signature.path, "fingerprint": signature.fingerprint,
+                  "signature": signature.signature, "distribution": m["distribution"],
+                  "batch_size": m["batch_size"]},
+        "input": {"path": cfg["input"]["path"], "format": cfg["input"]["format"],
+                  "filter": cfg["input"]["filter"]},
+        "output": {"path": out_path, "mode": mode, "quarantine_path": q_path,
+                   "columns": [*keep, *plan.output_names]},
+        "lane": lane,
+        "started_at": started,
+        "finished_at": _now(),
+        "seconds_total": round(time.monotonic() - t_start, 3),
+        "seconds_scoring": round(seconds_scoring, 3),
+        "rows_per_second": round(rows_in / seconds_scoring, 1) if seconds_scoring > 0 else None,
+        "model_loads": model_loads(stats),
+        "model_calls": stats.get("model_calls", 0),
+        "max_rows_per_call": stats.get("max_call_rows", 0),
+        "python_workers": len(stats.get("loads", {})),
+        "peak_worker_rss_mb": round(max(stats.get("peak_rss_mb", {}).values(), default=0), 1),
+        "corrupt_files_skipped": 0,
+        "spark": {"version": spark.version, "master": spark.sparkContext.master},
+    }
+    fs.write_bytes(f"{out_path}/_manifest.json", to_json(manifest))
+    return manifest
+
+
+def _staged_counts(spark: Any, staging: str) -> dict[str, int]:
+    """Rows per reason as written (read back from the staged files' footers)."""
+    fs = HadoopFs(spark)
+    if not fs.files_under(staging):
+        return {}
+    rows = spark.read.parquet(staging).groupBy(REASON_COLUMN).count().collect()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def _write_empty_output(spark: Any, scored: Any, fs: HadoopFs, out_path: str, run_id: str) -> str:
+    """No row was scored: publish an empty dataset with the output schema."""
+    schema = scored.drop(REASON_COLUMN, "bs__column").schema
+    dst = publish._sibling(out_path, "new", run_id)
+    spark.createDataFrame([], schema).coalesce(1).write.parquet(dst)
+    fs.delete(f"{dst}/_SUCCESS")
+    return dst
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="jobs.score", description="Score a dataset with a TensorFlow model on Spark.")
+    p.add_argument("--config", required=True, help="YAML job config (see conf/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.batch_size=2048 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    return p.parse_args(argv)
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    return (
+        f"batchscore: {manifest['rows_in']:,} rows in, {manifest['rows_scored']:,} scored, "
+        f"{manifest['rows_quarantined']:,} quarantined; {manifest['rows_per_second']:,.0f} rows/s "
+        f"({manifest['lane']} lane, {manifest['model_loads']} model loads)\n"
+        f"  output: {manifest['output']['path']}\n"
+        f"  manifest: {manifest['output']['path']}/_manifest.json"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spark = None
+    try:
+        cfg = load_config(args.config, args.overrides)
+        spark = build_session(cfg["spark"], app_name="batchscore-score")
+        spark.sparkContext.setLogLevel("WARN")
+        manifest = run_scoring(spark, cfg)
+        print(summary(manifest))
+        return 0
+    except BatchscoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001
+        log.exception("scoring failed")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {first}", file=sys.stderr)
+        return 1
+    finally:
+        if spark is not None and not os.environ.get("BATCHSCORE_KEEP_SESSION"):
+            spark.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The one place a SparkSession is built from a config's `spark:` section."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+# Settings the engine relies on unless the config says otherwise.
+ENGINE_DEFAULTS = {
+    "spark.python.worker.reuse": "true",  # keeps the model loaded once per worker
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
+    "spark.sql.sources.partitionOverwriteMode": "static",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when spark-submit launched this process (it owns the master and the code)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "batchscore") -> Any:
+    """Build (or get) the SparkSession for a job.
+
+    `spark.master` from the config is honoured only when not run by spark-submit;
+    Python workers use this interpreter unless PYSPARK_PYTHON says otherwise.
+    """
+    from pyspark.sql import SparkSession  # noqa: PLC0415
+
+    conf = {**ENGINE_DEFAULTS, **{k: str(v).lower() if isinstance(v, bool) else str(v)
+                                  for k, v in (spark_conf or {}).items()}}
+    builder = SparkSession.builder.appName(app_name)
+    if not under_spark_submit():
+        master = conf.pop("spark.master", "local[*]")
+        if master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.master(master)
+        # The workers' interpreter is read from the driver's environment.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # Local Python workers import `udfs` from this checkout.
+        path = os.environ.get("PYTHONPATH", "")
+        if PROJECT_ROOT not in path.split(os.pathsep):
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, path) if p)
+    else:
+        conf.pop("spark.master", None)
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    return builder.getOrCreate()

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Run a batchscore job with spark-submit: packages the code, ships conf/, passes the rest on.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: ./spark-submit.sh [spark-submit options] jobs/score.py --config FILE [--set key=value ...]
+
+Packages the `jobs` and `udfs` packages into build/batchscore.zip for --py-files,
+ships conf/ as an archive (unpacked as ./conf beside the driver in cluster mode),
+and passes every other option to spark-submit unchanged (quoting preserved).
+
+  spark-submit     $SPARK_HOME/bin/spark-submit when SPARK_HOME is set, else the
+                   one inside the installed pyspark (.venv first, then python3)
+  --master         defaults to local[*] when not given
+  PYSPARK_PYTHON   the workers' Python; defaults to this checkout's .venv python
+
+Examples:
+  ./spark-submit.sh jobs/score.py --config conf/demo.yaml
+  ./spark-submit.sh --master yarn --deploy-mode cluster \
+      --properties-file conf/spark-cluster-cpu.conf jobs/score.py --config conf/demo.yaml
+USAGE
+}
+
+case "${1:-}" in -h|--help|"") usage; exit 0 ;; esac
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY="${PYTHON:-python3}"; fi
+
+if [[ -n "${SPARK_HOME:-}" ]]; then
+  SUBMIT="$SPARK_HOME/bin/spark-submit"
+else
+  SUBMIT="$("$PY" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit"))')"
+fi
+[[ -x "$SUBMIT" ]] || { echo "error: spark-submit not found at $SUBMIT (set SPARK_HOME or install pyspark)" >&2; exit 2; }
+
+BUILD="$ROOT/build/spark-submit"
+mkdir -p "$BUILD"
+"$PY" - "$ROOT" "$BUILD" <<'PYZIP'
+import os, sys, zipfile
+root, build = sys.argv[1], sys.argv[2]
+def pack(out, dirs, prefix=""):
+    tmp = out + ".tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for d in dirs:
+            for base, subdirs, files in os.walk(os.path.join(root, d)):
+                subdirs[:] = [s for s in subdirs if s != "__pycache__"]
+                for f in sorted(files):
+                    if f.endswith(".pyc"):
+                        continue
+                    full = os.path.join(base, f)
+                    z.write(full, prefix + os.path.relpath(full, os.path.join(root, d) if prefix == "" and d == "conf" else root))
+    os.replace(tmp, out)
+pack(os.path.join(build, "batchscore.zip"), ["jobs", "udfs"])
+pack(os.path.join(build, "conf.zip"), ["conf"])
+PYZIP
+
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+
+# Options before the application file go to spark-submit; merge ours in.
+opts=() app=() have_master=0 have_log=0 py_files="$BUILD/batchscore.zip" archives="$BUILD/conf.zip#conf"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --master) have_master=1; opts+=("$1" "$2"); shift 2 ;;
+    --master=*) have_master=1; opts+=("$1"); shift ;;
+    --driver-java-options|--driver-java-options=*) have_log=1; opts+=("$1"); [[ "$1" == *=* ]] || { opts+=("$2"); shift; }; shift ;;
+    --py-files) py_files="$py_files,$2"; shift 2 ;;
+    --archives) archives="$archives,$2"; shift 2 ;;
+    --*) # an option with a value, unless it is a flag spark-submit knows
+      case "$1" in
+        --verbose|-v|--supervise|--help|--version) opts+=("$1"); shift ;;
+        *) opts+=("$1" "$2"); shift 2 ;;
+      esac ;;
+    *) app=("$@"); break ;;
+  esac
+done
+[[ ${#app[@]} -gt 0 ]] || { echo "error: no application given (e.g. jobs/score.py)" >&2; usage >&2; exit 2; }
+[[ $have_master -eq 1 ]] || opts+=(--master "local[*]")
+# Quiet driver logs (WARN) unless the caller brings its own driver Java options.
+[[ $have_log -eq 1 ]] || opts+=(--driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
+
+exec "$SUBMIT" "${opts[@]}" --py-files "$py_files" --archives "$archives" "${app[@]}"

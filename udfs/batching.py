@@ -1,0 +1,197 @@
+"""Stream Arrow batches through a model in fixed-size chunks, keeping row order.
+
+Rows are re-chunked to `batch_size` across Arrow batch boundaries; an Arrow
+batch is emitted once all its good rows have predictions. Memory holds at most
+one model chunk plus the Arrow batches it spans.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from udfs import convert
+from udfs.binding import InputFeed, required_columns
+from udfs.signature import ModelSignature
+
+PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+REASON_COLUMN = "bs__reason"
+BAD_COLUMN = "bs__column"
+OK_REASON = "ok"
+NO_COLUMN = "_"
+
+
+@dataclass
+class ScoreStats:
+    """What one partition (or process) did; summed into the job's accumulator."""
+
+    rows: int = 0
+    rows_bad: int = 0
+    model_calls: int = 0
+    max_call_rows: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "rows": self.rows,
+            "rows_bad": self.rows_bad,
+            "model_calls": self.model_calls,
+            "max_call_rows": self.max_call_rows,
+        }
+
+
+class _Fifo:
+    """A queue of row-aligned numpy dicts that can give back exactly n rows."""
+
+    def __init__(self) -> None:
+        self._parts: deque[dict[str, np.ndarray]] = deque()
+        self.rows = 0
+
+    def push(self, part: dict[str, np.ndarray], rows: int) -> None:
+        if rows:
+            self._parts.append(part)
+            self.rows += rows
+
+    def take(self, n: int) -> dict[str, np.ndarray]:
+        taken: list[dict[str, np.ndarray]] = []
+        need = n
+        while need:
+            head = self._parts[0]
+            m = len(next(iter(head.values())))
+            if m <= need:
+                taken.append(self._parts.popleft())
+                need -= m
+            else:
+                taken.append({k: v[:need] for k, v in head.items()})
+                self._parts[0] = {k: v[need:] for k, v in head.items()}
+                need = 0
+        self.rows -= n
+        if len(taken) == 1:
+            return taken[0]
+        return {k: np.concatenate([t[k] for t in taken]) for k in taken[0]}
+
+
+@dataclass
+class _Pending:
+    batch: pa.RecordBatch  # the pass-through (keep) columns
+    flags: convert.RowFlags
+    n_good: int
+
+
+@dataclass
+class StreamScorer:
+    """Scores a stream of Arrow batches with one model.
+
+    Output batches hold the keep columns, one column per signature output, and
+    the row's reason (`ok` or a quarantine code) and offending column.
+    """
+
+    signature: ModelSignature
+    feeds: tuple[InputFeed, ...]
+    predict: PredictFn
+    batch_size: int
+    keep_columns: list[str]
+    output_names: list[str]
+    stats: ScoreStats = field(default_factory=ScoreStats)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._columns = required_columns(self.feeds)
+        self._column_names = np.array([*self._columns, NO_COLUMN], dtype=object)
+
+    def score(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        pending: deque[_Pending] = deque()
+        fifo_in, fifo_out = _Fifo(), _Fifo()
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            inputs, flags = convert.batch_to_inputs(batch, self.feeds, self._columns)
+            n_good = int(flags.good.sum())
+            keep = batch.select(self.keep_columns) if self.keep_columns else None
+            pending.append(_Pending(keep, flags, n_good))
+            fifo_in.push(inputs, n_good)
+            self.stats.rows += batch.num_rows
+            while fifo_in.rows >= self.batch_size:
+                fifo_out.push(self._call(fifo_in.take(self.batch_size)), self.batch_size)
+            while pending and fifo_out.rows >= pending[0].n_good:
+                yield self._emit(pending.popleft(), fifo_out)
+        if fifo_in.rows:
+            n = fifo_in.rows  # the short last chunk: same concrete function, no retrace
+            fifo_out.push(self._call(fifo_in.take(n)), n)
+        while pending:
+            yield self._emit(pending.popleft(), fifo_out)
+
+    def _call(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        m = len(next(iter(chunk.values())))
+        self.stats.model_calls += 1
+        self.stats.max_call_rows = max(self.stats.max_call_rows, m)
+        try:
+            out = dict(self.predict(chunk))
+            bad = convert.bad_prediction_rows(out, self.signature, m)
+            reason = np.where(bad, convert.BAD_PREDICTION, convert.OK).astype(np.int8)
+        except Exception as e:  # noqa: BLE001 - isolate the rows the model rejects
+            out, reason = self._call_rows(chunk, m, e)
+        out["__reason__"] = reason
+        return out
+
+    def _call_rows(
+        self, chunk: dict[str, np.ndarray], m: int, error: Exception
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The model raised on a chunk: score row by row, flag the rows it rejects."""
+        reason = np.full(m, convert.MODEL_ERROR, dtype=np.int8)
+        parts: list[dict[str, np.ndarray] | None] = []
+        for i in range(m):
+            self.stats.model_calls += 1
+            try:
+                o = dict(self.predict({k: v[i : i + 1] for k, v in chunk.items()}))
+                reason[i] = convert.BAD_PREDICTION if convert.bad_prediction_rows(o, self.signature, 1)[0] else 0
+                parts.append(o)
+            except Exception:  # noqa: BLE001
+                parts.append(None)
+        template = next((p for p in parts if p is not None), None)
+        if template is None:
+            raise error  # every row fails: a broken model, not bad rows
+        out = {}
+        for k, v in template.items():
+            filler = np.zeros_like(v)
+            out[k] = np.concatenate([p[k] if p is not None else filler for p in parts])
+        return out, reason
+
+    def _emit(self, p: _Pending, fifo_out: _Fifo) -> pa.RecordBatch:
+        n = len(p.flags.reason)
+        reason = p.flags.reason
+        rows = None
+        if p.n_good:
+            preds = fifo_out.take(p.n_good)
+            pred_reason = preds.pop("__reason__")
+            good_idx = np.flatnonzero(reason == convert.OK)
+            if pred_reason.any():
+                reason = reason.copy()
+                reason[good_idx] = pred_reason
+                p.flags.column[good_idx[pred_reason != 0]] = -1
+                keep = pred_reason == 0
+                preds = {k: v[keep] for k, v in preds.items()}
+                good_idx = good_idx[keep]
+            if len(good_idx) != n:
+                rows = good_idx
+        else:
+            preds = {o.name: np.zeros((0,)) for o in self.signature.outputs}
+            rows = np.zeros(0, dtype=np.int64)
+        pred_arrays = convert.outputs_to_arrow(preds, self.signature, n, rows)
+        n_bad = int((reason != convert.OK).sum())
+        self.stats.rows_bad += n_bad
+        if n_bad:
+            reason_col = pa.array(np.asarray(convert.REASONS, dtype=object)[reason], type=pa.string())
+            column_col = pa.array(self._column_names[p.flags.column], type=pa.string())
+        else:
+            reason_col = pa.array(np.full(n, OK_REASON, dtype=object), type=pa.string())
+            column_col = pa.array(np.full(n, NO_COLUMN, dtype=object), type=pa.string())
+        keep_arrays = list(p.batch.columns) if p.batch is not None else []
+        return pa.RecordBatch.from_arrays(
+            [*keep_arrays, *pred_arrays, reason_col, column_col],
+            names=[*self.keep_columns, *self.output_names, REASON_COLUMN, BAD_COLUMN],
+        )

@@ -1,0 +1,240 @@
+"""The numeric core's edges: Arrow columns -> validated numpy tensors -> Arrow columns.
+
+Plain functions of Arrow and numpy, testable without Spark or TensorFlow.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from udfs import tensor_types as tt
+from udfs.binding import InputFeed
+from udfs.signature import ModelSignature, TensorSpec, output_shape
+
+# Reason codes a row can be quarantined with; 0 means the row is good.
+OK = 0
+REASONS = ("ok", "null_feature", "non_finite", "bad_shape", "bad_prediction", "model_error")
+NULL_FEATURE, NON_FINITE, BAD_SHAPE, BAD_PREDICTION, MODEL_ERROR = 1, 2, 3, 4, 5
+
+
+class RowFlags:
+    """Per-row reason code and the index of the column that caused it."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = np.zeros(n, dtype=np.int8)
+        self.column = np.full(n, -1, dtype=np.int16)
+
+    def mark(self, rows: np.ndarray, reason: int, column: int) -> None:
+        """Flag rows (bool mask or indices) not yet flagged; the first fault wins."""
+        if rows.dtype == np.bool_:
+            rows = np.flatnonzero(rows)
+        if rows.size == 0:
+            return
+        rows = rows[self.reason[rows] == OK]
+        self.reason[rows] = reason
+        self.column[rows] = column
+
+    @property
+    def good(self) -> np.ndarray:
+        return self.reason == OK
+
+
+def batch_to_inputs(
+    batch: pa.RecordBatch, feeds: tuple[InputFeed, ...], columns: list[str]
+) -> tuple[dict[str, np.ndarray], RowFlags]:
+    """Validate a batch and build the model inputs of its good rows.
+
+    Args:
+        batch: input rows.
+        feeds: how each signature input is fed.
+        columns: names used for `RowFlags.column` indices (the required columns).
+
+    Returns:
+        (inputs of the good rows, each `[n_good, *shape]`; per-row flags).
+    """
+    n = batch.num_rows
+    flags = RowFlags(n)
+    # values: one entry per row (scalars, stacked) or per leaf element (lists),
+    # with row_of mapping leaf elements to rows.
+    raw: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for feed in feeds:
+        spec = feed.spec
+        if feed.stacked:
+            parts = [_scalar_values(batch.column(c), spec, flags, columns.index(c)) for c in feed.columns]
+            raw[spec.name] = (np.stack(parts, axis=1), None)  # [n, D]
+        elif feed.depth == 0:
+            c = feed.columns[0]
+            raw[spec.name] = (_scalar_values(batch.column(c), spec, flags, columns.index(c)), None)
+        else:
+            c = feed.columns[0]
+            raw[spec.name] = _list_values(batch.column(c), feed, flags, columns.index(c))
+    good = flags.good
+    all_good = bool(good.all())
+    n_good = n if all_good else int(good.sum())
+    inputs = {}
+    for feed in feeds:
+        values, row_of = raw[feed.name]
+        if not all_good:
+            # Good rows hold exactly `size` leaf values each, in row order.
+            values = values[good] if row_of is None else values[good[row_of]]
+        inputs[feed.name] = values.reshape((n_good, *feed.spec.shape))
+    return inputs, flags
+
+
+def _to_numpy(arr: pa.Array, spec: TensorSpec) -> np.ndarray:
+    """Nulls filled (they are flagged separately); cast to the model's dtype."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    dtype = tt.numpy_dtype(spec.dtype)
+    if spec.dtype == "string":
+        if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+            arr = pc.fill_null(arr, b"") if arr.null_count else arr
+        else:
+            arr = pc.fill_null(arr, "") if arr.null_count else arr
+        return arr.to_numpy(zero_copy_only=False).astype(object, copy=False)
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar(0, arr.type) if not pa.types.is_boolean(arr.type) else False)
+    if pa.types.is_decimal(arr.type):
+        arr = pc.cast(arr, pa.float64())
+    out = arr.to_numpy(zero_copy_only=False)
+    return out.astype(dtype, copy=False)
+
+
+def _non_finite(values: np.ndarray, spec: TensorSpec) -> np.ndarray | None:
+    """Bool mask of non-finite float values, or None for other dtypes."""
+    if spec.dtype in tt.FLOAT_KINDS:
+        bad = ~np.isfinite(values)
+        return bad if bad.any() else None
+    return None
+
+
+def _scalar_values(arr: pa.Array, spec: TensorSpec, flags: RowFlags, col: int) -> np.ndarray:
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.null_count:
+        flags.mark(np.asarray(arr.is_null()), NULL_FEATURE, col)
+    values = _to_numpy(arr, spec)
+    bad = _non_finite(values, spec)
+    if bad is not None:
+        flags.mark(bad, NON_FINITE, col)
+    return values
+
+
+def _list_values(
+    arr: pa.Array, feed: InputFeed, flags: RowFlags, col: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten (nested) list rows to leaf values, flagging bad rows.
+
+    Returns (leaf values, the row of each leaf value).
+
+    A depth-1 column holds each row's values flat (any shape, e.g. an image as
+    H*W*C values); deeper columns must match the shape level by level.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    spec = feed.spec
+    n = len(arr)
+    dims = (spec.size,) if feed.depth == 1 else spec.shape
+    if arr.null_count:
+        flags.mark(np.asarray(arr.is_null()), NULL_FEATURE, col)
+    level = arr
+    row_of = np.arange(n)  # level element -> input row
+    for d in dims:
+        lengths = pc.list_value_length(level).to_numpy(zero_copy_only=False)
+        lengths = np.nan_to_num(lengths, nan=d).astype(np.int64)  # null lists flagged already
+        flags.mark(row_of[lengths != d], BAD_SHAPE, col)
+        parents = pc.list_parent_indices(level).to_numpy()
+        level = level.flatten()
+        row_of = row_of[parents]
+        if level.null_count:
+            flags.mark(row_of[np.asarray(level.is_null())], NULL_FEATURE, col)
+    values = _to_numpy(level, spec)
+    bad = _non_finite(values, spec)
+    if bad is not None:
+        flags.mark(row_of[bad], NON_FINITE, col)
+    return values, row_of
+
+
+def outputs_to_arrow(
+    outputs: dict[str, np.ndarray], signature: ModelSignature, n: int, rows: np.ndarray | None
+) -> list[pa.Array]:
+    """Prediction columns for a batch of `n` rows, in signature output order.
+
+    Args:
+        outputs: output name -> `[n_scored, *shape]` values.
+        rows: indices of the `n_scored` scored rows among the `n`; None when all
+            rows were scored. Other rows get nulls.
+    """
+    arrays = []
+    for spec in signature.outputs:
+        values = outputs[spec.name]
+        shape = output_shape(spec)
+        arrow_type = tt.arrow_output_type(spec.dtype, len(shape))
+        arrays.append(_tensor_to_arrow(values, shape, arrow_type, spec, n, rows))
+    return arrays
+
+
+def _leaf_array(values: np.ndarray, spec: TensorSpec, arrow_type: pa.DataType) -> pa.Array:
+    if spec.dtype == "string":
+        flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+        return pa.array(flat, type=pa.string())
+    return pa.array(values.astype(arrow_type.to_pandas_dtype(), copy=False), type=arrow_type)
+
+
+def _tensor_to_arrow(
+    values: np.ndarray,
+    shape: tuple[int | None, ...],
+    arrow_type: pa.DataType,
+    spec: TensorSpec,
+    n: int,
+    rows: np.ndarray | None,
+) -> pa.Array:
+    m = values.shape[0]
+    if rows is not None and m == 0:
+        return pa.nulls(n, type=arrow_type)
+    if rows is not None:
+        # Scatter the scored rows into a batch of n; the rest stay null.
+        full = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+        full[rows] = values
+        values = full
+        mask = np.ones(n, dtype=bool)
+        mask[rows] = False
+    else:
+        mask = None
+    if not shape:
+        leaf_t = arrow_type
+        leaf = _leaf_array(values.reshape(n), spec, leaf_t)
+        if mask is not None:
+            leaf = pc.if_else(pa.array(mask), pa.nulls(n, leaf_t), leaf)
+        return leaf
+    inner = values.shape[1:]
+    leaf_t, _ = tt.leaf_type(arrow_type)
+    arr: pa.Array = _leaf_array(values.reshape(-1), spec, leaf_t)
+    # Build nested lists from the innermost dimension out.
+    count = int(np.prod(inner)) * n
+    for i, d in enumerate(reversed(inner)):
+        count //= d
+        offsets = pa.array(np.arange(0, (count + 1) * d, d, dtype=np.int32))
+        outer_mask = pa.array(mask) if (mask is not None and i == len(inner) - 1) else None
+        arr = pa.ListArray.from_arrays(offsets, arr, mask=outer_mask)
+    return arr.cast(arrow_type) if arr.type != arrow_type else arr
+
+
+def bad_prediction_rows(outputs: dict[str, np.ndarray], signature: ModelSignature, m: int) -> np.ndarray:
+    """Bool mask over the `m` scored rows whose outputs are NaN/Inf or misshapen."""
+    bad = np.zeros(m, dtype=bool)
+    for spec in signature.outputs:
+        v = outputs.get(spec.name)
+        if v is None or v.shape[0] != m:
+            bad[:] = True
+            continue
+        declared = tuple(d for d in spec.shape)
+        if any(d is not None and d != a for d, a in zip(declared, v.shape[1:], strict=False)) or len(
+            declared
+        ) != len(v.shape) - 1:
+            bad[:] = True
+            continue
+        if spec.dtype in tt.FLOAT_KINDS:
+            bad |= ~np.isfinite(v.reshape(m, -1)).all(axis=1) if v.size else False
+    return bad

@@ -1,0 +1,142 @@
+"""Load a model once per Python worker process and hand out its predict function.
+
+Spark reuses Python workers across tasks (`spark.python.worker.reuse`, on by
+default), so a module-level cache keyed by the model fingerprint keeps exactly
+one loaded copy per worker process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from udfs.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+_lock = threading.Lock()
+_cache: dict[str, tuple[object, PredictFn]] = {}
+_loads = 0
+_threads_set: int | None = None
+
+
+def load_count() -> int:
+    """How many models this process has loaded (not cache hits)."""
+    return _loads
+
+
+def clear() -> None:
+    """Forget loaded models (tests)."""
+    global _loads
+    with _lock:
+        _cache.clear()
+        _loads = 0
+
+
+def configure_threads(cores: int) -> None:
+    """Size TF's thread pools to the task's cores, before TF's runtime starts.
+
+    Concurrent tasks on one executor each get their own worker process; without
+    this each would start one thread per machine core and oversubscribe the CPU.
+    """
+    global _threads_set
+    if _threads_set is not None or cores < 1:
+        return
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cores)
+        tf.config.threading.set_inter_op_parallelism_threads(cores)
+        _threads_set = cores
+    except RuntimeError:  # runtime already initialised in this process
+        _threads_set = -1
+
+
+def configure_gpus(addresses: list[str]) -> None:
+    """Make only the GPUs Spark assigned to the task visible to TF, memory growth on."""
+    if not addresses:
+        return
+    import tensorflow as tf  # noqa: PLC0415
+
+    gpus = tf.config.list_physical_devices("GPU")
+    wanted = [g for g in gpus if g.name.rsplit(":", 1)[-1] in set(addresses)]
+    try:
+        if wanted:
+            tf.config.set_visible_devices(wanted, "GPU")
+        for g in wanted:
+            tf.config.experimental.set_memory_growth(g, True)
+    except RuntimeError:
+        log.warning("GPUs already initialised in this worker; keeping the first assignment")
+
+
+def get_predict_fn(key: str, load: Callable[[], tuple[object, PredictFn]]) -> PredictFn:
+    """The cached predict function for `key`, loading it on first use."""
+    global _loads
+    with _lock:
+        hit = _cache.get(key)
+        if hit is None:
+            hit = load()
+            _cache[key] = hit
+            _loads += 1
+        return hit[1]
+
+
+def load_saved_model(path: str, signature: str) -> tuple[object, PredictFn]:
+    """Load a SavedModel; the predict function calls the signature's concrete function.
+
+    A concrete function has a fixed input signature (`[None, ...]`), so calls with
+    any batch size, including a short last one, never retrace.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"cannot load SavedModel '{path}': {str(e).splitlines()[0]}") from None
+    try:
+        fn = loaded.signatures[signature]
+    except KeyError:
+        raise ModelError(f"model.signature '{signature}' not found in '{path}'") from None
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = fn(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in out.items()}
+
+    return loaded, predict
+
+
+def load_keras_file(path: str) -> object:
+    """Load a `.keras` file in safe mode (no arbitrary code from the file)."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras  # noqa: PLC0415
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"cannot load Keras model '{path}': {str(e).splitlines()[0]}") from None
+
+
+def load_keras_model(path: str) -> tuple[object, PredictFn]:
+    """A `.keras` file called through one tf.function with a fixed input signature."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    model = load_keras_file(path)
+    names = [t.name.split(":")[0] for t in model.inputs]
+    specs = [tf.TensorSpec([None, *t.shape[1:]], t.dtype, name=n) for n, t in zip(names, model.inputs, strict=True)]
+
+    @tf.function(input_signature=specs)
+    def serve(*xs):  # type: ignore[no-untyped-def]
+        out = model(list(xs) if len(xs) > 1 else xs[0], training=False)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return {f"output_{i}": o for i, o in enumerate(outs)}
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = serve(*[tf.constant(inputs[n]) for n in names])
+        return {k: v.numpy() for k, v in out.items()}
+
+    return model, predict

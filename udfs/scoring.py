@@ -1,0 +1,190 @@
+"""The Spark side of scoring: the partition function both lanes run, and its schema."""
+from __future__ import annotations
+
+import os
+import resource
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from udfs import model_cache
+from udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
+from udfs.binding import InputFeed, bind_inputs, required_columns
+from udfs.distribution import ModelSource
+from udfs.errors import BadRowsError, ConfigError, SchemaError
+from udfs.signature import ModelSignature
+
+ON_BAD_ROWS = ("quarantine", "fail")
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """Everything a task needs to score, made on the driver and shipped in the closure."""
+
+    signature: ModelSignature
+    feeds: tuple[InputFeed, ...]
+    source: ModelSource
+    batch_size: int
+    keep_columns: tuple[str, ...]
+    output_names: tuple[str, ...]
+    on_bad_rows: str = "quarantine"
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Columns a task reads: keep columns, then the model's features."""
+        cols = dict.fromkeys(self.keep_columns)
+        cols.update(dict.fromkeys(required_columns(self.feeds)))
+        return list(cols)
+
+
+def plan_scoring(
+    signature: ModelSignature,
+    schema: pa.Schema,
+    source: ModelSource,
+    *,
+    columns: dict[str, Any] | list[str] | None = None,
+    batch_size: int = 1024,
+    keep_columns: Iterable[str] = (),
+    rename: dict[str, str] | None = None,
+    on_bad_rows: str = "quarantine",
+) -> ScoringPlan:
+    """Bind and check everything on the driver, before any task runs.
+
+    Raises:
+        SchemaError: a feature or keep column is missing or of the wrong type, or
+            an output name clashes with a kept column.
+        ConfigError: a bad batch size or on_bad_rows value.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"model.batch_size must be a positive integer, got {batch_size!r}")
+    if on_bad_rows not in ON_BAD_ROWS:
+        raise ConfigError(f"quarantine.on_bad_rows must be one of {', '.join(ON_BAD_ROWS)}, got '{on_bad_rows}'")
+    feeds = bind_inputs(signature, schema, columns)
+    keep = tuple(keep_columns)
+    for c in keep:
+        if schema.get_field_index(c) < 0:
+            raise SchemaError(f"output.keep_columns names '{c}', which is not an input column")
+    rename = dict(rename or {})
+    out_keys = [o.name for o in signature.outputs]
+    bad = sorted(set(rename) - set(out_keys))
+    if bad:
+        raise ConfigError(f"output.rename names '{bad[0]}', which is not a model output ({', '.join(out_keys)})")
+    names = tuple(rename.get(k, k) for k in out_keys)
+    clash = sorted((set(names) & set(keep)) | {n for n in names if names.count(n) > 1}
+                   | (set(names + keep) & {REASON_COLUMN, BAD_COLUMN}))
+    if clash:
+        raise SchemaError(
+            f"output column '{clash[0]}' would appear twice (model output and keep column); "
+            "use output.rename"
+        )
+    return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows)
+
+
+def scored_schema(plan: ScoringPlan, schema: pa.Schema) -> pa.Schema:
+    """Schema of what a task returns: keep columns, predictions, reason, column."""
+    keep = [schema.field(c) for c in plan.keep_columns]
+    preds = list(plan.signature.output_schema(dict(zip([o.name for o in plan.signature.outputs],
+                                                        plan.output_names, strict=True))))
+    return pa.schema(
+        [*keep, *preds, pa.field(REASON_COLUMN, pa.string(), False), pa.field(BAD_COLUMN, pa.string(), False)]
+    )
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _load(plan: ScoringPlan) -> Callable[[], tuple[object, model_cache.PredictFn]]:
+    def load() -> tuple[object, model_cache.PredictFn]:
+        path = plan.source.local_path()
+        if path.endswith(".keras"):
+            return model_cache.load_keras_model(path)
+        return model_cache.load_saved_model(path, plan.signature.signature)
+
+    return load
+
+
+def _task_resources() -> tuple[int, list[str]]:
+    """(cores, GPU addresses) Spark gave the running task; (0, []) outside Spark."""
+    try:
+        from pyspark import TaskContext  # noqa: PLC0415
+    except ImportError:
+        return 0, []
+    ctx = TaskContext.get()
+    if ctx is None:
+        return 0, []
+    gpu = ctx.resources().get("gpu")
+    return ctx.cpus(), list(gpu.addresses) if gpu is not None else []
+
+
+def score_batches(
+    plan: ScoringPlan, batches: Iterable[pa.RecordBatch], stats: dict[str, Any] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Score Arrow batches in this process with the cached model (the shared core of both lanes).
+
+    Args:
+        plan: the driver's plan.
+        batches: batches holding at least `plan.input_columns`.
+        stats: filled with this call's counters at the end of the stream.
+    """
+    cores, gpus = _task_resources()
+    model_cache.configure_gpus(gpus)
+    model_cache.configure_threads(cores)
+    loads_before = model_cache.load_count()
+    predict = model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature, _load(plan))
+    scorer = StreamScorer(
+        plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names)
+    )
+    for out in scorer.score(batches):
+        if plan.on_bad_rows == "fail" and scorer.stats.rows_bad:
+            raise BadRowsError(_first_bad(out, plan))
+        yield out
+    if stats is not None:
+        stats.update(scorer.stats.as_dict())
+        stats["loads"] = {worker_id(): model_cache.load_count() - loads_before}
+        stats["peak_rss_mb"] = {worker_id(): resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _first_bad(batch: pa.RecordBatch, plan: ScoringPlan) -> str:
+    reasons = batch.column(REASON_COLUMN).to_pylist()
+    i = next(i for i, r in enumerate(reasons) if r != OK_REASON)
+    col = batch.column(BAD_COLUMN)[i].as_py()
+    where = f" in column '{col}'" if col and col != "_" else ""
+    if plan.keep_columns:
+        k = plan.keep_columns[0]
+        row = f"row with {k}={batch.column(k)[i].as_py()!r}"
+    else:
+        row = "a row (add a key to output.keep_columns to name it)"
+    return f"{row} is bad: {reasons[i]}{where} (quarantine.on_bad_rows: fail)"
+
+
+def partition_scorer(plan: ScoringPlan, accumulator: Any) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The mapInArrow function of the DataFrame lane."""
+
+    def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        stats: dict[str, Any] = {}
+        yield from score_batches(plan, batches, stats)
+        if accumulator is not None and stats:
+            accumulator.add(stats)
+
+    return score_partition
+
+
+def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None) -> Any:
+    """DataFrame lane: `df` -> keep columns + predictions + bs__reason + bs__column."""
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema  # noqa: PLC0415
+
+    selected = df.select(*plan.input_columns)
+    arrow_in = to_arrow_schema(selected.schema)
+    out_schema = from_arrow_schema(scored_schema(plan, arrow_in))
+    return selected.mapInArrow(partition_scorer(plan, accumulator), out_schema)
+
+
+def arrow_schema_of(df: Any) -> pa.Schema:
+    """The Arrow schema Spark uses for a DataFrame's batches."""
+    from pyspark.sql.pandas.types import to_arrow_schema  # noqa: PLC0415
+
+    return to_arrow_schema(df.schema)

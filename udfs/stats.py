@@ -1,0 +1,37 @@
+"""A Spark accumulator that sums what the scoring tasks report."""
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.accumulators import AccumulatorParam
+
+_MAX_KEYS = {"max_call_rows"}
+_DICT_MAX_KEYS = {"peak_rss_mb"}
+
+
+class ScoringStatsParam(AccumulatorParam):
+    """Counters are summed; `max_call_rows` and per-worker peak RSS take the max;
+    per-worker model loads are summed per worker."""
+
+    def zero(self, value: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def addInPlace(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        for k, v in b.items():
+            if isinstance(v, dict):
+                d = a.setdefault(k, {})
+                for wk, wv in v.items():
+                    d[wk] = max(d.get(wk, 0), wv) if k in _DICT_MAX_KEYS else d.get(wk, 0) + wv
+            elif k in _MAX_KEYS:
+                a[k] = max(a.get(k, 0), v)
+            else:
+                a[k] = a.get(k, 0) + v
+        return a
+
+
+def make_stats_accumulator(sc: Any) -> Any:
+    return sc.accumulator({}, ScoringStatsParam())
+
+
+def model_loads(stats: dict[str, Any]) -> int:
+    return int(sum(stats.get("loads", {}).values()))
