@@ -107,9 +107,17 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
                             rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
 
     plan = plan_for(arrow_schema_of(df))
-    lane = "dataframe"
     acc = make_stats_accumulator(spark.sparkContext)
-    scored = with_predictions(df, plan, acc)
+    arrow_plan = choose_arrow_plan(spark, cfg["input"], arrow_schema_of(df), plan.input_columns)
+    if arrow_plan is not None:
+        from udfs.arrow_lane import with_predictions_from_files  # noqa: PLC0415
+
+        lane = "arrow"
+        scored = with_predictions_from_files(spark, arrow_plan, plan, acc)
+    else:
+        lane = "dataframe"
+        scored = with_predictions(df, plan, acc)
+    log.info("scoring with the %s lane", lane)
     staging = publish.staging_path(out_path, run_id)
     new_out = new_q = None
     t_score = time.monotonic()
@@ -168,11 +176,47 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
         "max_rows_per_call": stats.get("max_call_rows", 0),
         "python_workers": len(stats.get("loads", {})),
         "peak_worker_rss_mb": round(max(stats.get("peak_rss_mb", {}).values(), default=0), 1),
-        "corrupt_files_skipped": 0,
+        "corrupt_files_skipped": len(arrow_plan.corrupt_files if arrow_plan else [])
+        + int(stats.get("corrupt_files", 0)),
         "spark": {"version": spark.version, "master": spark.sparkContext.master},
     }
     fs.write_bytes(f"{out_path}/_manifest.json", to_json(manifest))
     return manifest
+
+
+def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, columns: list[str]) -> Any:
+    """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged)."""
+    from udfs.arrow_filter import UnsupportedFilter  # noqa: PLC0415
+    from udfs.arrow_lane import plan_arrow_input  # noqa: PLC0415
+
+    lane = cfg_input["lane"]
+    if lane == "dataframe":
+        return None
+    if cfg_input["format"] != "parquet":
+        if lane == "arrow":
+            raise ConfigError(f"input.lane 'arrow' reads plain Parquet only; input.format is '{cfg_input['format']}'")
+        log.info("input.lane auto: using the DataFrame lane because input.format is '%s'", cfg_input["format"])
+        return None
+    try:
+        return plan_arrow_input(
+            cfg_input["path"], schema, columns, filter_sql=cfg_input["filter"],
+            target_tasks=2 * spark.sparkContext.defaultParallelism,
+            ignore_corrupt_files=cfg_input["ignore_corrupt_files"])
+    except UnsupportedFilter as e:
+        if lane == "arrow":
+            raise ConfigError(f"input.lane 'arrow': {e}; use input.lane dataframe or auto") from None
+        log.info("input.lane auto: using the DataFrame lane (%s)", e)
+    except (OSError, ValueError, pa_errors()) as e:  # a filesystem pyarrow cannot open here
+        if lane == "arrow" or isinstance(e, BatchscoreError):
+            raise
+        log.info("input.lane auto: using the DataFrame lane (pyarrow cannot open the input: %s)", e)
+    return None
+
+
+def pa_errors() -> type[Exception]:
+    import pyarrow as pa  # noqa: PLC0415
+
+    return pa.ArrowException
 
 
 def _staged_counts(spark: Any, staging: str) -> dict[str, int]:

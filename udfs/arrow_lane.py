@@ -1,0 +1,241 @@
+"""The Arrow lane: Spark schedules Parquet fragments, Python workers read them with pyarrow.
+
+Spark never converts the input rows: the driver plans fragments (files, or row
+groups of few large files) after partition pruning, each task opens its
+fragments with a pyarrow filesystem, reads only the needed columns as Arrow
+batches, scores them, and hands back only keep columns and predictions, which
+Spark writes with its own committers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from udfs.arrow_filter import sql_to_arrow
+from udfs.errors import InputError
+
+READ_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class ArrowSource:
+    """What every task needs to open its fragments: picklable, schema as IPC bytes."""
+
+    root: str  # normalised URI or local path of the dataset root
+    schema_ipc: bytes  # Spark-typed Arrow schema of data + partition columns
+    partition_names: tuple[str, ...]
+    columns: tuple[str, ...]  # columns a task returns, in order
+    filter_sql: str | None
+    ignore_corrupt_files: bool
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.ipc.read_schema(pa.py_buffer(self.schema_ipc))
+
+
+@dataclass
+class ArrowPlan:
+    """Driver-side result: the source, the tasks, and what planning saw."""
+
+    source: ArrowSource
+    tasks: list[list[dict[str, Any]]]
+    files: int
+    corrupt_files: list[str] = field(default_factory=list)
+
+
+def normalize_uri(path: str) -> str:
+    """A path pyarrow's filesystems understand (Databricks and Hadoop spellings mapped)."""
+    if path.startswith("dbfs:/"):
+        return "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
+    if path.startswith("file://"):
+        return path[len("file://"):] or "/"
+    if path.startswith("file:"):
+        return path[len("file:"):]
+    if path.startswith(("s3a://", "s3n://")):
+        return "s3://" + path.split("://", 1)[1]
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path):
+        return path
+    return os.path.abspath(path)
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    if uri.startswith("/"):
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+
+def _list_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+    try:
+        info = fs.get_file_info(root)
+    except OSError as e:
+        raise InputError(f"input.path '{root}' cannot be listed: {e}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"input.path '{root}' does not exist")
+    if info.type == pafs.FileType.File:
+        return [info]
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = [i for i in infos if i.type == pafs.FileType.File and not _hidden(posixpath.relpath(i.path, root))]
+    return sorted(files, key=lambda i: i.path)
+
+
+def _partitioning(schema: pa.Schema, names: tuple[str, ...]) -> ds.Partitioning:
+    return ds.HivePartitioning(pa.schema([schema.field(n) for n in names]))
+
+
+def _rel_dir(path: str, root: str) -> str:
+    """`k=v/k2=v2/` of a file below root (the trailing slash makes pyarrow parse the last level)."""
+    rel = posixpath.relpath(posixpath.dirname(path), root)
+    return "" if rel == "." else rel + "/"
+
+
+def plan_arrow_input(
+    root: str,
+    schema: pa.Schema,
+    columns: list[str],
+    *,
+    filter_sql: str | None,
+    target_tasks: int,
+    ignore_corrupt_files: bool = False,
+) -> ArrowPlan:
+    """Plan the fragments of a (hive-partitioned) Parquet dataset for `target_tasks` tasks.
+
+    Args:
+        root: dataset path or URI.
+        schema: the Spark-typed Arrow schema of the dataset (partition columns included).
+        columns: the columns tasks must return.
+        filter_sql: `input.filter`; must be translatable (see udfs.arrow_filter).
+        target_tasks: about how many tasks to make (e.g. 2× the cluster's cores).
+
+    Raises:
+        UnsupportedFilter: the filter cannot be evaluated by pyarrow.
+        InputError: the path is missing, or a file is corrupt and not ignored.
+    """
+    uri = normalize_uri(root)
+    fs, base = _filesystem(uri)
+    infos = _list_files(fs, base)
+    names: list[str] = []
+    for i in infos:
+        for part in _rel_dir(i.path, base).strip("/").split("/"):
+            if "=" in part and part.split("=", 1)[0] not in names:
+                names.append(part.split("=", 1)[0])
+    partition_names = tuple(n for n in names if n in schema.names)
+    source = ArrowSource(uri, schema.serialize().to_pybytes(), partition_names, tuple(columns),
+                         filter_sql, ignore_corrupt_files)
+    expr = sql_to_arrow(filter_sql, schema)[0] if filter_sql else None
+    partitioning = _partitioning(schema, partition_names)
+    fmt = ds.ParquetFileFormat()
+    frags = [
+        fmt.make_fragment(i.path, fs, partition_expression=partitioning.parse(_rel_dir(i.path, base)))
+        for i in infos
+    ]
+    sizes = {i.path: i.size for i in infos}
+    dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
+    kept = list(dataset.get_fragments(filter=expr)) if expr is not None else frags  # partition pruning
+    corrupt: list[str] = []
+    units: list[tuple[int, dict[str, Any]]] = []  # (weight, {"path", "row_groups"})
+    if len(kept) >= target_tasks:
+        units = [(sizes.get(f.path, 1), {"path": f.path, "row_groups": None}) for f in kept]
+    else:  # few files: split them by row group (reads their footers) to use every core
+        for f in kept:
+            try:
+                pieces = f.split_by_row_group(filter=expr) if expr is not None else f.split_by_row_group()
+            except (pa.ArrowInvalid, OSError) as e:
+                if not ignore_corrupt_files:
+                    raise InputError(_corrupt_message(f.path, e)) from None
+                corrupt.append(f.path)
+                continue
+            for p in pieces:
+                rg = [r.id for r in p.row_groups]
+                rows = sum(r.num_rows for r in p.row_groups)
+                units.append((max(rows, 1), {"path": f.path, "row_groups": rg}))
+    return ArrowPlan(source, _bin_pack(units, target_tasks), files=len(infos), corrupt_files=corrupt)
+
+
+def _bin_pack(units: list[tuple[int, dict[str, Any]]], n: int) -> list[list[dict[str, Any]]]:
+    """Greedy largest-first packing of fragments into at most n tasks of similar weight."""
+    if not units:
+        return []
+    n = max(1, min(n, len(units)))
+    bins: list[tuple[int, list[dict[str, Any]]]] = [(0, []) for _ in range(n)]
+    for w, u in sorted(units, key=lambda x: -x[0]):
+        i = min(range(n), key=lambda k: bins[k][0])
+        bins[i] = (bins[i][0] + w, bins[i][1] + [u])
+    # merge row groups of the same file within a task, in file order
+    tasks = []
+    for _, us in bins:
+        by_file: dict[str, list[int] | None] = {}
+        for u in us:
+            if u["row_groups"] is None:
+                by_file[u["path"]] = None
+            else:
+                prev = by_file.get(u["path"], [])
+                by_file[u["path"]] = sorted((prev or []) + u["row_groups"])
+        tasks.append([{"path": p, "row_groups": rg} for p, rg in sorted(by_file.items())])
+    return [t for t in tasks if t]
+
+
+def _corrupt_message(path: str, e: Exception) -> str:
+    return (f"cannot read input file {path} (corrupt or not Parquet: {str(e).splitlines()[0][:120]}); "
+            "set input.ignore_corrupt_files: true to skip such files")
+
+
+def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, int]) -> Iterator[pa.RecordBatch]:
+    """On an executor: the task's rows as Arrow batches of `source.columns`, Spark-typed."""
+    fs, base = _filesystem(source.root)
+    schema = source.schema
+    partitioning = _partitioning(schema, source.partition_names)
+    expr = sql_to_arrow(source.filter_sql, schema)[0] if source.filter_sql else None
+    out_schema = pa.schema([schema.field(c) for c in source.columns])
+    fmt = ds.ParquetFileFormat()
+    for unit in task:
+        path = unit["path"]
+        frag = fmt.make_fragment(path, fs, partition_expression=partitioning.parse(_rel_dir(path, base)),
+                                 row_groups=unit["row_groups"])
+        dataset = ds.FileSystemDataset([frag], schema, fmt, fs)
+        try:
+            for batch in dataset.to_batches(columns=list(source.columns), filter=expr,
+                                            batch_size=READ_BATCH_ROWS, batch_readahead=2, fragment_readahead=1):
+                if batch.num_rows:
+                    yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
+        except (pa.ArrowInvalid, OSError) as e:
+            if not source.ignore_corrupt_files:
+                raise InputError(_corrupt_message(path, e)) from None
+            counters["corrupt_files"] = counters.get("corrupt_files", 0) + 1
+
+
+def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: Any, accumulator: Any) -> Any:
+    """Arrow lane: a DataFrame of keep columns + predictions + reason, one task per planned group."""
+    from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415
+
+    from udfs.scoring import score_batches, scored_schema  # noqa: PLC0415
+
+    source = plan_in.source
+    arrow_in = pa.schema([source.schema.field(c) for c in source.columns])
+    out_schema = from_arrow_schema(scored_schema(scoring_plan, arrow_in))
+    specs = [(i, json.dumps(t)) for i, t in enumerate(plan_in.tasks)]
+    rdd = spark.sparkContext.parallelize(specs, max(1, len(specs)))
+    tasks_df = spark.createDataFrame(rdd, "task int, spec string")
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            for spec in b.column("spec").to_pylist():
+                counters: dict[str, int] = {}
+                stats: dict[str, Any] = {}
+                yield from score_batches(scoring_plan, read_task(json.loads(spec), source, counters), stats)
+                if accumulator is not None:
+                    accumulator.add({**stats, **counters})
+
+    return tasks_df.mapInArrow(run, out_schema)
