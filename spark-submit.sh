@@ -57,6 +57,7 @@ PYZIP
 
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 # Options before the application file go to spark-submit; merge ours in.
 opts=() app=() have_master=0 have_log=0 py_files="$BUILD/batchscore.zip" archives="$BUILD/conf.zip#conf"
@@ -69,7 +70,8 @@ while [[ $# -gt 0 ]]; do
     --archives) archives="$archives,$2"; shift 2 ;;
     --*) # an option with a value, unless it is a flag spark-submit knows
       case "$1" in
-        --verbose|-v|--supervise|--help|--version) opts+=("$1"); shift ;;
+        --verbose|-v|--supervise|--help|--version|--load-spark-defaults) opts+=("$1"); shift ;;
+        --*=*) opts+=("$1"); shift ;;
         *) opts+=("$1" "$2"); shift 2 ;;
       esac ;;
     *) app=("$@"); break ;;

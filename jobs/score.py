@@ -75,6 +75,8 @@ def translate_spark_error(e: Exception) -> Exception:
 
 def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -> dict[str, Any]:
     """Score `input` with `model` into `output` and its quarantine; returns the manifest."""
+    from udfs.arrow_lane import corrupt_parquet_files  # noqa: PLC0415
+    from udfs.binding import check_sample  # noqa: PLC0415
     from udfs.distribution import make_model_source  # noqa: PLC0415
     from udfs.scoring import arrow_schema_of, plan_scoring, with_predictions  # noqa: PLC0415
     from udfs.signature import read_signature  # noqa: PLC0415
@@ -107,8 +109,15 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
                             rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
 
     plan = plan_for(arrow_schema_of(df))
+    check_sample(plan.feeds, _sample(df, plan))
+    corrupt: list[str] = []
+    if cfg["input"]["ignore_corrupt_files"] and cfg["input"]["format"] == "parquet":
+        corrupt = corrupt_parquet_files(spark, cfg["input"]["path"])
+        for f in corrupt:
+            log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
     acc = make_stats_accumulator(spark.sparkContext)
-    arrow_plan = choose_arrow_plan(spark, cfg["input"], arrow_schema_of(df), plan.input_columns)
+    arrow_plan = choose_arrow_plan(spark, cfg["input"], arrow_schema_of(df), plan.input_columns,
+                                   exclude=frozenset(corrupt))
     if arrow_plan is not None:
         from udfs.arrow_lane import with_predictions_from_files  # noqa: PLC0415
 
@@ -176,7 +185,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
         "max_rows_per_call": stats.get("max_call_rows", 0),
         "python_workers": len(stats.get("loads", {})),
         "peak_worker_rss_mb": round(max(stats.get("peak_rss_mb", {}).values(), default=0), 1),
-        "corrupt_files_skipped": len(arrow_plan.corrupt_files if arrow_plan else [])
+        "corrupt_files_skipped": len(set(corrupt) | set(arrow_plan.corrupt_files if arrow_plan else []))
         + int(stats.get("corrupt_files", 0)),
         "spark": {"version": spark.version, "master": spark.sparkContext.master},
     }
@@ -184,7 +193,19 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     return manifest
 
 
-def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, columns: list[str]) -> Any:
+def _sample(df: Any, plan: Any, rows: int = 100) -> Any:
+    """The first rows of the array feature columns, as Arrow (for the early length check)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    cols = [f.columns[0] for f in plan.feeds if not f.stacked and f.depth > 0]
+    if not cols:
+        return pa.table({})
+    sample = df.select(*cols).limit(rows)
+    return sample.toArrow() if hasattr(sample, "toArrow") else pa.Table.from_pandas(sample.toPandas())
+
+
+def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, columns: list[str],
+                      *, exclude: frozenset[str] = frozenset()) -> Any:
     """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged)."""
     from udfs.arrow_filter import UnsupportedFilter  # noqa: PLC0415
     from udfs.arrow_lane import plan_arrow_input  # noqa: PLC0415
@@ -201,7 +222,7 @@ def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, column
         return plan_arrow_input(
             cfg_input["path"], schema, columns, filter_sql=cfg_input["filter"],
             target_tasks=2 * spark.sparkContext.defaultParallelism,
-            ignore_corrupt_files=cfg_input["ignore_corrupt_files"])
+            ignore_corrupt_files=cfg_input["ignore_corrupt_files"], exclude=exclude)
     except UnsupportedFilter as e:
         if lane == "arrow":
             raise ConfigError(f"input.lane 'arrow': {e}; use input.lane dataframe or auto") from None
@@ -272,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001
+        user_error = translate_spark_error(e)
+        if isinstance(user_error, BatchscoreError):
+            print(f"error: {user_error}", file=sys.stderr)
+            return 2
         log.exception("scoring failed")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {first}", file=sys.stderr)

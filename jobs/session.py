@@ -13,7 +13,9 @@ ENGINE_DEFAULTS = {
     "spark.python.worker.reuse": "true",  # keeps the model loaded once per worker
     "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
     "spark.sql.sources.partitionOverwriteMode": "static",
+    "spark.ui.showConsoleProgress": "false",
 }
+LOG_CONFIG = os.path.join(PROJECT_ROOT, "conf", "log4j2.properties")
 
 
 def under_spark_submit() -> bool:
@@ -31,12 +33,15 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
 
     conf = {**ENGINE_DEFAULTS, **{k: str(v).lower() if isinstance(v, bool) else str(v)
                                   for k, v in (spark_conf or {}).items()}}
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by local Python workers
     builder = SparkSession.builder.appName(app_name)
     if not under_spark_submit():
         master = conf.pop("spark.master", "local[*]")
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.master(master)
+        if os.path.isfile(LOG_CONFIG):  # quiet driver logs, as ./spark-submit.sh does
+            conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}")
         # The workers' interpreter is read from the driver's environment.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         # Local Python workers import `udfs` from this checkout.
@@ -45,6 +50,13 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, path) if p)
     else:
         conf.pop("spark.master", None)
+        # --conf / --properties-file given to spark-submit win over the config file
+        # and the engine's defaults
+        from pyspark import SparkConf, SparkContext  # noqa: PLC0415
+
+        SparkContext._ensure_initialized()
+        given = SparkConf()
+        conf = {k: v for k, v in conf.items() if not given.contains(k)}
     for k, v in conf.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()

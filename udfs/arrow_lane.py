@@ -109,6 +109,7 @@ def plan_arrow_input(
     filter_sql: str | None,
     target_tasks: int,
     ignore_corrupt_files: bool = False,
+    exclude: frozenset[str] = frozenset(),
 ) -> ArrowPlan:
     """Plan the fragments of a (hive-partitioned) Parquet dataset for `target_tasks` tasks.
 
@@ -118,6 +119,7 @@ def plan_arrow_input(
         columns: the columns tasks must return.
         filter_sql: `input.filter`; must be translatable (see udfs.arrow_filter).
         target_tasks: about how many tasks to make (e.g. 2× the cluster's cores).
+        exclude: files to leave out (corrupt files found beforehand).
 
     Raises:
         UnsupportedFilter: the filter cannot be evaluated by pyarrow.
@@ -125,7 +127,7 @@ def plan_arrow_input(
     """
     uri = normalize_uri(root)
     fs, base = _filesystem(uri)
-    infos = _list_files(fs, base)
+    infos = [i for i in _list_files(fs, base) if i.path not in exclude]
     names: list[str] = []
     for i in infos:
         for part in _rel_dir(i.path, base).strip("/").split("/"):
@@ -151,17 +153,22 @@ def plan_arrow_input(
     else:  # few files: split them by row group (reads their footers) to use every core
         for f in kept:
             try:
-                pieces = f.split_by_row_group(filter=expr) if expr is not None else f.split_by_row_group()
+                f.physical_schema  # noqa: B018 - opens the file and reads its footer
             except (pa.ArrowInvalid, OSError) as e:
                 if not ignore_corrupt_files:
                     raise InputError(_corrupt_message(f.path, e)) from None
                 corrupt.append(f.path)
                 continue
+            try:  # row-group statistics prune with the filter too
+                pieces = f.split_by_row_group(filter=expr, schema=schema)
+            except pa.ArrowInvalid as e:
+                raise InputError(f"input.filter cannot be applied to {f.path}: {str(e).splitlines()[0]}") from None
             for p in pieces:
                 rg = [r.id for r in p.row_groups]
                 rows = sum(r.num_rows for r in p.row_groups)
                 units.append((max(rows, 1), {"path": f.path, "row_groups": rg}))
-    return ArrowPlan(source, _bin_pack(units, target_tasks), files=len(infos), corrupt_files=corrupt)
+    return ArrowPlan(source, _bin_pack(units, target_tasks), files=len(infos),
+                     corrupt_files=sorted(set(corrupt) | set(exclude)))
 
 
 def _bin_pack(units: list[tuple[int, dict[str, Any]]], n: int) -> list[list[dict[str, Any]]]:
@@ -204,16 +211,18 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
         path = unit["path"]
         frag = fmt.make_fragment(path, fs, partition_expression=partitioning.parse(_rel_dir(path, base)),
                                  row_groups=unit["row_groups"])
-        dataset = ds.FileSystemDataset([frag], schema, fmt, fs)
         try:
-            for batch in dataset.to_batches(columns=list(source.columns), filter=expr,
-                                            batch_size=READ_BATCH_ROWS, batch_readahead=2, fragment_readahead=1):
-                if batch.num_rows:
-                    yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
+            frag.physical_schema  # noqa: B018 - opens the file and reads its footer
         except (pa.ArrowInvalid, OSError) as e:
             if not source.ignore_corrupt_files:
                 raise InputError(_corrupt_message(path, e)) from None
             counters["corrupt_files"] = counters.get("corrupt_files", 0) + 1
+            continue
+        dataset = ds.FileSystemDataset([frag], schema, fmt, fs)
+        for batch in dataset.to_batches(columns=list(source.columns), filter=expr,
+                                        batch_size=READ_BATCH_ROWS, batch_readahead=2, fragment_readahead=1):
+            if batch.num_rows:
+                yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
 
 
 def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: Any, accumulator: Any) -> Any:
@@ -239,3 +248,26 @@ def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: An
                     accumulator.add({**stats, **counters})
 
     return tasks_df.mapInArrow(run, out_schema)
+
+
+def _footer_ok(path: str, root: str) -> bool:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    fs, _ = _filesystem(root)
+    try:
+        with fs.open_input_file(path) as f:
+            pq.ParquetFile(f).metadata  # noqa: B018 - reads and checks the footer
+        return True
+    except Exception:  # noqa: BLE001 - any unreadable file counts as corrupt
+        return False
+
+
+def corrupt_parquet_files(spark: Any, root: str) -> list[str]:
+    """Files below root whose Parquet footer cannot be read, checked in parallel on the executors."""
+    uri = normalize_uri(root)
+    fs, base = _filesystem(uri)
+    paths = [i.path for i in _list_files(fs, base)]
+    if not paths:
+        return []
+    slices = max(1, min(len(paths), spark.sparkContext.defaultParallelism * 4))
+    return sorted(spark.sparkContext.parallelize(paths, slices).filter(lambda p: not _footer_ok(p, uri)).collect())

@@ -145,3 +145,30 @@ def required_columns(feeds: tuple[InputFeed, ...]) -> list[str]:
         for c in f.columns:
             seen.setdefault(c, None)
     return list(seen)
+
+
+def check_sample(feeds: tuple[InputFeed, ...], sample: pa.Table) -> None:
+    """Fail early when an array column's rows never have the length the model needs.
+
+    Per-row checks still quarantine odd rows; this catches a column that is
+    wrong throughout (e.g. 100 values where the model wants 8x8x3 = 192) before
+    a whole dataset is read into the quarantine.
+
+    Raises:
+        SchemaError: naming the column, the lengths seen and the length wanted.
+    """
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    for feed in feeds:
+        if feed.stacked or feed.depth == 0 or sample.num_rows == 0:
+            continue
+        col = feed.columns[0]
+        arr = sample.column(col).combine_chunks()
+        want = feed.spec.size if feed.depth == 1 else feed.spec.shape[0]
+        lengths = [v for v in pc.list_value_length(arr).to_pylist() if v is not None]
+        if lengths and want not in lengths:
+            seen = sorted(set(lengths))[:5]
+            raise SchemaError(
+                f"column '{col}' holds arrays of length {', '.join(map(str, seen))} in its first rows, but model "
+                f"input '{feed.name}' wants {want} values per row (shape {_shape_text(feed.spec)})"
+            )

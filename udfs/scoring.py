@@ -138,14 +138,44 @@ def score_batches(
     scorer = StreamScorer(
         plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names)
     )
+    fault = _test_fault()
     for out in scorer.score(batches):
         if plan.on_bad_rows == "fail" and scorer.stats.rows_bad:
             raise BadRowsError(_first_bad(out, plan))
         yield out
+        if fault is not None:
+            fault()
+            fault = None
     if stats is not None:
         stats.update(scorer.stats.as_dict())
         stats["loads"] = {worker_id(): model_cache.load_count() - loads_before}
         stats["peak_rss_mb"] = {worker_id(): resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _test_fault() -> Callable[[], None] | None:
+    """Fault injection for the reliability tests, off unless BATCHSCORE_TEST_FAULT is set.
+
+    `exit:P` kills the Python worker (os._exit) mid-task, after its first output
+    batch, on the first attempt of partition P; `sleep:P:S` makes that attempt
+    sleep S seconds (a straggler for speculative execution). The scoring path is
+    the real one either way.
+    """
+    spec = os.environ.get("BATCHSCORE_TEST_FAULT")
+    if not spec:
+        return None
+    from pyspark import TaskContext  # noqa: PLC0415
+
+    ctx = TaskContext.get()
+    kind, *args = spec.split(":")
+    if ctx is None or ctx.attemptNumber() != 0 or ctx.partitionId() != int(args[0]):
+        return None
+    if kind == "exit":
+        return lambda: os._exit(17)
+    if kind == "sleep":
+        import time  # noqa: PLC0415
+
+        return lambda: time.sleep(float(args[1]))
+    return None
 
 
 def _first_bad(batch: pa.RecordBatch, plan: ScoringPlan) -> str:

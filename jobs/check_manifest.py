@@ -1,0 +1,105 @@
+"""Check a scoring run's `_manifest.json`: `python -m jobs.check_manifest PATH [--min-rows N]`.
+
+PATH is the manifest or the output directory holding it; local paths and URIs pyarrow
+can open (s3://, hdfs://, file:) work. Exit 0 when the run succeeded and every input row
+is accounted for; exit 2 with one line `error: ...` on stderr otherwise. Used after the
+scoring task in dags/score_nightly.py, and by hand after any run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from udfs.errors import BatchscoreError
+
+MANIFEST_NAME = "_manifest.json"
+_COUNTS = ("rows_in", "rows_scored", "rows_quarantined")
+
+
+class ManifestError(BatchscoreError):
+    """The manifest is missing, unreadable, or describes a run that did not succeed."""
+
+
+def check_manifest(path: str, *, min_rows: int = 0) -> dict[str, Any]:
+    """Read and check a run manifest; returns it when the run is good.
+
+    Args:
+        path: the manifest file, or the output directory that holds `_manifest.json`.
+        min_rows: fail when fewer input rows than this were read (0: an empty input is fine).
+
+    Raises:
+        ManifestError: naming the file and what is wrong (status, counts, accounting).
+    """
+    path = _manifest_path(path)
+    manifest = _read_json(path)
+    status = manifest.get("status")
+    if status != "succeeded":
+        raise ManifestError(f"{path}: status is {status!r}, expected 'succeeded'")
+    counts = {}
+    for key in _COUNTS:
+        v = manifest.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ManifestError(f"{path}: '{key}' must be a non-negative integer, got {v!r}")
+        counts[key] = v
+    if counts["rows_in"] != counts["rows_scored"] + counts["rows_quarantined"]:
+        raise ManifestError(
+            f"{path}: rows_in={counts['rows_in']} != rows_scored={counts['rows_scored']} + "
+            f"rows_quarantined={counts['rows_quarantined']}")
+    if counts["rows_in"] < min_rows:
+        raise ManifestError(f"{path}: rows_in={counts['rows_in']} is below the minimum of {min_rows}")
+    return manifest
+
+
+def _manifest_path(path: str) -> str:
+    return path if path.rstrip("/").endswith(".json") else path.rstrip("/") + "/" + MANIFEST_NAME
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        raw = _read_bytes(path)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest '{path}' not found (the run did not finish?)") from None
+    except OSError as e:
+        raise ManifestError(f"manifest '{path}' cannot be read: {e}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise ManifestError(f"manifest '{path}' is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest '{path}' must hold a JSON object")
+    return data
+
+
+def _read_bytes(path: str) -> bytes:
+    """Local files directly; URIs (s3://, hdfs://, ...) through pyarrow's filesystems."""
+    if path.startswith("file:"):
+        path = "/" + path[len("file:"):].lstrip("/")
+    if "://" not in path:
+        with open(path, "rb") as fh:
+            return fh.read()
+    from pyarrow import fs  # noqa: PLC0415
+
+    filesystem, inner = fs.FileSystem.from_uri(path)
+    with filesystem.open_input_stream(inner) as fh:
+        return fh.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="jobs.check_manifest", description="Check a scoring run's _manifest.json.")
+    p.add_argument("path", help="the _manifest.json, or the output directory holding it")
+    p.add_argument("--min-rows", type=int, default=0, help="fail when fewer input rows were read (default 0)")
+    args = p.parse_args(argv)
+    try:
+        m = check_manifest(args.path, min_rows=args.min_rows)
+    except BatchscoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"ok: run {m.get('run_id')} succeeded: {m['rows_in']:,} rows in, {m['rows_scored']:,} scored, "
+          f"{m['rows_quarantined']:,} quarantined")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Score a dataset with a TensorFlow model (batchscore)
+# MAGIC
+# MAGIC Runs the same scoring job as `python -m jobs.score` through the package: reads the job
+# MAGIC config, applies the paths from the widgets as `--set`-style overrides, scores, and shows
+# MAGIC the run manifest and a sample of the predictions.
+# MAGIC
+# MAGIC * **On Databricks**: open this file from a Git folder holding the repository (or install
+# MAGIC   the `batchscore` wheel on the cluster). Use a cluster in *Dedicated* access mode with a
+# MAGIC   Databricks Runtime ML, and see `conf/databricks.yaml` for the paths and the cluster's
+# MAGIC   Spark config. Set the widgets, then *Run all*.
+# MAGIC * **Anywhere else**: `python notebooks/score_demo.py` from the repository root after
+# MAGIC   `make demo` (or `python -m jobs.demo_data --out data/demo`). The widgets become
+# MAGIC   environment variables `BATCHSCORE_WIDGET_<NAME>` (e.g. `BATCHSCORE_WIDGET_OUTPUT_PATH`).
+
+# COMMAND ----------
+
+# Make the package importable: the repository root is the notebook folder's parent.
+import json
+import os
+import sys
+from pathlib import Path
+
+try:
+    NOTEBOOK_DIR = Path(__file__).resolve().parent  # plain Python
+except NameError:
+    NOTEBOOK_DIR = Path(os.getcwd())  # Databricks: the working directory is the notebook's folder
+REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "jobs").is_dir() else NOTEBOOK_DIR
+if (REPO_ROOT / "jobs").is_dir() and str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from jobs.config import load_config  # noqa: E402
+from jobs.score import run_scoring, summary  # noqa: E402
+from jobs.session import ENGINE_DEFAULTS, build_session  # noqa: E402
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Parameters
+# MAGIC Empty `input_path`, `model_path` or `output_path` keeps the config's value; `filter` is a
+# MAGIC Spark SQL predicate on the input (e.g. `as_of_date = '2026-06-30'`), empty for all rows.
+
+# COMMAND ----------
+
+WIDGETS = {  # name: (default, label)
+    "config": (str(REPO_ROOT / "conf" / "demo.yaml"), "Job config (YAML)"),
+    "input_path": (str(REPO_ROOT / "data" / "demo" / "features"), "Input path"),
+    "model_path": (str(REPO_ROOT / "data" / "demo" / "model"), "Model path (SavedModel)"),
+    "output_path": (str(REPO_ROOT / "data" / "demo" / "predictions_notebook"), "Output path"),
+    "filter": ("", "Input filter (Spark SQL)"),
+}
+
+
+class WidgetShim:
+    """`dbutils.widgets` outside Databricks: the defaults, or BATCHSCORE_WIDGET_<NAME> from the environment."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    def text(self, name: str, defaultValue: str, label: str | None = None) -> None:  # noqa: N803 - dbutils' name
+        self._values[name] = os.environ.get(f"BATCHSCORE_WIDGET_{name.upper()}", defaultValue)
+
+    def get(self, name: str) -> str:
+        return self._values[name]
+
+
+try:
+    widgets = dbutils.widgets  # noqa: F821 - defined in Databricks notebooks
+except NameError:
+    widgets = WidgetShim()
+
+for name, (default, label) in WIDGETS.items():
+    widgets.text(name, default, label)
+params = {name: widgets.get(name).strip() for name in WIDGETS}
+print(json.dumps(params, indent=2))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Config
+# MAGIC The widgets become overrides exactly like `--set input.path=...` on the command line. Values
+# MAGIC are passed as quoted YAML strings, so a path that looks like a date or a number stays a path.
+
+# COMMAND ----------
+
+OVERRIDE_KEYS = {"input_path": "input.path", "model_path": "model.path", "output_path": "output.path",
+                 "filter": "input.filter"}
+overrides = [f"{key}={json.dumps(params[name])}" for name, key in OVERRIDE_KEYS.items() if params[name]]
+cfg = load_config(params["config"], overrides)
+print(json.dumps({k: cfg[k] for k in ("input", "model", "output", "quarantine")}, indent=2))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Session
+# MAGIC On Databricks the cluster's session is used: executor settings come from the cluster's Spark
+# MAGIC config, and only session-level SQL settings from the config's `spark:` section are applied.
+# MAGIC Elsewhere the session is built from the `spark:` section, as `python -m jobs.score` does.
+
+# COMMAND ----------
+
+try:
+    spark  # noqa: B018, F821 - the notebook's session on Databricks
+    own_session = False
+except NameError:
+    spark = build_session(cfg["spark"], app_name="batchscore-notebook")
+    spark.sparkContext.setLogLevel("WARN")
+    own_session = True
+
+if not own_session:
+    for key, value in {**ENGINE_DEFAULTS, **cfg["spark"]}.items():
+        if key.startswith("spark.sql."):
+            spark.conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
+    if spark.sparkContext.getConf().get("spark.python.worker.reuse", "true").lower() != "true":
+        print("warning: spark.python.worker.reuse is off on this cluster: the model is loaded for every task")
+print(f"Spark {spark.version}, master {spark.sparkContext.master}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Score
+
+# COMMAND ----------
+
+manifest = run_scoring(spark, cfg)
+print(summary(manifest))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Run manifest
+# MAGIC Also written as `_manifest.json` in the output directory.
+
+# COMMAND ----------
+
+print(json.dumps(manifest, indent=2))
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Predictions (sample)
+
+# COMMAND ----------
+
+predictions = spark.read.parquet(manifest["output"]["path"])
+sample = predictions.limit(20)
+try:
+    display(sample)  # noqa: F821 - Databricks
+except NameError:
+    sample.show(truncate=False)
+
+if manifest["rows_quarantined"]:
+    print(f"{manifest['rows_quarantined']:,} rows quarantined, by reason: {manifest.get('quarantine_reasons')}")
+    print(f"  see {manifest['output']['quarantine_path']}")
+
+# COMMAND ----------
+
+# Outside Databricks this process owns its session; on Databricks the cluster keeps it.
+if own_session and not os.environ.get("BATCHSCORE_KEEP_SESSION"):
+    spark.stop()

@@ -1,0 +1,346 @@
+"""The nightly DAG's commands, the manifest check, and the configs and profiles in conf/ (no Spark)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import py_compile
+import re
+import shlex
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from jobs.check_manifest import ManifestError, check_manifest, main
+from jobs.config import REQUIRED, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+DS = "2026-06-30"
+
+
+def _load_dag_module() -> Any:
+    spec = importlib.util.spec_from_file_location("score_nightly", ROOT / "dags" / "score_nightly.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dag_module() -> Any:
+    return _load_dag_module()
+
+
+def _good_manifest(**changes: Any) -> dict[str, Any]:
+    m = {
+        "status": "succeeded",
+        "run_id": "20260630T020000Z-abcdef12",
+        "rows_in": 10,
+        "rows_scored": 8,
+        "rows_quarantined": 2,
+        "model": {"path": "/models/m", "fingerprint": "f00d", "signature": "serving_default"},
+        "lane": "dataframe",
+    }
+    m.update(changes)
+    return m
+
+
+def _write(tmp_path: Path, manifest: Any, name: str = "_manifest.json") -> Path:
+    out = tmp_path / "predictions"
+    out.mkdir(exist_ok=True)
+    path = out / name
+    path.write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    return path
+
+
+# --- the DAG module ------------------------------------------------------------------
+
+
+def test_dag_module_imports_without_airflow(dag_module: Any) -> None:
+    if importlib.util.find_spec("airflow") is None:
+        assert dag_module.dag is None
+    else:  # pragma: no cover - only where Airflow is installed
+        assert dag_module.dag.dag_id == "batchscore_nightly"
+        assert {t.task_id for t in dag_module.dag.tasks} == {"score", "check_manifest"}
+    assert dag_module.DEFAULT_ARGS["retries"] >= 1
+    assert dag_module.DEFAULT_ARGS["execution_timeout"].total_seconds() > 0
+
+
+def test_score_command_sets_the_days_filter_and_paths(dag_module: Any) -> None:
+    cmd = dag_module.score_command(DS, home=str(ROOT), master="local[2]",
+                                   properties_file="conf/spark-local.conf",
+                                   output_root="/data/my scores/2026", quarantine_root="/data/q")
+    words = shlex.split(cmd)
+    assert words[:4] == ["cd", str(ROOT), "&&", "./spark-submit.sh"]
+    assert words[words.index("--master") + 1] == "local[2]"
+    assert (ROOT / words[words.index("--properties-file") + 1]).is_file()
+    app = words.index("jobs/score.py")
+    config = words[app + 2]
+    assert words[app + 1] == "--config" and (ROOT / config).is_file()
+    sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+    cfg = load_config(str(ROOT / config), sets)  # the job's own parsing of --set
+    assert cfg["input"]["filter"] == f"as_of_date = '{DS}'"
+    # A root that looks like a number and has a space stays one string path.
+    assert cfg["output"]["path"] == f"/data/my scores/2026/ds={DS}"
+    assert cfg["output"]["mode"] == "overwrite"
+    assert cfg["quarantine"]["path"] == f"/data/q/ds={DS}"
+
+
+def test_score_command_keeps_the_airflow_template(dag_module: Any) -> None:
+    cmd = dag_module.score_command()
+    assert "{{ ds }}" in cmd
+    rendered = shlex.split(cmd.replace("{{ ds }}", DS))
+    assert f"input.filter={json.dumps(f'as_of_date = {DS!r}')}" in rendered
+
+
+def test_check_command_points_at_the_runs_manifest(dag_module: Any) -> None:
+    words = shlex.split(dag_module.check_command(DS, home="/opt/bs", output_root="/data/p"))
+    assert words[3:6] == ["/opt/bs/.venv/bin/python", "-m", "jobs.check_manifest"]
+    assert words[6] == f"/data/p/ds={DS}/_manifest.json"
+    assert words[words.index("--min-rows") + 1] == "1"
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ("Bash command failed. The command returned a non-zero exit code 2.", 2),
+    ("Bash command failed. The command returned a non-zero exit code 1.", 1),
+    ("Bash command failed. The command returned a non-zero exit code 137.", 137),
+    ("Can not find the cwd: /opt/batchscore", None),
+])
+def test_exit_code_of_bash_failures(dag_module: Any, message: str, code: int | None) -> None:
+    assert dag_module.exit_code_of(message) == code
+    assert (dag_module.exit_code_of(message) == dag_module.USER_ERROR_EXIT) == (code == 2)
+
+
+def _stub_airflow(monkeypatch: pytest.MonkeyPatch) -> tuple[type, type]:
+    """The few Airflow names the DAG uses; BashOperator fails with Airflow's own message."""
+    class AirflowException(Exception):
+        pass
+
+    class AirflowFailException(AirflowException):
+        pass
+
+    class DAG:
+        current: Any = None
+
+        def __init__(self, dag_id: str, **kwargs: Any) -> None:
+            self.dag_id, self.kwargs, self.tasks = dag_id, kwargs, []
+
+        def __enter__(self) -> Any:
+            DAG.current = self
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            DAG.current = None
+
+    class BashOperator:
+        def __init__(self, *, task_id: str, bash_command: str, skip_on_exit_code: Any = 99, **kwargs: Any) -> None:
+            self.task_id, self.bash_command, self.kwargs = task_id, bash_command, kwargs
+            self.downstream: list[Any] = []
+            if DAG.current is not None:
+                DAG.current.tasks.append(self)
+
+        def __rshift__(self, other: Any) -> Any:
+            self.downstream.append(other)
+            return other
+
+        def execute(self, context: Any) -> str:
+            rc = subprocess.run(["bash", "-c", self.bash_command], check=False).returncode
+            if rc != 0:
+                raise AirflowException(f"Bash command failed. The command returned a non-zero exit code {rc}.")
+            return ""
+
+    modules = {name: types.ModuleType(name) for name in
+               ("airflow", "airflow.exceptions", "airflow.operators", "airflow.operators.bash")}
+    modules["airflow"].DAG = DAG  # type: ignore[attr-defined]
+    modules["airflow.exceptions"].AirflowException = AirflowException  # type: ignore[attr-defined]
+    modules["airflow.exceptions"].AirflowFailException = AirflowFailException  # type: ignore[attr-defined]
+    modules["airflow.operators.bash"].BashOperator = BashOperator  # type: ignore[attr-defined]
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return AirflowException, AirflowFailException
+
+
+def test_dag_with_airflow_fails_exit_2_without_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    airflow_exception, fail_exception = _stub_airflow(monkeypatch)
+    module = _load_dag_module()
+    dag = module.dag
+    assert dag.dag_id == "batchscore_nightly"
+    score, check = dag.tasks
+    assert (score.task_id, check.task_id) == ("score", "check_manifest")
+    assert score.downstream == [check]
+    assert "{{ ds }}" in score.bash_command and "jobs.check_manifest" in check.bash_command
+    assert dag.kwargs["default_args"]["retries"] >= 1 and dag.kwargs["max_active_runs"] == 1
+
+    op_class = type(score)
+    op_class(task_id="ok", bash_command="true").execute({})
+    with pytest.raises(fail_exception, match="exit 2, a user error"):
+        op_class(task_id="user_error", bash_command="exit 2").execute({})
+    with pytest.raises(airflow_exception, match="exit code 1") as crash:
+        op_class(task_id="crash", bash_command="exit 1").execute({})
+    assert not isinstance(crash.value, fail_exception)  # retried as usual
+
+
+# --- the manifest check --------------------------------------------------------------
+
+
+def test_check_manifest_accepts_a_good_run(tmp_path: Path) -> None:
+    path = _write(tmp_path, _good_manifest())
+    assert check_manifest(str(path)) == _good_manifest()
+    assert check_manifest(str(path.parent))["run_id"] == "20260630T020000Z-abcdef12"  # the directory
+    assert check_manifest("file:" + str(path), min_rows=10)["rows_in"] == 10  # a Hadoop-style URI
+    assert main([str(path)]) == 0
+
+
+@pytest.mark.parametrize(("manifest", "match"), [
+    (_good_manifest(status="failed"), r"status is 'failed', expected 'succeeded'"),
+    (_good_manifest(status=None), r"status is None"),
+    (_good_manifest(rows_scored=7), r"rows_in=10 != rows_scored=7 \+ rows_quarantined=2"),
+    (_good_manifest(rows_in=11), r"rows_in=11 != rows_scored=8 \+ rows_quarantined=2"),
+    (_good_manifest(rows_quarantined=-1, rows_scored=11), r"'rows_quarantined' must be a non-negative integer"),
+    (_good_manifest(rows_in="10"), r"'rows_in' must be a non-negative integer, got '10'"),
+    (_good_manifest(rows_scored=True), r"'rows_scored' must be a non-negative integer"),
+    ({k: v for k, v in _good_manifest().items() if k != "rows_in"}, r"'rows_in' must be"),
+    ("{not json", r"is not valid JSON"),
+    ("[1, 2]", r"must hold a JSON object"),
+])
+def test_check_manifest_rejects_a_bad_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          manifest: Any, match: str) -> None:
+    path = _write(tmp_path, manifest)
+    with pytest.raises(ManifestError, match=match):
+        check_manifest(str(path))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_check_manifest_missing_and_too_few_rows(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"manifest '.*/nothing/_manifest.json' not found"):
+        check_manifest(str(tmp_path / "nothing"))
+    path = _write(tmp_path, _good_manifest(rows_in=0, rows_scored=0, rows_quarantined=0))
+    assert check_manifest(str(path))["rows_in"] == 0  # an empty day is a success by default
+    with pytest.raises(ManifestError, match=r"rows_in=0 is below the minimum of 1"):
+        check_manifest(str(path), min_rows=1)
+    assert main([str(path), "--min-rows", "1"]) == 2
+
+
+def test_check_manifest_command_line_exit_codes(tmp_path: Path) -> None:
+    good = _write(tmp_path, _good_manifest(), "good.json")
+    bad = _write(tmp_path, _good_manifest(rows_scored=1), "bad.json")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ok = subprocess.run([sys.executable, "-m", "jobs.check_manifest", str(good)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("ok: run 20260630T020000Z-abcdef12 succeeded")
+    fail = subprocess.run([sys.executable, "-m", "jobs.check_manifest", str(bad)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert fail.returncode == 2
+    assert fail.stderr.strip() == (f"error: {bad}: rows_in=10 != rows_scored=1 + rows_quarantined=2")
+
+
+# --- conf/ ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")) + sorted(CONF.glob("*.yml")), ids=lambda p: p.name)
+def test_every_yaml_config_loads(path: Path) -> None:
+    raw = yaml.safe_load(path.read_text()) or {}
+    overrides = []
+    for key in REQUIRED:  # a file may leave required paths to --set
+        section, leaf = key.split(".")
+        if not (raw.get(section) or {}).get(leaf):
+            overrides.append(f"{key}=/tmp/batchscore-test/{leaf}")
+    cfg = load_config(str(path), overrides)
+    for key in REQUIRED:
+        section, leaf = key.split(".")
+        assert isinstance(cfg[section][leaf], str) and cfg[section][leaf]
+
+
+def test_databricks_config_reads_the_model_from_a_volume() -> None:
+    cfg = load_config(str(CONF / "databricks.yaml"))
+    assert cfg["model"]["path"].startswith("/Volumes/")
+    assert cfg["model"]["distribution"] == "direct"
+    assert "spark.master" not in cfg["spark"]  # the cluster owns its session
+
+
+def _properties(path: Path) -> dict[str, str]:
+    """A Spark properties file as spark-submit reads it: `key value` lines, `#` comment lines."""
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        m = re.match(r"([^\s=:]+)\s*[=:\s]\s*(.*)$", line)
+        assert m, f"{path.name}: cannot parse {line!r}"
+        assert m.group(1) not in props, f"{path.name}: '{m.group(1)}' set twice"
+        props[m.group(1)] = m.group(2).strip()
+    return props
+
+
+PROFILES = ["spark-local.conf", "spark-cluster-cpu.conf", "spark-cluster-gpu.conf"]
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_spark_profiles_are_plain_spark_properties(name: str) -> None:
+    props = _properties(CONF / name)
+    assert props, f"{name} has no properties"
+    for key, value in props.items():
+        assert key.startswith("spark."), f"{name}: '{key}' is not a Spark property"
+        assert value, f"{name}: '{key}' has no value"
+        assert "#" not in value, f"{name}: '{key}' has an inline comment, which becomes part of the value"
+    assert props["spark.python.worker.reuse"] == "true"  # the engine's model cache needs it
+
+
+def test_profile_specifics() -> None:
+    local = _properties(CONF / "spark-local.conf")
+    assert local["spark.master"] == "local[*]" and local["spark.ui.enabled"] == "false"
+    assert local["spark.driver.bindAddress"] == "127.0.0.1"
+    cpu = _properties(CONF / "spark-cluster-cpu.conf")
+    assert int(cpu["spark.executor.cores"]) % int(cpu["spark.task.cpus"]) == 0
+    assert "spark.executor.memoryOverhead" in cpu and "spark.executor.pyspark.memory" not in cpu
+    gpu = _properties(CONF / "spark-cluster-gpu.conf")
+    assert float(gpu["spark.task.resource.gpu.amount"]) <= float(gpu["spark.executor.resource.gpu.amount"])
+    assert gpu["spark.executor.resource.gpu.discoveryScript"].endswith("spark-gpu-discovery.sh")
+    # One task per executor: the task's cpus are the executor's, so the GPU is never shared by accident.
+    assert gpu["spark.task.cpus"] == gpu["spark.executor.cores"]
+
+
+def _discover(**env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("BATCHSCORE_FAKE_GPUS", "CUDA_VISIBLE_DEVICES")}
+    return subprocess.run([str(CONF / "spark-gpu-discovery.sh")], env={**clean, **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(("env", "addresses"), [
+    ({"BATCHSCORE_FAKE_GPUS": "3"}, ["0", "1", "2"]),
+    ({"BATCHSCORE_FAKE_GPUS": "0"}, []),
+    ({"BATCHSCORE_FAKE_GPUS": "1", "CUDA_VISIBLE_DEVICES": "5,6"}, ["0"]),  # the fake wins
+    ({"CUDA_VISIBLE_DEVICES": "2,3"}, ["0", "1"]),  # renumbered as CUDA and TF see them
+    ({"CUDA_VISIBLE_DEVICES": ""}, []),
+])
+def test_gpu_discovery_script(env: dict[str, str], addresses: list[str]) -> None:
+    result = _discover(**env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"name": "gpu", "addresses": addresses}
+
+
+def test_gpu_discovery_script_rejects_a_bad_fake_count() -> None:
+    result = _discover(BATCHSCORE_FAKE_GPUS="two")
+    assert result.returncode == 1
+    assert "BATCHSCORE_FAKE_GPUS must be a number" in result.stderr and result.stdout == ""
+
+
+# --- notebooks/ ----------------------------------------------------------------------
+
+
+def test_notebook_is_databricks_source_and_valid_python(tmp_path: Path) -> None:
+    path = ROOT / "notebooks" / "score_demo.py"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# Databricks notebook source"
+    assert lines.count("# COMMAND ----------") >= 5
+    assert any(line.startswith("# MAGIC %md") for line in lines)
+    py_compile.compile(str(path), cfile=str(tmp_path / "nb.pyc"), doraise=True)
