@@ -6,6 +6,7 @@ with on_bad_rows=fail), one line `error: ...` on stderr; 1 anything else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -92,6 +93,8 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
                           "choose overwrite, append or overwrite_partitions")
     m = cfg["model"]
     signature = read_signature(_local_abs(m["path"]), m["signature"])
+    if cfg["input"]["format"] != "table" and not fs.exists(fs.qualify(_local_abs(cfg["input"]["path"]))):
+        raise InputError(f"input.path '{cfg['input']['path']}' does not exist")
     df = read_input(spark, cfg["input"])
     keep = list(cfg["output"]["keep_columns"])
     parts = list(cfg["output"]["partition_by"])
@@ -132,7 +135,8 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     t_score = time.monotonic()
     try:
         try:
-            (scored.write.mode("overwrite").partitionBy(REASON_COLUMN, "bs__column", *parts).parquet(staging))
+            with _session_conf(spark, UNSORTED_WRITE):
+                scored.write.mode("overwrite").partitionBy(REASON_COLUMN, "bs__column", *parts).parquet(staging)
         except Exception as e:  # noqa: BLE001
             raise translate_spark_error(e) from None
         counts = _staged_counts(spark, staging)
@@ -238,6 +242,30 @@ def pa_errors() -> type[Exception]:
     import pyarrow as pa  # noqa: PLC0415
 
     return pa.ArrowException
+
+
+# Rows reach the writer in a few status/partition groups: open one writer per
+# group as rows arrive instead of sorting every row by the partition columns
+# first (Spark falls back to sorting past 64 open writers per task).
+UNSORTED_WRITE = {
+    "spark.sql.optimizer.plannedWrite.enabled": "false",
+    "spark.sql.maxConcurrentOutputFileWriters": "64",
+}
+
+
+@contextlib.contextmanager
+def _session_conf(spark: Any, settings: dict[str, str]) -> Any:
+    old = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 def _staged_counts(spark: Any, staging: str) -> dict[str, int]:
