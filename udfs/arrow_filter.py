@@ -23,7 +23,7 @@ class UnsupportedFilter(ValueError):
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)|(?P<str>'(?:[^'\\]|\\.|'')*')"
-    r"|(?P<bq>`[^`]+`)|(?P<op><=>|<=|>=|<>|!=|==|=|<|>|\(|\)|,)|(?P<word>[A-Za-z_][A-Za-z0-9_.]*))"
+    r"|(?P<bq>`[^`]+`)|(?P<op><=>|<=|>=|<>|!=|==|=|<|>|\(|\)|,|[-+*/%])|(?P<word>[A-Za-z_][A-Za-z0-9_.]*))"
 )
 _KEYWORDS = {"and", "or", "not", "in", "is", "null", "between", "true", "false", "date", "timestamp"}
 

@@ -1,0 +1,129 @@
+"""The Arrow lane and the DataFrame lane give the same output on the same input."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.config import load_config
+from jobs.demo_data import NUMERIC
+from jobs.score import run_scoring
+from tests import support
+from udfs.errors import ConfigError
+
+NUMERIC_COLUMNS = "input.columns={numeric: [" + ", ".join(NUMERIC) + "]}"
+FLOAT_TOL = 1e-6  # same model, batches cut at other rows: float32 rounding may differ in the last bit
+
+
+def _cfg(inp: str, model: str, out: str, *extra: str) -> dict:
+    return load_config(None, [
+        f"input.path={inp}", f"model.path={model}", f"output.path={out}", NUMERIC_COLUMNS,
+        "output.keep_columns=[id, as_of_date]", "model.batch_size=128", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def dirty_input(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) -> str:
+    """The demo rows, hive-partitioned, several files per date, with bad rows and an empty file."""
+    t = demo_table
+    n = t.num_rows
+    income = t.column("income").to_numpy().copy()
+    income[np.arange(3, n, 97)] = np.nan  # non_finite
+    mask = np.zeros(n, dtype=bool)
+    mask[np.arange(5, n, 89)] = True  # null_feature
+    t = t.set_column(t.schema.get_field_index("income"), "income", pa.array(income, mask=mask))
+    root = str(tmp_path_factory.mktemp("lanes") / "features")
+    ds.write_dataset(t, root, format="parquet", partitioning=["as_of_date"], partitioning_flavor="hive",
+                     max_rows_per_file=90, max_rows_per_group=30, basename_template="part-{i}.parquet")
+    first = sorted(d for d in os.listdir(root) if d.startswith("as_of_date="))[0]
+    pq.write_table(t.slice(0, 0).drop_columns(["as_of_date"]), os.path.join(root, first, "empty.parquet"))
+    return root
+
+
+def _read(path: str) -> pa.Table:
+    return support.read_output(path) if os.path.isdir(path) else pa.table({})
+
+
+def _assert_same(a: pa.Table, b: pa.Table) -> None:
+    assert a.column_names == b.column_names
+    assert a.num_rows == b.num_rows
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_floating(x.type):
+            assert x.null_count == y.null_count
+            assert x.is_null().equals(y.is_null())
+            assert support.max_abs_diff(pc.fill_null(x, 0).to_numpy(), pc.fill_null(y, 0).to_numpy()) <= FLOAT_TOL
+        else:
+            assert x.equals(y), name
+
+
+@pytest.mark.parametrize("filter_sql", [None, "as_of_date >= '2026-08-01' AND age > 30"])
+def test_lanes_give_identical_outputs(spark, dirty_input, demo_model, tmp_path, filter_sql) -> None:  # type: ignore[no-untyped-def]
+    extra = [f"input.filter={json.dumps(filter_sql)}"] if filter_sql else []
+    results = {}
+    for lane in ("arrow", "dataframe"):
+        out = str(tmp_path / lane / "out")
+        manifest = run_scoring(spark, _cfg(dirty_input, demo_model, out, f"input.lane={lane}", *extra))
+        assert manifest["lane"] == lane
+        results[lane] = (manifest, _read(out), _read(out + "_quarantine"))
+    (ma, oa, qa), (md, od, qd) = results["arrow"], results["dataframe"]
+    for key in ("rows_in", "rows_scored", "rows_quarantined", "quarantine_reasons"):
+        assert ma[key] == md[key], key
+    assert ma["rows_quarantined"] > 0 and ma["rows_scored"] > 0
+    _assert_same(oa, od)
+    _assert_same(qa, qd)
+    assert set(qa.column("reason").to_pylist()) == {"null_feature", "non_finite"}
+    assert set(qa.column("column").to_pylist()) == {"income"}
+    # every input row once: output + quarantine == the (filtered) input ids
+    src = ds.dataset(dirty_input, format="parquet", partitioning="hive").to_table()
+    if filter_sql:
+        keep = pc.and_(pc.greater_equal(src.column("as_of_date"), "2026-08-01"), pc.greater(src.column("age"), 30))
+        src = src.filter(keep)
+    ids = np.concatenate([oa.column("id").to_numpy(), qa.column("id").to_numpy()])
+    assert len(ids) == len(np.unique(ids))
+    assert set(ids.tolist()) == set(src.column("id").to_pylist())
+
+
+def test_arrow_lane_scores_like_bare_tf(spark, dirty_input, demo_model, demo_reference, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "out")
+    run_scoring(spark, _cfg(dirty_input, demo_model, out, "input.lane=arrow"))
+    t = _read(out)
+    ids = t.column("id").to_numpy()
+    assert support.max_abs_diff(t.column("output_0").to_numpy(), demo_reference[ids]) <= 1e-5
+
+
+def test_auto_picks_arrow_for_plain_parquet(spark, demo_input, demo_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    manifest = run_scoring(spark, _cfg(demo_input, demo_model, str(tmp_path / "out")))
+    assert manifest["lane"] == "arrow"
+
+
+def test_auto_falls_back_for_orc_and_says_so(spark, demo_input, demo_model, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    orc = str(tmp_path / "orc")
+    spark.read.parquet(demo_input).write.orc(orc)
+    caplog.set_level(logging.INFO, logger="batchscore")
+    out = str(tmp_path / "out")
+    manifest = run_scoring(spark, _cfg(orc, demo_model, out, "input.format=orc"))
+    assert manifest["lane"] == "dataframe"
+    assert any("DataFrame lane" in r.getMessage() and "orc" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match="input.lane 'arrow'.*orc"):
+        run_scoring(spark, _cfg(orc, demo_model, str(tmp_path / "out2"), "input.format=orc", "input.lane=arrow"))
+
+
+def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, demo_model, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="batchscore")
+    cfg = _cfg(demo_input, demo_model, str(tmp_path / "out"), "input.filter=abs(age - 50) < 10")
+    manifest = run_scoring(spark, cfg)
+    assert manifest["lane"] == "dataframe"
+    assert any("abs()" in r.getMessage() for r in caplog.records)
+    expected = spark.read.parquet(demo_input).where("abs(age - 50) < 10").count()
+    assert manifest["rows_in"] == manifest["rows_scored"] == expected
+    with pytest.raises(ConfigError, match="abs"):
+        run_scoring(spark, _cfg(demo_input, demo_model, str(tmp_path / "o2"), "input.lane=arrow",
+                                "input.filter=abs(age - 50) < 10"))
