@@ -88,8 +88,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
-    if parts[0] == "spark":  # Spark keys contain dots themselves: spark.spark.master
-        data.setdefault("spark", {})[".".join(parts[1:])] = value
+    if parts[0] == "spark":  # Spark keys contain dots themselves: spark.master or spark.spark.master
+        rest = ".".join(parts[1:])
+        data.setdefault("spark", {})[rest if rest.startswith("spark.") else f"spark.{rest}"] = value
         return
     node = data
     for part in parts[:-1]:
