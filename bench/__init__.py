@@ -1,0 +1,1 @@
+"""The benchmark harness: `python -m bench.run --profile quick|full` (see bench/README.md)."""

@@ -1,0 +1,514 @@
+"""Run the benchmark: `python -m bench.run --profile quick|full` (tiny: a smoke run while developing).
+
+One process tree, one machine, the same data and model for every contender:
+bare single-process TF, Spark's predict_batch_udf, a plain iterator pandas UDF,
+batchscore's DataFrame lane and its Arrow lane. The Spark contenders share one
+`local[2]` SparkSession. Each contender gets one untimed warm-up run (Python
+workers started, model loaded, first call traced), then `runs` timed runs in
+rotating order; each run writes to a fresh directory; the median counts.
+Results: bench/results/<profile>.{json,md,png} (see bench/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import logging
+import os
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH_DIR.parent
+
+# Settings of the one shared SparkSession (applied through jobs.session.build_session).
+SPARK_CONF = {
+    "spark.master": "local[2]",
+    "spark.ui.enabled": "false",
+    "spark.driver.memory": "4g",  # the CNN's 48 KB rows pass through the JVM
+    "spark.sql.shuffle.partitions": "4",  # the DataFrame lane's small row-count aggregation
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    mlp_rows: int
+    mlp_rows_per_file: int
+    cnn_rows: int
+    cnn_rows_per_file: int
+    runs: int  # timed runs per contender (median)
+    batch_sizes: tuple[int, ...]  # batch-size sweep, lanes on the MLP
+    sweep_rows: tuple[int, ...]  # rows sweep, lanes on the MLP
+    sweep_runs: int
+    mlp_batch: int = 4096  # rows per model call, every contender
+    cnn_batch: int = 256
+    cnn_arrow_batch: int = 1024  # spark.sql.execution.arrow.maxRecordsPerBatch for the CNN
+
+
+PROFILES = {
+    "tiny": Profile("tiny", mlp_rows=20_000, mlp_rows_per_file=2_500, cnn_rows=160, cnn_rows_per_file=20,
+                    runs=3, batch_sizes=(1024, 8192), sweep_rows=(20_000, 60_000), sweep_runs=3),
+    "quick": Profile("quick", mlp_rows=100_000, mlp_rows_per_file=12_500, cnn_rows=1_600, cnn_rows_per_file=200,
+                     runs=3, batch_sizes=(1024, 8192), sweep_rows=(100_000, 300_000), sweep_runs=3),
+    # full CNN: ~25-45 s a contender run on 2 cores (bare TF does ~450 images/s)
+    "full": Profile("full", mlp_rows=1_000_000, mlp_rows_per_file=125_000, cnn_rows=12_000,
+                    cnn_rows_per_file=1_500, runs=3, batch_sizes=(256, 1024, 4096, 16384),
+                    sweep_rows=(1_000_000, 3_000_000, 10_000_000), sweep_runs=3),
+}
+CONTENDERS = ("bare_tf", "predict_batch_udf", "pandas_udf", "dataframe_lane", "arrow_lane")
+LANES = ("dataframe_lane", "arrow_lane")
+
+
+def _say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    return f"{type(e).__name__}: {line.strip()[:300]}"
+
+
+def count_rows(path: str) -> int:
+    import pyarrow.dataset as ds  # noqa: PLC0415
+
+    return ds.dataset(path, format="parquet").count_rows()
+
+
+def read_predictions(path: str) -> Any:
+    """(ids, predictions) sorted by id."""
+    import numpy as np  # noqa: PLC0415
+    import pyarrow.dataset as ds  # noqa: PLC0415
+
+    t = ds.dataset(path, format="parquet").to_table(columns=["id", "prediction"])
+    ids = t.column("id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    return ids[order], t.column("prediction").to_numpy().astype("float64")[order]
+
+
+class Bench:
+    """Holds the session, the monitor and the output area; runs contenders and records runs."""
+
+    def __init__(self, spark: Any, jvm_pid: int, monitor: Any, out_root: str) -> None:
+        self.spark = spark
+        self.jvm_pid = jvm_pid
+        self.monitor = monitor
+        self.out_root = out_root
+        self._n = 0
+
+    def fresh_out(self, tag: str) -> str:
+        self._n += 1
+        path = os.path.join(self.out_root, f"{self._n:04d}-{tag}")
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path + "_quarantine", ignore_errors=True)
+        return path
+
+    @staticmethod
+    def drop_out(path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path + "_quarantine", ignore_errors=True)
+
+    def measure(self, c: Any, tag: str, *, keep: bool = False) -> dict[str, Any]:
+        """One run of `c` into a fresh directory, watched by the RSS monitor."""
+        w = c.workload
+        out = self.fresh_out(f"{w.name}-{c.key}-{tag}")
+        load_before = os.getloadavg()[0]
+        group = f"bench-{self._n:04d}"
+        sc = self.spark.sparkContext
+        sc.setJobGroup(group, f"{w.name} {c.key} {tag}")
+        self.monitor.begin(*c.monitor_target(self.jvm_pid))
+        try:
+            info = c.run(out)
+        except Exception as e:  # noqa: BLE001 - a failed contender is reported, not fatal
+            self.monitor.end()
+            self.drop_out(out)
+            return {"error": _first_line(e)}
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+        win = self.monitor.end()
+        rec: dict[str, Any] = {
+            "seconds": round(info.pop("seconds"), 4),
+            "rows_per_second": None,
+            "peak_worker_rss_mb": win.peak_worker_rss_mb(),
+            "workers": win.model_workers(),
+            "active_pids": win.active_pids(),
+            "rss_mb_by_pid": {str(p): round(v, 1) for p, v in sorted(win.peak_rss_mb.items())},
+            "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        }
+        rec["rows_per_second"] = round(w.rows / rec["seconds"], 1) if rec["seconds"] > 0 else None
+        rec.update(info)
+        if c.monitor_target(self.jvm_pid)[0] == "spark":
+            rec.update(spark_jobs(sc, group))
+        lane = getattr(c, "lane", "")
+        got = (rec.get("manifest") or {}).get("lane")
+        if lane and got != lane:
+            rec["wrong_lane"] = got
+        try:
+            rec["rows_out"] = count_rows(out)
+        except Exception as e:  # noqa: BLE001
+            rec["rows_out"] = None
+            rec["error"] = f"output unreadable: {_first_line(e)}"
+        if rec["rows_out"] != w.rows and "error" not in rec:
+            rec["error"] = f"wrote {rec['rows_out']} rows, expected {w.rows}"
+        if keep:
+            rec["out"] = out
+        else:
+            self.drop_out(out)
+        return rec
+
+
+def spark_jobs(sc: Any, group: str) -> dict[str, Any]:
+    """How many Spark jobs and tasks one run started (a pointer to fixed per-run overhead)."""
+    try:
+        tracker = sc.statusTracker()
+        jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)]
+        stages = [tracker.getStageInfo(s) for j in jobs if j for s in j.stageIds]
+        return {"spark_jobs": len(jobs), "spark_tasks": sum(s.numTasks for s in stages if s)}
+    except Exception:  # noqa: BLE001 - informative only
+        return {}
+
+
+def _set_confs(spark: Any, conf: dict[str, str]) -> dict[str, str | None]:
+    old = {}
+    for k, v in conf.items():
+        old[k] = spark.conf.get(k, None)
+        spark.conf.set(k, v)
+    return old
+
+
+def _restore_confs(spark: Any, old: dict[str, str | None]) -> None:
+    for k, v in old.items():
+        if v is None:
+            spark.conf.unset(k)
+        else:
+            spark.conf.set(k, v)
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"timed_runs": 0}
+    rps = [r["rows_per_second"] for r in ok]
+    secs = [r["seconds"] for r in ok]
+    rss = [r["peak_worker_rss_mb"] for r in ok if r.get("peak_worker_rss_mb") is not None]
+    return {
+        "timed_runs": len(ok),
+        "median_seconds": round(statistics.median(secs), 4),
+        "median_rows_per_second": round(statistics.median(rps), 1),
+        "min_rows_per_second": round(min(rps), 1),
+        "max_rows_per_second": round(max(rps), 1),
+        "peak_worker_rss_mb": round(max(rss), 1) if rss else None,
+        "median_peak_worker_rss_mb": round(statistics.median(rss), 1) if rss else None,
+    }
+
+
+def compare(bench: Bench, w: Any, contenders: list[Any], runs: int) -> dict[str, Any]:
+    """Warm up every contender once, then `runs` timed rounds in rotating order."""
+    old = _set_confs(bench.spark, w.spark_conf)
+    result: dict[str, Any] = {
+        "title": w.title, "rows": w.rows, "data": w.data_path, "model": w.model_path,
+        "batch_size": w.batch_size, "spark_conf": dict(w.spark_conf), "contenders": {},
+    }
+    recs = {c.key: {"label": c.label, "available": True, "warmup": None, "runs": []} for c in contenders}
+    try:
+        for c in contenders:
+            try:
+                c.prepare(w)
+            except Exception as e:  # noqa: BLE001
+                c.available, c.unavailable_reason = False, f"prepare failed: {_first_line(e)}"
+        reference = None
+        for c in contenders:
+            if not c.available:
+                continue
+            _say(f"[{w.name}] warm-up {c.key}")
+            rec = bench.measure(c, "warmup", keep=True)
+            recs[c.key]["warmup"] = rec
+            if "error" in rec:
+                c.available, c.unavailable_reason = False, f"warm-up failed: {rec['error']}"
+                continue
+            if "wrong_lane" in rec:
+                c.available = False
+                c.unavailable_reason = (f"not available: input.lane: {c.lane} ran the '{rec['wrong_lane']}' "
+                                        "lane (the manifest's `lane`)")
+            try:
+                ids, preds = read_predictions(rec["out"])
+                if reference is None and c.key == "bare_tf":
+                    reference = (ids, preds)
+                elif reference is not None:
+                    import numpy as np  # noqa: PLC0415
+
+                    same_ids = len(ids) == len(reference[0]) and bool((ids == reference[0]).all())
+                    rec["same_ids_as_bare_tf"] = same_ids
+                    rec["max_abs_diff_vs_bare_tf"] = (float(np.max(np.abs(preds - reference[1])))
+                                                      if same_ids and len(ids) else None)
+            except Exception as e:  # noqa: BLE001
+                rec["compare_error"] = _first_line(e)
+            _say(f"[{w.name}] warm-up {c.key}: {rec['seconds']:.2f} s"
+                 + (f" ({c.unavailable_reason})" if not c.available else ""))
+        for c in contenders:
+            warm = recs[c.key]["warmup"]
+            if warm and "out" in warm:
+                bench.drop_out(warm.pop("out"))
+        live = [c for c in contenders if c.available]
+        for r in range(runs):
+            k = r % len(live) if live else 0
+            for c in live[k:] + live[:k]:
+                rec = bench.measure(c, f"run{r + 1}")
+                if "wrong_lane" in rec and "error" not in rec:
+                    rec["error"] = f"ran the '{rec['wrong_lane']}' lane"
+                recs[c.key]["runs"].append(rec)
+                msg = rec.get("error") or f"{rec['seconds']:.2f} s, {rec['rows_per_second']:,.0f} rows/s"
+                _say(f"[{w.name}] {c.key} run {r + 1}/{runs}: {msg}")
+        for c in contenders:
+            rc = recs[c.key]
+            rc["available"] = c.available
+            if c.unavailable_reason:
+                rc["unavailable_reason"] = c.unavailable_reason
+            rc.update(summarise(rc["runs"]) if c.available else {})
+            loads = c.loads() if c.available or c.key == "bare_tf" else None
+            all_runs = [x for x in [rc["warmup"], *rc["runs"]] if x and "error" not in x]
+            workers = sorted({p for x in all_runs for p in x.get("workers", [])})
+            rc["workers"] = workers
+            if loads is not None:
+                rc["model_loads"] = loads[0]
+                if loads[1]:
+                    rc["loading_pids"] = loads[1]
+            errors = [x["error"] for x in rc["runs"] if "error" in x]
+            if errors:
+                rc["errors"] = errors
+    finally:
+        _restore_confs(bench.spark, old)
+    result["contenders"] = recs
+    _add_ratios(result)
+    return result
+
+
+def _add_ratios(result: dict[str, Any]) -> None:
+    cs = result["contenders"]
+
+    def rate(key: str) -> float | None:
+        c = cs.get(key) or {}
+        return c.get("median_rows_per_second") if c.get("available") else None
+
+    bare, pbu = rate("bare_tf"), rate("predict_batch_udf")
+    for c in cs.values():
+        r = c.get("median_rows_per_second") if c.get("available") else None
+        c["x_bare_tf"] = round(r / bare, 3) if r and bare else None
+        c["x_predict_batch_udf"] = round(r / pbu, 3) if r and pbu else None
+
+
+def batch_sweep(bench: Bench, w: Any, lanes: list[Any], sizes: tuple[int, ...], runs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"workload": w.name, "rows": w.rows, "batch_sizes": list(sizes), "lanes": {}}
+    for lane in lanes:
+        points = []
+        for bs in sizes:
+            lane.prepare(dataclasses.replace(w, batch_size=bs))
+            recs = []
+            for r in range(runs):
+                rec = bench.measure(lane, f"bs{bs}-run{r + 1}")
+                recs.append(rec)
+                _say(f"[sweep batch] {lane.key} batch {bs} run {r + 1}/{runs}: "
+                     + (rec.get("error") or f"{rec['seconds']:.2f} s"))
+            points.append({"batch_size": bs, "runs": recs, **summarise(recs)})
+        out["lanes"][lane.key] = points
+    return out
+
+
+def rows_sweep(bench: Bench, workloads: list[Any], lanes: list[Any], runs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": [w.rows for w in workloads], "lanes": {lane.key: [] for lane in lanes}}
+    for w in workloads:
+        recs: dict[str, list[dict[str, Any]]] = {lane.key: [] for lane in lanes}
+        for lane in lanes:
+            lane.prepare(w)
+        for r in range(runs):
+            for lane in lanes:
+                rec = bench.measure(lane, f"rows{w.rows}-run{r + 1}")
+                recs[lane.key].append(rec)
+                _say(f"[sweep rows] {lane.key} {w.rows:,} rows run {r + 1}/{runs}: "
+                     + (rec.get("error") or f"{rec['seconds']:.2f} s"))
+        for lane in lanes:
+            out["lanes"][lane.key].append({"rows": w.rows, "data": w.data_path, "runs": recs[lane.key],
+                                           **summarise(recs[lane.key])})
+    for lane in lanes:
+        out["lanes"][lane.key + "_fit"] = _linear_fit(out["lanes"][lane.key])
+    return out
+
+
+def _linear_fit(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """seconds = a + b * rows over the sweep's medians; r2 near 1 means linear."""
+    pts = [(p["rows"], p["median_seconds"]) for p in points if p.get("median_seconds")]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    b = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    a = my - b * mx
+    ss_tot = sum((y - my) ** 2 for _, y in pts)
+    ss_res = sum((y - (a + b * x)) ** 2 for x, y in pts)
+    # two points always fit a line: R² says something only from three on
+    r2 = round(1 - ss_res / ss_tot, 5) if ss_tot > 0 and n >= 3 else None
+    return {"intercept_seconds": round(a, 3), "seconds_per_million_rows": round(b * 1e6, 3), "r2": r2,
+            "points": n}
+
+
+def _jvm_pid(spark: Any) -> int:
+    proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
+    if proc is not None:
+        return int(proc.pid)
+    import psutil  # noqa: PLC0415
+
+    for p in psutil.Process().children(recursive=True):
+        if "java" in p.name().lower():
+            return p.pid
+    raise RuntimeError("cannot find the Spark JVM among this process's children")
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    p.add_argument("--rows", type=int, help="MLP rows (overrides the profile)")
+    p.add_argument("--cnn-rows", type=int, help="CNN rows (overrides the profile)")
+    p.add_argument("--runs", type=int, help="timed runs per contender (>= 3 for a reportable median)")
+    p.add_argument("--batch-sizes", type=_parse_ints, help="batch-size sweep, e.g. 1024,8192")
+    p.add_argument("--sweep-rows", type=_parse_ints, help="rows sweep, e.g. 1000000,3000000,10000000")
+    p.add_argument("--no-sweeps", action="store_true", help="only the side-by-side comparison")
+    p.add_argument("--workloads", default="mlp,cnn", help="comma list of mlp, cnn")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list of " + ", ".join(CONTENDERS))
+    p.add_argument("--master", default=SPARK_CONF["spark.master"], help="Spark master (default local[2])")
+    p.add_argument("--work", default=str(BENCH_DIR / "work"), help="data, models and scratch outputs")
+    p.add_argument("--results", help="results directory (default bench/results for quick and full "
+                                     "without overrides, else <work>/results)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = PROFILES[args.profile]
+    overrides = {k: v for k, v in {
+        "mlp_rows": args.rows, "cnn_rows": args.cnn_rows, "runs": args.runs,
+        "batch_sizes": args.batch_sizes, "sweep_rows": args.sweep_rows}.items() if v}
+    custom = bool(overrides) or args.no_sweeps or args.workloads != "mlp,cnn" \
+        or args.contenders != ",".join(CONTENDERS) or args.master != SPARK_CONF["spark.master"]
+    if overrides:
+        profile = dataclasses.replace(profile, **overrides)
+    name = profile.name + ("-custom" if custom else "")
+    results_dir = args.results or (str(BENCH_DIR / "results") if profile.name in ("quick", "full") and not custom
+                                   else os.path.join(args.work, "results"))
+    workload_names = [x.strip() for x in args.workloads.split(",") if x.strip()]
+    wanted = [x.strip() for x in args.contenders.split(",") if x.strip()]
+    bad = sorted(set(workload_names) - {"mlp", "cnn"}) + sorted(set(wanted) - set(CONTENDERS))
+    if bad:
+        print(f"error: unknown workload or contender '{bad[0]}'", file=sys.stderr)
+        return 2
+    if profile.runs < 3:
+        _say(f"warning: {profile.runs} timed runs; the protocol asks for at least 3")
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # the bare TF child and the Spark workers import `bench` and `udfs` from this checkout
+    path = os.environ.get("PYTHONPATH", "")
+    if str(PROJECT_ROOT) not in path.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), path) if p)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from bench import contenders as cm  # noqa: PLC0415
+    from bench import report  # noqa: PLC0415
+    from bench.monitor import WorkerMonitor  # noqa: PLC0415
+    from bench.workloads import cnn_workload, mlp_workload  # noqa: PLC0415
+
+    started = dt.datetime.now(dt.timezone.utc)
+    work = os.path.abspath(args.work)
+    _say(f"profile {name}: preparing data and models under {work}")
+    workloads = []
+    if "mlp" in workload_names:
+        workloads.append(mlp_workload(work, profile.mlp_rows, rows_per_file=profile.mlp_rows_per_file,
+                                      batch_size=profile.mlp_batch))
+    if "cnn" in workload_names:
+        workloads.append(cnn_workload(work, profile.cnn_rows, rows_per_file=profile.cnn_rows_per_file,
+                                      batch_size=profile.cnn_batch, arrow_batch=profile.cnn_arrow_batch))
+    sweeps = not args.no_sweeps and "mlp" in workload_names
+    sweep_workloads = []
+    if sweeps:
+        for n in profile.sweep_rows:
+            sweep_workloads.append(mlp_workload(work, n, rows_per_file=profile.mlp_rows_per_file,
+                                                batch_size=profile.mlp_batch))
+
+    from jobs.session import build_session  # noqa: PLC0415
+
+    spark_conf = {**SPARK_CONF, "spark.master": args.master}
+    spark = build_session(spark_conf, app_name="batchscore-bench")
+    spark.sparkContext.setLogLevel("ERROR")
+    monitor = WorkerMonitor()
+    stamp = started.strftime("%Y%m%dT%H%M%S")
+    out_root = os.path.join(work, "out", stamp)
+    loads_root = os.path.join(work, "loads", stamp)
+    bench = Bench(spark, _jvm_pid(spark), monitor, out_root)
+    results: dict[str, Any] = {
+        "profile": name, "base_profile": profile.name, "settings": dataclasses.asdict(profile),
+        "started_at": started.isoformat(timespec="seconds"), "spark_conf": spark_conf,
+        "spark_conf_effective": {k: spark.conf.get(k, None) for k in (
+            "spark.sql.execution.arrow.maxRecordsPerBatch", "spark.python.worker.reuse",
+            "spark.sql.files.maxPartitionBytes", "spark.sql.shuffle.partitions")},
+        "workloads": {}, "sweeps": {},
+    }
+    results["machine"] = report.machine_info(spark)
+    env = {**os.environ}
+    all_contenders: list[Any] = []
+    try:
+        for w in workloads:
+            cs: list[Any] = []
+            if "bare_tf" in wanted:
+                cs.append(cm.BareTF(env))
+            if "predict_batch_udf" in wanted:
+                cs.append(cm.PredictBatchUDF(spark, loads_root))
+            if "pandas_udf" in wanted:
+                cs.append(cm.PandasIterUDF(spark, loads_root))
+            if "dataframe_lane" in wanted:
+                cs.append(cm.DataFrameLane(spark))
+            if "arrow_lane" in wanted:
+                cs.append(cm.ArrowLane(spark))
+            all_contenders += cs
+            _say(f"[{w.name}] {w.title}: {', '.join(c.key for c in cs)}")
+            results["workloads"][w.name] = compare(bench, w, cs, profile.runs)
+            for c in cs:
+                if isinstance(c, cm.BareTF):
+                    c.close()
+            if sweeps and w.name == "mlp":
+                lanes = [c for c in cs if c.key in LANES and c.available]
+                if not lanes:
+                    _say("no lane available: sweeps skipped")
+                else:
+                    results["sweeps"]["batch_size"] = batch_sweep(bench, w, lanes, profile.batch_sizes,
+                                                                  profile.sweep_runs)
+                    results["sweeps"]["rows"] = rows_sweep(bench, sweep_workloads, lanes, profile.sweep_runs)
+        results["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        results["targets"] = report.evaluate_targets(results)
+        paths = report.write_all(results, results_dir, name)
+        print(report.markdown(results))
+        _say("wrote " + ", ".join(paths))
+    finally:
+        for c in all_contenders:
+            c.close()
+        monitor.close()
+        spark.stop()
+        shutil.rmtree(out_root, ignore_errors=True)
+        shutil.rmtree(loads_root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
