@@ -68,6 +68,16 @@ class HadoopFs:
         finally:
             stream.close()
 
+    def parquet_rows(self, p: str) -> int:
+        """Row count from a Parquet file's footer (Hadoop's Parquet reader: any Hadoop filesystem)."""
+        jp = self._jvm.org.apache.hadoop.fs.Path(p)
+        parquet = self._jvm.org.apache.parquet.hadoop
+        reader = parquet.ParquetFileReader.open(parquet.util.HadoopInputFile.fromPath(jp, self._conf))
+        try:
+            return int(reader.getRecordCount())
+        finally:
+            reader.close()
+
     def files_under(self, p: str) -> list[str]:
         """Relative paths of all files below p, hidden ones (`_`, `.`) excluded."""
         out: list[str] = []

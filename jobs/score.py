@@ -22,6 +22,7 @@ from jobs.fs import HadoopFs
 from jobs.inputs import read_input
 from jobs.manifest import to_json
 from jobs.session import build_session
+from udfs import errors as udfs_errors
 from udfs.batching import REASON_COLUMN
 from udfs.errors import BadRowsError, BatchscoreError, ConfigError, InputError
 
@@ -64,9 +65,12 @@ def translate_spark_error(e: Exception) -> Exception:
     m = re.search(r"BadRowsError: (.+)", text)
     if m:
         return BadRowsError(m.group(1).strip())
-    m = re.search(r"udfs\.errors\.(\w+Error): (.+)", text) or re.search(r"\b(ModelError|SchemaError): (.+)", text)
+    m = re.search(r"udfs\.errors\.(\w+Error): (.+)", text) or re.search(
+        r"\b(ModelError|SchemaError|InputError): (.+)", text)
     if m:
-        return BatchscoreError(m.group(2).strip())
+        cls = getattr(udfs_errors, m.group(1), None)  # keep the type: InputError stays InputError
+        cls = cls if isinstance(cls, type) and issubclass(cls, BatchscoreError) else BatchscoreError
+        return cls(m.group(2).strip())
     m = re.search(r"(?:Encountered error while reading file|FAILED_READ_FILE[^\n]*?file) ([^\s.]+(?:\.[^\s.]+)*)", text)
     if m:
         return InputError(f"cannot read input file {m.group(1)} (corrupt or not Parquet?); "
@@ -93,9 +97,15 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
                           "choose overwrite, append or overwrite_partitions")
     m = cfg["model"]
     signature = read_signature(_local_abs(m["path"]), m["signature"])
+    t_score = time.monotonic()  # seconds_scoring: from the first read to the committed write
     if cfg["input"]["format"] != "table" and not fs.exists(fs.qualify(_local_abs(cfg["input"]["path"]))):
         raise InputError(f"input.path '{cfg['input']['path']}' does not exist")
-    df = read_input(spark, cfg["input"])
+    try:
+        df = read_input(spark, cfg["input"])
+    except BatchscoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a corrupt file met while Spark infers the schema
+        raise translate_spark_error(e) from None
     keep = list(cfg["output"]["keep_columns"])
     parts = list(cfg["output"]["partition_by"])
     keep += [c for c in parts if c not in keep]
@@ -112,7 +122,11 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
                             rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
 
     plan = plan_for(arrow_schema_of(df))
-    check_sample(plan.feeds, _sample(df, plan))
+    try:
+        sample = _sample(df, plan)
+    except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
+        raise translate_spark_error(e) from None
+    check_sample(plan.feeds, sample)
     corrupt: list[str] = []
     if cfg["input"]["ignore_corrupt_files"] and cfg["input"]["format"] == "parquet":
         corrupt = corrupt_parquet_files(spark, cfg["input"]["path"])
@@ -132,27 +146,31 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     log.info("scoring with the %s lane", lane)
     staging = publish.staging_path(out_path, run_id)
     new_out = new_q = None
-    t_score = time.monotonic()
     try:
         try:
             with _session_conf(spark, UNSORTED_WRITE):
                 scored.write.mode("overwrite").partitionBy(REASON_COLUMN, "bs__column", *parts).parquet(staging)
         except Exception as e:  # noqa: BLE001
             raise translate_spark_error(e) from None
-        counts = _staged_counts(spark, staging)
-        rows_in = df.count()
+        counts = _staged_counts(fs, staging)
+        rows_in = _count_input(fs, df, cfg["input"], corrupt)
         rows_scored = counts.pop("ok", 0)
         rows_quarantined = sum(counts.values())
         if rows_in != rows_scored + rows_quarantined:
             raise RuntimeError(
                 f"accounting failed: rows_in={rows_in} != rows_scored={rows_scored} + "
                 f"rows_quarantined={rows_quarantined}; nothing was published")
+        rescored = publish.partitions_in(fs, staging) if mode == "overwrite_partitions" and parts else None
         new_out = publish.new_output_dir(fs, staging, out_path, run_id)
-        if new_out is None:
+        if new_out is None and (rescored is None or not fs.exists(out_path)):
             new_out = _write_empty_output(spark, scored, fs, out_path, run_id)
         new_q = publish.build_quarantine_tree(fs, staging, run_id, q_path)
-        publish.publish_dir(fs, new_out, out_path, mode, run_id)
-        new_out = None
+        if rescored is not None:  # a rescored partition keeps no rows of the last run beside the new ones
+            publish.drop_stale_partitions(fs, out_path, new_out, rescored, skip=0)
+            publish.drop_stale_partitions(fs, q_path, new_q, rescored, skip=2)
+        if new_out is not None:
+            publish.publish_dir(fs, new_out, out_path, mode, run_id)
+            new_out = None
         q_mode = "overwrite" if mode == "error" else mode
         if new_q is not None:
             publish.publish_dir(fs, new_q, q_path, q_mode, run_id)
@@ -268,13 +286,24 @@ def _session_conf(spark: Any, settings: dict[str, str]) -> Any:
                 spark.conf.set(k, v)
 
 
-def _staged_counts(spark: Any, staging: str) -> dict[str, int]:
-    """Rows per reason as written (read back from the staged files' footers)."""
-    fs = HadoopFs(spark)
-    if not fs.files_under(staging):
-        return {}
-    rows = spark.read.parquet(staging).groupBy(REASON_COLUMN).count().collect()
-    return {r[0]: int(r[1]) for r in rows}
+def _staged_counts(fs: HadoopFs, staging: str) -> dict[str, int]:
+    """Rows per reason as written: the staged files' Parquet footers, no Spark job."""
+    counts: dict[str, int] = {}
+    for rel in fs.files_under(staging):
+        reason = rel.split("/", 1)[0].split("=", 1)[1]
+        counts[reason] = counts.get(reason, 0) + fs.parquet_rows(f"{staging}/{rel}")
+    return {k: v for k, v in counts.items() if v}
+
+
+def _count_input(fs: HadoopFs, df: Any, cfg_input: dict[str, Any], corrupt: list[str]) -> int:
+    """rows_in, counted apart from the scoring: Parquet footers of the files Spark lists when
+    nothing filters rows, else a Spark count of the filtered input."""
+    if cfg_input["format"] == "parquet" and not cfg_input["filter"]:
+        from udfs.arrow_lane import normalize_uri  # noqa: PLC0415
+
+        skip = {normalize_uri(c) for c in corrupt}
+        return sum(fs.parquet_rows(f) for f in df.inputFiles() if normalize_uri(f) not in skip)
+    return int(df.count())
 
 
 def _write_empty_output(spark: Any, scored: Any, fs: HadoopFs, out_path: str, run_id: str) -> str:
@@ -284,6 +313,14 @@ def _write_empty_output(spark: Any, scored: Any, fs: HadoopFs, out_path: str, ru
     spark.createDataFrame([], schema).coalesce(1).write.parquet(dst)
     fs.delete(f"{dst}/_SUCCESS")
     return dst
+
+
+def _one_line(e: Exception) -> str:
+    """The telling line of a failure: for Py4J errors the Java exception (e.g. "Job aborted due
+    to stage failure: ... Python worker exited unexpectedly"), not "An error occurred while calling o12.parquet"."""
+    lines = [ln.strip().lstrip(":").strip() for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("An error occurred while calling")]
+    return lines[0][:600] if lines else type(e).__name__
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -326,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {user_error}", file=sys.stderr)
             return 2
         log.exception("scoring failed")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {first}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     finally:
         if spark is not None and not os.environ.get("BATCHSCORE_KEEP_SESSION"):

@@ -77,7 +77,10 @@ def batch_to_inputs(
         values, row_of = raw[feed.name]
         if not all_good:
             # Good rows hold exactly `size` leaf values each, in row order.
-            values = values[good] if row_of is None else values[good[row_of]]
+            if row_of is None and feed.depth:  # well-formed lists: n rows of `size` values
+                values = values.reshape(n, -1)[good]
+            else:
+                values = values[good] if row_of is None else values[good[row_of]]
         inputs[feed.name] = values.reshape((n_good, *feed.spec.shape))
     return inputs, flags
 
@@ -123,10 +126,11 @@ def _scalar_values(arr: pa.Array, spec: TensorSpec, flags: RowFlags, col: int) -
 
 def _list_values(
     arr: pa.Array, feed: InputFeed, flags: RowFlags, col: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Flatten (nested) list rows to leaf values, flagging bad rows.
 
-    Returns (leaf values, the row of each leaf value).
+    Returns (leaf values, the row of each leaf value, or None when every row is
+    well-formed so that leaf i belongs to row i // size).
 
     A depth-1 column holds each row's values flat (any shape, e.g. an image as
     H*W*C values); deeper columns must match the shape level by level.
@@ -134,25 +138,34 @@ def _list_values(
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     spec = feed.spec
-    n = len(arr)
     dims = (spec.size,) if feed.depth == 1 else spec.shape
     if arr.null_count:
         flags.mark(np.asarray(arr.is_null()), NULL_FEATURE, col)
     level = arr
-    row_of = np.arange(n)  # level element -> input row
+    row_of: np.ndarray | None = None  # None: element i of `level` is in row i // per_row
+    per_row = 1
     for d in dims:
+        has_null = level.null_count > 0
         lengths = pc.list_value_length(level).to_numpy(zero_copy_only=False)
-        lengths = np.nan_to_num(lengths, nan=d).astype(np.int64)  # null lists flagged already
-        flags.mark(row_of[lengths != d], BAD_SHAPE, col)
-        parents = pc.list_parent_indices(level).to_numpy()
+        if has_null:
+            lengths = np.nan_to_num(lengths, nan=d)  # null lists are flagged already
+        wrong = lengths != d
+        if row_of is None and (has_null or wrong.any()):
+            row_of = np.arange(len(level)) // per_row
+        if row_of is not None:
+            flags.mark(row_of[wrong], BAD_SHAPE, col)
+            row_of = row_of[pc.list_parent_indices(level).to_numpy()]
         level = level.flatten()
-        row_of = row_of[parents]
+        per_row *= d
         if level.null_count:
+            if row_of is None:
+                row_of = np.arange(len(level)) // per_row
             flags.mark(row_of[np.asarray(level.is_null())], NULL_FEATURE, col)
     values = _to_numpy(level, spec)
     bad = _non_finite(values, spec)
     if bad is not None:
-        flags.mark(row_of[bad], NON_FINITE, col)
+        idx = np.flatnonzero(bad)
+        flags.mark(row_of[idx] if row_of is not None else idx // per_row, NON_FINITE, col)
     return values, row_of
 
 
