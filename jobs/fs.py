@@ -1,6 +1,7 @@
 """File operations on any path Spark can write (local, HDFS, S3A, DBFS) via Hadoop's FileSystem."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -69,7 +70,13 @@ class HadoopFs:
             stream.close()
 
     def parquet_rows(self, p: str) -> int:
-        """Row count from a Parquet file's footer (Hadoop's Parquet reader: any Hadoop filesystem)."""
+        """Row count from a Parquet file's footer: pyarrow for local files, else Hadoop's
+        Parquet reader (any Hadoop filesystem)."""
+        if p.startswith(("file:", "/")):
+            import pyarrow.parquet as pq  # noqa: PLC0415
+
+            local = re.sub(r"^file:(//)?", "", p)
+            return int(pq.read_metadata(local).num_rows)
         jp = self._jvm.org.apache.hadoop.fs.Path(p)
         parquet = self._jvm.org.apache.parquet.hadoop
         reader = parquet.ParquetFileReader.open(parquet.util.HadoopInputFile.fromPath(jp, self._conf))

@@ -121,6 +121,15 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
                             batch_size=m["batch_size"], keep_columns=keep,
                             rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
 
+    phases: dict[str, float] = {}
+    t_phase = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal t_phase
+        now = time.monotonic()
+        phases[name] = round(now - t_phase, 3)
+        t_phase = now
+
     plan = plan_for(arrow_schema_of(df))
     try:
         sample = _sample(df, plan)
@@ -133,6 +142,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
         for f in corrupt:
             log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
     acc = make_stats_accumulator(spark.sparkContext)
+    phase("read_and_check")
     arrow_plan = choose_arrow_plan(spark, cfg["input"], arrow_schema_of(df), plan.input_columns,
                                    exclude=frozenset(corrupt))
     if arrow_plan is not None:
@@ -148,10 +158,12 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     new_out = new_q = None
     try:
         try:
+            phase("plan")
             with _session_conf(spark, UNSORTED_WRITE):
                 scored.write.mode("overwrite").partitionBy(REASON_COLUMN, "bs__column", *parts).parquet(staging)
         except Exception as e:  # noqa: BLE001
             raise translate_spark_error(e) from None
+        phase("score_and_write")
         counts = _staged_counts(fs, staging)
         rows_in = _count_input(fs, df, cfg["input"], corrupt)
         rows_scored = counts.pop("ok", 0)
@@ -161,6 +173,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
                 f"accounting failed: rows_in={rows_in} != rows_scored={rows_scored} + "
                 f"rows_quarantined={rows_quarantined}; nothing was published")
         rescored = publish.partitions_in(fs, staging) if mode == "overwrite_partitions" and parts else None
+        phase("count")
         new_out = publish.new_output_dir(fs, staging, out_path, run_id)
         if new_out is None and (rescored is None or not fs.exists(out_path)):
             new_out = _write_empty_output(spark, scored, fs, out_path, run_id)
@@ -180,6 +193,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
         publish.mark_success(fs, out_path)
     finally:
         publish.cleanup(fs, staging, new_out, new_q)
+    phase("publish")
     seconds_scoring = time.monotonic() - t_score
     stats = acc.value
     manifest = {
@@ -201,6 +215,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
         "finished_at": _now(),
         "seconds_total": round(time.monotonic() - t_start, 3),
         "seconds_scoring": round(seconds_scoring, 3),
+        "seconds_by_phase": phases,
         "rows_per_second": round(rows_in / seconds_scoring, 1) if seconds_scoring > 0 else None,
         "model_loads": model_loads(stats),
         "model_calls": stats.get("model_calls", 0),

@@ -102,6 +102,7 @@ class StreamScorer:
             raise ValueError("batch_size must be >= 1")
         self._columns = required_columns(self.feeds)
         self._column_names = np.array([*self._columns, NO_COLUMN], dtype=object)
+        self._filler: dict[str, np.ndarray] | None = None  # one row of outputs, once the model has worked
 
     def score(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         pending: deque[_Pending] = deque()
@@ -131,6 +132,8 @@ class StreamScorer:
         self.stats.max_call_rows = max(self.stats.max_call_rows, m)
         try:
             out = dict(self.predict(chunk))
+            if self._filler is None:
+                self._filler = {k: np.zeros_like(v[:1]) for k, v in out.items()}
             bad = convert.bad_prediction_rows(out, self.signature, m)
             reason = np.where(bad, convert.BAD_PREDICTION, convert.OK).astype(np.int8)
         except Exception as e:  # noqa: BLE001 - isolate the rows the model rejects
@@ -152,9 +155,12 @@ class StreamScorer:
                 parts.append(o)
             except Exception:  # noqa: BLE001
                 parts.append(None)
-        template = next((p for p in parts if p is not None), None)
+        template = next((p for p in parts if p is not None), None) or self._filler
         if template is None:
-            raise error  # every row fails: a broken model, not bad rows
+            # Every row fails and none ever passed: a broken model, not bad rows. (Once the
+            # model has worked, a chunk of only rejected rows, e.g. a short last one, is bad rows.)
+            raise error
+        self._filler = self._filler or {k: np.zeros_like(v[:1]) for k, v in template.items()}
         out = {}
         for k, v in template.items():
             filler = np.zeros_like(v)
@@ -188,10 +194,17 @@ class StreamScorer:
             reason_col = pa.array(np.asarray(convert.REASONS, dtype=object)[reason], type=pa.string())
             column_col = pa.array(self._column_names[p.flags.column], type=pa.string())
         else:
-            reason_col = pa.array(np.full(n, OK_REASON, dtype=object), type=pa.string())
-            column_col = pa.array(np.full(n, NO_COLUMN, dtype=object), type=pa.string())
+            reason_col = _repeat_string(OK_REASON, n)
+            column_col = _repeat_string(NO_COLUMN, n)
         keep_arrays = list(p.batch.columns) if p.batch is not None else []
         return pa.RecordBatch.from_arrays(
             [*keep_arrays, *pred_arrays, reason_col, column_col],
             names=[*self.keep_columns, *self.output_names, REASON_COLUMN, BAD_COLUMN],
         )
+
+
+def _repeat_string(s: str, n: int) -> pa.Array:
+    """`n` copies of `s` as an Arrow string array, built from buffers (no Python objects)."""
+    data = s.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(data)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
