@@ -98,6 +98,24 @@ def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> 
     raise ValueError(f"unknown output mode {mode}")
 
 
+def partitions_in(fs: HadoopFs, staging: str) -> set[str]:
+    """Partition paths (`k=v/...`) the staged run wrote rows to, good or bad alike."""
+    return {"/".join(rel.split("/")[2:]) for rel in _leaf_dirs(fs, staging)}  # below bs__reason=/bs__column=
+
+
+def drop_stale_partitions(fs: HadoopFs, target: str, new: str | None, rescored: set[str], *, skip: int) -> None:
+    """`overwrite_partitions`: delete the partitions of `target` this run rescored but has no new files for.
+
+    Otherwise a row that moved between output and quarantine in a rescore (or a
+    partition whose rows are all bad now) would keep its old copy. `skip` is the
+    number of directory levels above the partition columns (2 for reason=/column=).
+    """
+    fresh = set(_leaf_dirs(fs, new)) if new else set()
+    for rel in _leaf_dirs(fs, target):
+        if "/".join(rel.split("/")[skip:]) in rescored and rel not in fresh:
+            fs.delete(f"{target}/{rel}")
+
+
 def build_quarantine_tree(fs: HadoopFs, staging: str, run_id: str, quarantine: str) -> str | None:
     """Move staged bad rows into `<sibling>/reason=X/column=Y/...`; None if there are none."""
     reasons = [n for n, d in fs.list(staging) if d and n.startswith(f"{REASON_COLUMN}=")
