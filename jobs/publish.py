@@ -10,7 +10,7 @@ import posixpath
 from typing import Any
 
 from jobs.fs import HadoopFs
-from udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, NO_COLUMN
+from udfs.batching import BAD_COLUMN, NO_COLUMN, OK_REASON, REASON_COLUMN
 
 
 def staging_path(output: str, run_id: str) -> str:

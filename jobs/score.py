@@ -6,7 +6,6 @@ with on_bad_rows=fail), one line `error: ...` on stderr; 1 anything else.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -21,7 +20,7 @@ from jobs.config import load_config
 from jobs.fs import HadoopFs
 from jobs.inputs import read_input
 from jobs.manifest import to_json
-from jobs.session import build_session
+from jobs.session import build_session, temporary_conf
 from udfs import errors as udfs_errors
 from udfs.batching import REASON_COLUMN
 from udfs.errors import BadRowsError, BatchscoreError, ConfigError, InputError
@@ -159,7 +158,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     try:
         try:
             phase("plan")
-            with _session_conf(spark, UNSORTED_WRITE):
+            with temporary_conf(spark, UNSORTED_WRITE):
                 scored.write.mode("overwrite").partitionBy(REASON_COLUMN, "bs__column", *parts).parquet(staging)
         except Exception as e:  # noqa: BLE001
             raise translate_spark_error(e) from None
@@ -284,21 +283,6 @@ UNSORTED_WRITE = {
     "spark.sql.optimizer.plannedWrite.enabled": "false",
     "spark.sql.maxConcurrentOutputFileWriters": "64",
 }
-
-
-@contextlib.contextmanager
-def _session_conf(spark: Any, settings: dict[str, str]) -> Any:
-    old = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
 
 
 def _staged_counts(fs: HadoopFs, staging: str) -> dict[str, int]:

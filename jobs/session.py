@@ -1,8 +1,10 @@
 """The one place a SparkSession is built from a config's `spark:` section."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +62,19 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
     for k, v in conf.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
+
+
+@contextlib.contextmanager
+def temporary_conf(spark: Any, settings: dict[str, str]) -> Iterator[None]:
+    """Set runtime SQL confs for one block, then put the old values back."""
+    old = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)

@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -31,20 +30,11 @@ def config(input_path: str, model_path: str, output_path: str, *overrides: str) 
     ])
 
 
-@contextmanager
 def sql_conf(spark, **settings: str):  # type: ignore[no-untyped-def]
     """Set runtime SQL confs for one block, then put the old values back."""
-    old = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
+    from jobs.session import temporary_conf
+
+    return temporary_conf(spark, settings)
 
 
 def assert_demo_predictions(out: pa.Table, reference: np.ndarray, ids: np.ndarray, column: str = "output_0") -> None:
