@@ -110,16 +110,6 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     keep += [c for c in parts if c not in keep]
     if mode == "overwrite_partitions" and not parts:
         log.warning("output.mode overwrite_partitions without output.partition_by replaces the whole output")
-    source_holder: dict[str, Any] = {}
-
-    def plan_for(schema: Any) -> Any:
-        source = source_holder.get("source") or make_model_source(
-            spark.sparkContext, signature.path, signature.fingerprint, m["distribution"])
-        source_holder["source"] = source
-        return plan_scoring(signature, schema, source, columns=cfg["input"]["columns"],
-                            batch_size=m["batch_size"], keep_columns=keep,
-                            rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
-
     phases: dict[str, float] = {}
     t_phase = time.monotonic()
 
@@ -129,7 +119,11 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
         phases[name] = round(now - t_phase, 3)
         t_phase = now
 
-    plan = plan_for(arrow_schema_of(df))
+    schema = arrow_schema_of(df)
+    source = make_model_source(spark.sparkContext, signature.path, signature.fingerprint, m["distribution"])
+    plan = plan_scoring(signature, schema, source, columns=cfg["input"]["columns"],
+                        batch_size=m["batch_size"], keep_columns=keep,
+                        rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
     try:
         sample = _sample(df, plan)
     except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
@@ -142,7 +136,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
             log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
     acc = make_stats_accumulator(spark.sparkContext)
     phase("read_and_check")
-    arrow_plan = choose_arrow_plan(spark, cfg["input"], arrow_schema_of(df), plan.input_columns,
+    arrow_plan = choose_arrow_plan(spark, cfg["input"], schema, plan.input_columns,
                                    exclude=frozenset(corrupt))
     if arrow_plan is not None:
         from udfs.arrow_lane import with_predictions_from_files  # noqa: PLC0415
@@ -243,6 +237,8 @@ def _sample(df: Any, plan: Any, rows: int = 100) -> Any:
 def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, columns: list[str],
                       *, exclude: frozenset[str] = frozenset()) -> Any:
     """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged)."""
+    import pyarrow as pa  # noqa: PLC0415
+
     from udfs.arrow_filter import UnsupportedFilter  # noqa: PLC0415
     from udfs.arrow_lane import plan_arrow_input  # noqa: PLC0415
 
@@ -263,17 +259,11 @@ def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, column
         if lane == "arrow":
             raise ConfigError(f"input.lane 'arrow': {e}; use input.lane dataframe or auto") from None
         log.info("input.lane auto: using the DataFrame lane (%s)", e)
-    except (OSError, ValueError, pa_errors()) as e:  # a filesystem pyarrow cannot open here
-        if lane == "arrow" or isinstance(e, BatchscoreError):
+    except (OSError, ValueError, pa.ArrowException) as e:  # a filesystem pyarrow cannot open here
+        if lane == "arrow":
             raise
         log.info("input.lane auto: using the DataFrame lane (pyarrow cannot open the input: %s)", e)
     return None
-
-
-def pa_errors() -> type[Exception]:
-    import pyarrow as pa  # noqa: PLC0415
-
-    return pa.ArrowException
 
 
 # Rows reach the writer in a few status/partition groups: open one writer per
