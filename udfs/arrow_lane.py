@@ -8,7 +8,6 @@ Spark writes with its own committers.
 """
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
@@ -234,16 +233,17 @@ def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: An
     source = plan_in.source
     arrow_in = pa.schema([source.schema.field(c) for c in source.columns])
     out_schema = from_arrow_schema(scored_schema(scoring_plan, arrow_in))
-    specs = [(i, json.dumps(t)) for i, t in enumerate(plan_in.tasks)]
-    rdd = spark.sparkContext.parallelize(specs, max(1, len(specs)))
-    tasks_df = spark.createDataFrame(rdd, "task int, spec string")
+    tasks = plan_in.tasks
+    # One row per task, made by the JVM (spark.range): no Python worker runs just to
+    # hand out task numbers; each task looks its fragments up in the closure.
+    tasks_df = spark.range(0, len(tasks), 1, max(1, len(tasks)))
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:
-            for spec in b.column("spec").to_pylist():
+            for i in b.column("id").to_pylist():
                 counters: dict[str, int] = {}
                 stats: dict[str, Any] = {}
-                yield from score_batches(scoring_plan, read_task(json.loads(spec), source, counters), stats)
+                yield from score_batches(scoring_plan, read_task(tasks[i], source, counters), stats)
                 if accumulator is not None:
                     accumulator.add({**stats, **counters})
 

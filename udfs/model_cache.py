@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from udfs.errors import ModelError
+from udfs.worker_tuning import freeze_long_lived_objects
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def get_predict_fn(key: str, load: Callable[[], tuple[object, PredictFn]]) -> Pr
             hit = load()
             _cache[key] = hit
             _loads += 1
+            freeze_long_lived_objects()
         return hit[1]
 
 

@@ -16,6 +16,7 @@ from udfs.binding import InputFeed, bind_inputs, required_columns
 from udfs.distribution import ModelSource
 from udfs.errors import BadRowsError, ConfigError, SchemaError
 from udfs.signature import ModelSignature
+from udfs.worker_tuning import keep_spark_zip_directories
 
 ON_BAD_ROWS = ("quarantine", "fail")
 
@@ -130,6 +131,7 @@ def score_batches(
         batches: batches holding at least `plan.input_columns`.
         stats: filled with this call's counters at the end of the stream.
     """
+    keep_spark_zip_directories()
     cores, gpus = _task_resources()
     model_cache.configure_gpus(gpus)
     model_cache.configure_threads(cores)

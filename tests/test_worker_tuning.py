@@ -1,0 +1,109 @@
+"""The per-task costs removed in Python workers: gc over TF's objects, re-reading Spark's zips."""
+from __future__ import annotations
+
+import importlib
+import sys
+import zipfile
+import zipimport
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from udfs import worker_tuning
+
+
+def _zip_with_package(path: str, package: str) -> str:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{package}/__init__.py", "VALUE = 1\n")
+        z.writestr(f"{package}/inner.py", "VALUE = 2\n")
+    return path
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="zip invalidation is lazy from Python 3.12 on")
+def test_spark_zip_importers_keep_their_directory_and_others_do_not(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    spark_zip = _zip_with_package(str(tmp_path / "pyspark.zip"), "bs_fake_spark")
+    (tmp_path / "other").mkdir()
+    other_zip = _zip_with_package(str(tmp_path / "other" / "deps.zip"), "bs_fake_deps")
+    monkeypatch.syspath_prepend(spark_zip)
+    monkeypatch.syspath_prepend(other_zip)
+    for name in ("bs_fake_spark", "bs_fake_spark.inner", "bs_fake_deps", "bs_fake_deps.inner"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    importlib.import_module("bs_fake_spark.inner")
+    importlib.import_module("bs_fake_deps.inner")
+
+    changed = worker_tuning.keep_spark_zip_directories()
+    assert changed >= 2  # the archive root and the package directory inside it
+    assert worker_tuning.keep_spark_zip_directories() == 0  # idempotent
+
+    spark_dir = zipimport._zip_directory_cache[spark_zip]  # type: ignore[attr-defined]
+    other_dir = zipimport._zip_directory_cache[other_zip]  # type: ignore[attr-defined]
+    importlib.invalidate_caches()
+    assert zipimport._zip_directory_cache[spark_zip] is spark_dir  # type: ignore[attr-defined]
+    assert zipimport._zip_directory_cache[other_zip] is not other_dir  # type: ignore[attr-defined]
+    # what the archive holds still imports
+    monkeypatch.delitem(sys.modules, "bs_fake_spark.inner")
+    assert importlib.import_module("bs_fake_spark.inner").VALUE == 2
+
+
+def test_freeze_runs_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import gc
+
+    monkeypatch.setattr(worker_tuning, "_frozen", False)
+    try:
+        worker_tuning.freeze_long_lived_objects()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        junk = [[i] for i in range(1000)]  # noqa: F841 - objects made after the freeze
+        worker_tuning.freeze_long_lived_objects()  # a second load in the process freezes nothing new
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+def _probe(plan: Any) -> Any:
+    """A mapInArrow function: score one batch with the real engine, then report the worker's state."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import gc
+        import os
+        import sys
+        import zipimport
+
+        from udfs.scoring import score_batches
+
+        scored = 0
+        for b in batches:
+            for out in score_batches(plan, [b]):
+                scored += out.num_rows
+        spark_zips = [f for f in sys.path_importer_cache.values()
+                      if type(f) is zipimport.zipimporter and os.path.basename(f.archive) == "pyspark.zip"]
+        kept = sum("invalidate_caches" in vars(f) for f in spark_zips)
+        yield pa.record_batch([pa.array([os.getpid()]), pa.array([scored]), pa.array([gc.get_freeze_count()]),
+                               pa.array([len(spark_zips)]), pa.array([kept])],
+                              names=["pid", "scored", "frozen", "spark_zips", "kept"])
+
+    return run
+
+
+def test_a_scoring_worker_freezes_the_model_and_keeps_spark_zips(spark, demo_input: str, demo_model: str) -> None:  # type: ignore[no-untyped-def]
+    from jobs.demo_data import NUMERIC
+    from udfs.distribution import make_model_source
+    from udfs.scoring import arrow_schema_of, plan_scoring
+    from udfs.signature import read_signature
+
+    sig = read_signature(demo_model)
+    df = spark.read.parquet(demo_input)
+    plan = plan_scoring(sig, arrow_schema_of(df), make_model_source(spark.sparkContext, demo_model,
+                                                                    sig.fingerprint, "direct"),
+                        columns={"numeric": list(NUMERIC)}, batch_size=64, keep_columns=["id"])
+    rows = (df.select(*plan.input_columns).repartition(2)
+            .mapInArrow(_probe(plan), "pid long, scored long, frozen long, spark_zips long, kept long")
+            .collect())
+    assert sum(r.scored for r in rows) == df.count()
+    for r in rows:
+        # TF and the model (hundreds of thousands of objects) are out of the per-task gc.collect()
+        assert r.frozen > 100_000, r
+        if sys.version_info < (3, 12):
+            assert r.spark_zips > 0 and r.kept == r.spark_zips, r

@@ -1,0 +1,59 @@
+"""Remove two fixed costs every PySpark task pays in a worker that holds TensorFlow.
+
+Both are per *task*, not per row, and both were found with py-spy on the
+benchmark's Python workers (bench/README.md, "Where the fixed cost went"):
+
+1. After every task, `pyspark.daemon` runs `gc.collect()` in the worker. With
+   TensorFlow and a model loaded a worker holds ~400k tracked objects and one
+   full collection takes ~0.3 s. `gc.freeze()` after the model is loaded moves
+   those long-lived objects out of the collector's reach, so the collection
+   only walks what the tasks themselves allocated.
+2. Before every task, `pyspark.worker` calls `importlib.invalidate_caches()`.
+   On Python 3.10 and 3.11 a zipimporter answers by re-reading its archive's
+   whole directory, and the worker holds one zipimporter per imported package
+   of Spark's `pyspark.zip` (CPython gh-103200, fixed in 3.12; SPARK-54744 in
+   Spark after 4.1): ~0.15-0.3 s per task. Spark's own zips do not change while
+   a worker lives, so their importers keep their directory.
+
+Nothing here changes what a task computes.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import re
+import sys
+import zipimport
+
+# Spark's own archives under $SPARK_HOME/python/lib: pyspark.zip, py4j-<version>-src.zip
+_SPARK_LIB_ZIP = re.compile(r"^(pyspark\.zip|py4j-[\w.]+-src\.zip)$")
+
+_frozen = False
+
+
+def freeze_long_lived_objects() -> None:
+    """Exclude what exists now (TF, the loaded model) from every later gc pass; once per process."""
+    global _frozen
+    if _frozen:
+        return
+    gc.collect()  # free what loading left behind before freezing the survivors
+    gc.freeze()
+    _frozen = True
+
+
+def _keep_directory() -> None:
+    """An archive that does not change needs no re-read."""
+
+
+def keep_spark_zip_directories() -> int:
+    """Stop Spark's zip importers re-reading their archives at each task; returns how many were changed."""
+    if sys.version_info >= (3, 12):  # invalidation is lazy there (gh-103200)
+        return 0
+    changed = 0
+    for finder in list(sys.path_importer_cache.values()):
+        if (type(finder) is zipimport.zipimporter
+                and "invalidate_caches" not in vars(finder)
+                and _SPARK_LIB_ZIP.match(os.path.basename(finder.archive))):
+            finder.invalidate_caches = _keep_directory  # type: ignore[method-assign]
+            changed += 1
+    return changed
