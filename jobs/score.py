@@ -124,20 +124,20 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     plan = plan_scoring(signature, schema, source, columns=cfg["input"]["columns"],
                         batch_size=m["batch_size"], keep_columns=keep,
                         rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
-    try:
-        sample = _sample(df, plan)
-    except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
-        raise translate_spark_error(e) from None
-    check_sample(plan.feeds, sample)
     corrupt: list[str] = []
     if cfg["input"]["ignore_corrupt_files"] and cfg["input"]["format"] == "parquet":
         corrupt = corrupt_parquet_files(spark, cfg["input"]["path"])
         for f in corrupt:
             log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
-    acc = make_stats_accumulator(spark.sparkContext)
-    phase("read_and_check")
     arrow_plan = choose_arrow_plan(spark, cfg["input"], schema, plan.input_columns,
                                    exclude=frozenset(corrupt))
+    try:
+        sample = _sample(df, plan, arrow_plan)
+    except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
+        raise translate_spark_error(e) from None
+    check_sample(plan.feeds, sample)
+    acc = make_stats_accumulator(spark.sparkContext)
+    phase("read_and_check")
     if arrow_plan is not None:
         from udfs.arrow_lane import with_predictions_from_files  # noqa: PLC0415
 
@@ -223,13 +223,18 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     return manifest
 
 
-def _sample(df: Any, plan: Any, rows: int = 100) -> Any:
-    """The first rows of the array feature columns, as Arrow (for the early length check)."""
+def _sample(df: Any, plan: Any, arrow_plan: Any, rows: int = 100) -> Any:
+    """The first rows of the array feature columns, as Arrow (for the early length check):
+    read with pyarrow on the driver for the Arrow lane, else through a small Spark job."""
     import pyarrow as pa  # noqa: PLC0415
 
     cols = [f.columns[0] for f in plan.feeds if not f.stacked and f.depth > 0]
     if not cols:
         return pa.table({})
+    if arrow_plan is not None:
+        from udfs.arrow_lane import sample_rows  # noqa: PLC0415
+
+        return sample_rows(arrow_plan, cols, rows)
     sample = df.select(*cols).limit(rows)
     return sample.toArrow() if hasattr(sample, "toArrow") else pa.Table.from_pandas(sample.toPandas())
 

@@ -121,12 +121,13 @@ def _schema_case(kind: str, table: pa.Table) -> pa.Table:
     ("every_array_wrong_length", r"column 'pix' holds arrays of length 15 .* wants 16 values"),
     ("wrong_nesting_depth", r"column 'pix' is .*nested 2 deep.*'img' wants shape \[batch, 4, 4, 1\]"),
 ], ids=["missing_column", "string_for_float", "every_array_wrong_length", "wrong_nesting_depth"])
-def test_schema_errors_fail_before_any_scoring_task(spark, rel_model, tmp_path, kind, message):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("lane", ["arrow", "dataframe"])  # the lanes sample the first rows differently
+def test_schema_errors_fail_before_any_scoring_task(spark, rel_model, tmp_path, kind, message, lane):  # type: ignore[no-untyped-def]
     model = support.fresh_copy(rel_model, str(tmp_path))  # a fingerprint no task has unpacked yet
     in_path = rs.write_files(_schema_case(kind, rs.rel_table(30)), str(tmp_path / "in"))
     out = str(tmp_path / "out")
     with pytest.raises(SchemaError, match=message):
-        run_scoring(spark, config(in_path, model, out))
+        run_scoring(spark, config(in_path, model, out, f"input.lane={lane}"))
     assert not model_unpacked(model), "a scoring task ran before the schema error"
     assert not os.path.exists(out) and not os.path.exists(out + "_quarantine")
     assert rs.hidden_siblings(out) == []

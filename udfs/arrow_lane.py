@@ -224,6 +224,27 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
                 yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
 
 
+def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
+    """The first `rows` rows of `columns` the tasks will read, on the driver (no Spark job)."""
+    source = plan.source
+    schema = source.schema
+    out = pa.schema([schema.field(c) for c in columns])
+    if not plan.tasks or not columns:
+        return out.empty_table()
+    fs, base = _filesystem(source.root)
+    partitioning = _partitioning(schema, source.partition_names)
+    expr = sql_to_arrow(source.filter_sql, schema)[0] if source.filter_sql else None
+    fmt = ds.ParquetFileFormat()
+    unit = plan.tasks[0][0]
+    frag = fmt.make_fragment(unit["path"], fs, partition_expression=partitioning.parse(_rel_dir(unit["path"], base)),
+                             row_groups=unit["row_groups"])
+    try:
+        table = ds.FileSystemDataset([frag], schema, fmt, fs).head(rows, columns=columns, filter=expr)
+    except (pa.ArrowInvalid, OSError):
+        return out.empty_table()  # an unreadable file is reported by its task, with its name
+    return table if table.schema.equals(out) else table.cast(out)
+
+
 def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: Any, accumulator: Any) -> Any:
     """Arrow lane: a DataFrame of keep columns + predictions + reason, one task per planned group."""
     from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415
