@@ -1,6 +1,7 @@
 """The numeric core without Spark: binding, conversion, re-chunking, outputs, model cache, config."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -207,6 +208,26 @@ def test_batch_to_inputs_nested_and_fixed_size_columns_give_the_same_tensor() ->
         inputs, flags = convert.batch_to_inputs(t.combine_chunks().to_batches()[0], feeds, cols)
         assert flags.good.all(), name
         np.testing.assert_array_equal(inputs["image"], expected, err_msg=name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cells=st.lists(st.lists(st.sampled_from([0.5, -2.0, 7.25, None, math.nan, math.inf]), min_size=3, max_size=3),
+                      min_size=1, max_size=30),
+       dtype=st.sampled_from([pa.float32(), pa.float64()]))
+def test_packed_stacked_columns_give_the_inputs_and_flags_of_separate_columns(cells, dtype) -> None:  # type: ignore[no-untyped-def]
+    """The DataFrame lane packs D stacked columns into one array column: same tensor, same reasons, same column."""
+    sig = ModelSignature("/m", "serving_default", (TensorSpec("x", "float32", (3,)),), (), "f" * 16)
+    names = ["a", "b", "c"]
+    separate = pa.record_batch({n: pa.array([row[j] for row in cells], dtype) for j, n in enumerate(names)})
+    feeds = bind_inputs(sig, separate.schema, {"x": names})
+    packed_feeds = (dataclasses.replace(feeds[0], packed="bs__packed_0"),)
+    packed = pa.record_batch({"bs__packed_0": pa.array(cells, pa.list_(dtype))})
+    want_inputs, want = convert.batch_to_inputs(separate, feeds, names)
+    got_inputs, got = convert.batch_to_inputs(packed, packed_feeds, names)
+    np.testing.assert_array_equal(got.reason, want.reason)
+    np.testing.assert_array_equal(got.column, want.column)
+    np.testing.assert_array_equal(got_inputs["x"], want_inputs["x"])
+    assert got_inputs["x"].dtype == np.float32
 
 
 def test_batch_to_inputs_scalar_column_feeds_a_batch_by_one_input() -> None:

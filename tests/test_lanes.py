@@ -127,3 +127,20 @@ def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, dem
     with pytest.raises(ConfigError, match="abs"):
         run_scoring(spark, _cfg(demo_input, demo_model, str(tmp_path / "o2"), "input.lane=arrow",
                                 "input.filter=abs(age - 50) < 10"))
+
+
+def test_dataframe_lane_packs_same_typed_stacked_columns_only(spark) -> None:  # type: ignore[no-untyped-def]
+    from udfs.distribution import ModelSource
+    from udfs.scoring import arrow_schema_of, pack_stacked_feeds, plan_scoring
+    from udfs.signature import ModelSignature, TensorSpec
+
+    sig = ModelSignature("/m", "serving_default", (TensorSpec("x", "float32", (3,)), TensorSpec("y", "float32", (2,))),
+                         (TensorSpec("out", "float32", ()),), "f" * 16)
+    df = spark.createDataFrame([(1, 1.0, 2.0, 3.0, 4, 5.0)], "id long, a double, b double, c double, d int, e double")
+    plan = plan_scoring(sig, arrow_schema_of(df), ModelSource("direct", "/m", "f" * 16),
+                        columns={"x": ["a", "b", "c"], "y": ["d", "e"]}, keep_columns=["id", "a"])
+    select, packed_plan = pack_stacked_feeds(df, plan)
+    x, y = packed_plan.feeds
+    assert x.packed == "bs__packed_0" and y.packed is None  # y mixes int and double: left as columns
+    row = df.select(*select).first().asDict()
+    assert row == {"id": 1, "a": 1.0, "d": 4, "e": 5.0, "bs__packed_0": [1.0, 2.0, 3.0]}

@@ -16,13 +16,16 @@ class InputFeed:
 
     `columns` is one column (a scalar, a flat array, or nested arrays matching the
     shape), or, with `stacked`, D scalar columns stacked in order into `[batch, D]`.
-    `depth` is the list depth of the single column (0 for scalars).
+    `depth` is the list depth of the single column (0 for scalars). `packed` names
+    the one array column the DataFrame lane packs a stacked feed's D columns into
+    (one JVM array per row converts to Arrow faster than D separate columns).
     """
 
     spec: TensorSpec
     columns: tuple[str, ...]
     stacked: bool
     depth: int
+    packed: str | None = None
 
     @property
     def name(self) -> str:

@@ -60,7 +60,10 @@ def batch_to_inputs(
     raw: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     for feed in feeds:
         spec = feed.spec
-        if feed.stacked:
+        if feed.stacked and feed.packed:
+            cols = [columns.index(c) for c in feed.columns]
+            raw[spec.name] = (_packed_values(batch.column(feed.packed), spec, flags, cols), None)  # [n, D]
+        elif feed.stacked:
             parts = [_scalar_values(batch.column(c), spec, flags, columns.index(c)) for c in feed.columns]
             raw[spec.name] = (np.stack(parts, axis=1), None)  # [n, D]
         elif feed.depth == 0:
@@ -121,6 +124,25 @@ def _scalar_values(arr: pa.Array, spec: TensorSpec, flags: RowFlags, col: int) -
     bad = _non_finite(values, spec)
     if bad is not None:
         flags.mark(bad, NON_FINITE, col)
+    return values
+
+
+def _packed_values(arr: pa.Array, spec: TensorSpec, flags: RowFlags, cols: list[int]) -> np.ndarray:
+    """A stacked feed's D scalar columns packed in one array column (every row holds D
+    values, never a null list): `[n, D]` values, rows flagged as the D columns would be."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n, d = len(arr), len(cols)
+    leaf = arr.flatten()
+    nulls = np.asarray(leaf.is_null()).reshape(n, d) if leaf.null_count else None
+    values = _to_numpy(leaf, spec).reshape(n, d)
+    bad = _non_finite(values, spec)
+    if nulls is not None or bad is not None:
+        for j, col in enumerate(cols):  # column by column, nulls first: as _scalar_values flags them
+            if nulls is not None:
+                flags.mark(nulls[:, j], NULL_FEATURE, col)
+            if bad is not None:
+                flags.mark(bad[:, j], NON_FINITE, col)
     return values
 
 

@@ -1,6 +1,7 @@
 """The Spark side of scoring: the partition function both lanes run, and its schema."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import socket
@@ -205,11 +206,41 @@ def partition_scorer(plan: ScoringPlan, accumulator: Any) -> Callable[[Iterator[
     return score_partition
 
 
+# Spark types a stacked feed's columns may have to be packed into one array column.
+_PACKABLE = ("byte", "short", "integer", "long", "float", "double")
+
+
+def pack_stacked_feeds(df: Any, plan: ScoringPlan) -> tuple[list[Any], ScoringPlan]:
+    """The DataFrame lane's select list, with each stacked feed's columns packed into one array.
+
+    Spark hands Python one Arrow column per selected column, filling them row by
+    row; one `array(c1, ..., cD)` column costs the JVM far less than D scalar
+    columns (bench/README.md). Packed only when all D columns share one numeric
+    type, so the array holds exactly their values; nulls stay element nulls.
+    """
+    from pyspark.sql import functions as F  # noqa: N812, PLC0415
+
+    types = {f.name: f.dataType.typeName() for f in df.schema.fields}
+    feeds, packed = [], {}
+    for feed in plan.feeds:
+        kinds = {types[c] for c in feed.columns}
+        if feed.stacked and len(feed.columns) > 1 and len(kinds) == 1 and kinds <= set(_PACKABLE):
+            name = f"bs__packed_{len(packed)}"
+            packed[name] = F.array(*feed.columns).alias(name)
+            feed = dataclasses.replace(feed, packed=name)
+        feeds.append(feed)
+    plan = dataclasses.replace(plan, feeds=tuple(feeds))
+    plain = dict.fromkeys(plan.keep_columns)
+    plain.update(dict.fromkeys(c for f in plan.feeds if not f.packed for c in f.columns))
+    return [*plain, *packed.values()], plan
+
+
 def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None) -> Any:
     """DataFrame lane: `df` -> keep columns + predictions + bs__reason + bs__column."""
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema  # noqa: PLC0415
 
-    selected = df.select(*plan.input_columns)
+    select, plan = pack_stacked_feeds(df, plan)
+    selected = df.select(*select)
     arrow_in = to_arrow_schema(selected.schema)
     out_schema = from_arrow_schema(scored_schema(plan, arrow_in))
     return selected.mapInArrow(partition_scorer(plan, accumulator), out_schema)
