@@ -263,7 +263,7 @@ def markdown(results: dict[str, Any]) -> str:
             if load["max"] > cores else ""
         out += [f"1-minute load average around the runs: {load['min']:.1f}–{load['max']:.1f} "
                 f"(median {load['median']:.1f}) on {cores} cores.{busy}", ""]
-    for name, w in (results.get("workloads") or {}).items():
+    for w in (results.get("workloads") or {}).values():
         extra = ", ".join(f"`{k}={v}`" for k, v in (w.get("spark_conf") or {}).items())
         out += [f"## {w['title']}", "",
                 f"{w['rows']:,} rows, model batch size {w['batch_size']:,} for every contender"

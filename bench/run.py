@@ -59,7 +59,7 @@ PROFILES = {
                      runs=3, batch_sizes=(1024, 8192), sweep_rows=(100_000, 300_000), sweep_runs=3),
     # full CNN: ~15-25 s a contender run on 2 cores (bare TF does ~450 images/s)
     "full": Profile("full", mlp_rows=1_000_000, mlp_rows_per_file=125_000, cnn_rows=6_000,
-                    cnn_rows_per_file=750, runs=3, batch_sizes=(1024, 4096, 16384),
+                    cnn_rows_per_file=750, runs=5, batch_sizes=(1024, 4096, 16384),
                     sweep_rows=(1_000_000, 3_000_000, 10_000_000), sweep_runs=3),
 }
 CONTENDERS = ("bare_tf", "predict_batch_udf", "pandas_udf", "dataframe_lane", "arrow_lane")
