@@ -7,7 +7,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench bench-quick clean venv
+.PHONY: demo test bench bench-quick bench-floor clean venv
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ bench: venv
 
 bench-quick: venv
 	$(PY) -m bench.run --profile quick
+
+bench-floor: venv
+	$(PY) -m bench.floor
 
 clean:
 	rm -rf build data/demo/predictions data/demo/predictions_quarantine
