@@ -47,17 +47,16 @@ def test_spark_zip_importers_keep_their_directory_and_others_do_not(tmp_path, mo
     assert importlib.import_module("bs_fake_spark.inner").VALUE == 2
 
 
-def test_freeze_runs_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_freeze_moves_what_exists_out_of_the_collector() -> None:
     import gc
 
-    monkeypatch.setattr(worker_tuning, "_frozen", False)
     try:
         worker_tuning.freeze_long_lived_objects()
         frozen = gc.get_freeze_count()
         assert frozen > 0
-        junk = [[i] for i in range(1000)]  # noqa: F841 - objects made after the freeze
-        worker_tuning.freeze_long_lived_objects()  # a second load in the process freezes nothing new
-        assert gc.get_freeze_count() == frozen
+        later = [[i] for i in range(1000)]  # e.g. a second model loaded into the same worker
+        worker_tuning.freeze_long_lived_objects()
+        assert gc.get_freeze_count() >= frozen + len(later)
     finally:
         gc.unfreeze()
 

@@ -28,17 +28,14 @@ import zipimport
 # Spark's own archives under $SPARK_HOME/python/lib: pyspark.zip, py4j-<version>-src.zip
 _SPARK_LIB_ZIP = re.compile(r"^(pyspark\.zip|py4j-[\w.]+-src\.zip)$")
 
-_frozen = False
-
-
 def freeze_long_lived_objects() -> None:
-    """Exclude what exists now (TF, the loaded model) from every later gc pass; once per process."""
-    global _frozen
-    if _frozen:
-        return
+    """Exclude what exists now (TF, the loaded models) from every later gc pass.
+
+    Called after each model load (rare: once per model per worker). Frozen objects
+    are still freed by reference counting; only reference cycles among them stay.
+    """
     gc.collect()  # free what loading left behind before freezing the survivors
     gc.freeze()
-    _frozen = True
 
 
 def _keep_directory() -> None:
