@@ -198,27 +198,38 @@ def _corrupt_message(path: str, e: Exception) -> str:
             "set input.ignore_corrupt_files: true to skip such files")
 
 
+class _UnitReader:
+    """Opens a source's planned units (a file, or some of its row groups) as one-fragment datasets."""
+
+    def __init__(self, source: ArrowSource) -> None:
+        self.fs, self.base = _filesystem(source.root)
+        self.schema = source.schema
+        self.partitioning = _partitioning(self.schema, source.partition_names)
+        self.filter = sql_to_arrow(source.filter_sql, self.schema)[0] if source.filter_sql else None
+        self.fmt = ds.ParquetFileFormat()
+
+    def open(self, unit: dict[str, Any]) -> ds.FileSystemDataset:
+        """Raises pa.ArrowInvalid or OSError when the file cannot be read (its footer is read here)."""
+        path = unit["path"]
+        frag = self.fmt.make_fragment(path, self.fs, row_groups=unit["row_groups"],
+                                      partition_expression=self.partitioning.parse(_rel_dir(path, self.base)))
+        frag.physical_schema  # noqa: B018 - opens the file and reads its footer
+        return ds.FileSystemDataset([frag], self.schema, self.fmt, self.fs)
+
+
 def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, int]) -> Iterator[pa.RecordBatch]:
     """On an executor: the task's rows as Arrow batches of `source.columns`, Spark-typed."""
-    fs, base = _filesystem(source.root)
-    schema = source.schema
-    partitioning = _partitioning(schema, source.partition_names)
-    expr = sql_to_arrow(source.filter_sql, schema)[0] if source.filter_sql else None
-    out_schema = pa.schema([schema.field(c) for c in source.columns])
-    fmt = ds.ParquetFileFormat()
+    reader = _UnitReader(source)
+    out_schema = pa.schema([reader.schema.field(c) for c in source.columns])
     for unit in task:
-        path = unit["path"]
-        frag = fmt.make_fragment(path, fs, partition_expression=partitioning.parse(_rel_dir(path, base)),
-                                 row_groups=unit["row_groups"])
         try:
-            frag.physical_schema  # noqa: B018 - opens the file and reads its footer
+            dataset = reader.open(unit)
         except (pa.ArrowInvalid, OSError) as e:
             if not source.ignore_corrupt_files:
-                raise InputError(_corrupt_message(path, e)) from None
+                raise InputError(_corrupt_message(unit["path"], e)) from None
             counters["corrupt_files"] = counters.get("corrupt_files", 0) + 1
             continue
-        dataset = ds.FileSystemDataset([frag], schema, fmt, fs)
-        for batch in dataset.to_batches(columns=list(source.columns), filter=expr,
+        for batch in dataset.to_batches(columns=list(source.columns), filter=reader.filter,
                                         batch_size=READ_BATCH_ROWS, batch_readahead=2, fragment_readahead=1):
             if batch.num_rows:
                 yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
@@ -226,20 +237,12 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
 
 def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
     """The first `rows` rows of `columns` the tasks will read, on the driver (no Spark job)."""
-    source = plan.source
-    schema = source.schema
-    out = pa.schema([schema.field(c) for c in columns])
+    out = pa.schema([plan.source.schema.field(c) for c in columns])
     if not plan.tasks or not columns:
         return out.empty_table()
-    fs, base = _filesystem(source.root)
-    partitioning = _partitioning(schema, source.partition_names)
-    expr = sql_to_arrow(source.filter_sql, schema)[0] if source.filter_sql else None
-    fmt = ds.ParquetFileFormat()
-    unit = plan.tasks[0][0]
-    frag = fmt.make_fragment(unit["path"], fs, partition_expression=partitioning.parse(_rel_dir(unit["path"], base)),
-                             row_groups=unit["row_groups"])
+    reader = _UnitReader(plan.source)
     try:
-        table = ds.FileSystemDataset([frag], schema, fmt, fs).head(rows, columns=columns, filter=expr)
+        table = reader.open(plan.tasks[0][0]).head(rows, columns=columns, filter=reader.filter)
     except (pa.ArrowInvalid, OSError):
         return out.empty_table()  # an unreadable file is reported by its task, with its name
     return table if table.schema.equals(out) else table.cast(out)

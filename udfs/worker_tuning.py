@@ -1,7 +1,7 @@
 """Remove two fixed costs every PySpark task pays in a worker that holds TensorFlow.
 
 Both are per *task*, not per row, and both were found with py-spy on the
-benchmark's Python workers (bench/README.md, "Where the fixed cost went"):
+benchmark's Python workers (bench/README.md, "Where the time goes"):
 
 1. After every task, `pyspark.daemon` runs `gc.collect()` in the worker. With
    TensorFlow and a model loaded a worker holds ~400k tracked objects and one
@@ -27,6 +27,7 @@ import zipimport
 
 # Spark's own archives under $SPARK_HOME/python/lib: pyspark.zip, py4j-<version>-src.zip
 _SPARK_LIB_ZIP = re.compile(r"^(pyspark\.zip|py4j-[\w.]+-src\.zip)$")
+
 
 def freeze_long_lived_objects() -> None:
     """Exclude what exists now (TF, the loaded models) from every later gc pass.
