@@ -149,6 +149,7 @@ def score_batches(
         if fault is not None:
             fault()
             fault = None
+    keep_spark_zip_directories()  # importers the model load and the first calls added
     if stats is not None:
         stats.update(scorer.stats.as_dict())
         stats["loads"] = {worker_id(): model_cache.load_count() - loads_before}

@@ -12,8 +12,10 @@ benchmark's Python workers (bench/README.md, "Where the time goes"):
    On Python 3.10 and 3.11 a zipimporter answers by re-reading its archive's
    whole directory, and the worker holds one zipimporter per imported package
    of Spark's `pyspark.zip` (CPython gh-103200, fixed in 3.12; SPARK-54744 in
-   Spark after 4.1): ~0.15-0.3 s per task. Spark's own zips do not change while
-   a worker lives, so their importers keep their directory.
+   Spark after 4.1). Spark also puts its `spark-core` jar (5,000+ entries) on the
+   workers' PYTHONPATH, and TensorFlow's `google.*` namespace imports leave
+   zipimporters on it too: together ~0.3-0.5 s per task. Spark's own archives do
+   not change while a worker lives, so their importers keep their directory.
 
 Nothing here changes what a task computes.
 """
@@ -25,8 +27,9 @@ import re
 import sys
 import zipimport
 
-# Spark's own archives under $SPARK_HOME/python/lib: pyspark.zip, py4j-<version>-src.zip
-_SPARK_LIB_ZIP = re.compile(r"^(pyspark\.zip|py4j-[\w.]+-src\.zip)$")
+# Spark's own archives: pyspark.zip and py4j-<version>-src.zip under $SPARK_HOME/python/lib,
+# and the spark-core_<scala>-<version>.jar Spark adds to the workers' PYTHONPATH
+_SPARK_LIB_ZIP = re.compile(r"^(pyspark\.zip|py4j-[\w.]+-src\.zip|spark-[\w.-]+\.jar)$")
 
 
 def freeze_long_lived_objects() -> None:
