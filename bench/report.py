@@ -179,7 +179,7 @@ def _all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     runs = []
     for w in (results.get("workloads") or {}).values():
         for c in w["contenders"].values():
-            runs += [r for r in [c.get("warmup"), *c.get("runs", [])] if r]
+            runs += [r for r in [c.get("warmup"), *c.get("more_warmups", []), *c.get("runs", [])] if r]
     for sweep in (results.get("sweeps") or {}).values():
         for key, pts in sweep.get("lanes", {}).items():
             if not key.endswith("_fit"):
@@ -234,6 +234,11 @@ def workload_table(w: dict[str, Any]) -> list[str]:
         if c.get("errors"):
             notes.append(f"- {c.get('label') or key}: {len(c['errors'])} failed run(s): {c['errors'][0]}")
         warm = c.get("warmup") or {}
+        warm_secs = [r["seconds"] for r in [warm, *c.get("more_warmups", [])] if r.get("seconds") is not None]
+        if warm_secs:
+            timed = f" (timed median {c['median_seconds']:.2f} s)" if c.get("median_seconds") else ""
+            notes.append(f"- {c.get('label') or key}: warm-up runs "
+                         + ", ".join(f"{x:.2f}" for x in warm_secs) + f" s{timed}")
         diff = warm.get("max_abs_diff_vs_bare_tf")
         if warm.get("same_ids_as_bare_tf") is False:
             notes.append(f"- {c.get('label') or key}: output ids differ from bare TF's")
@@ -249,9 +254,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"# batchscore benchmark: `{results['profile']}` profile",
         "",
         f"Run {results.get('started_at')} → {results.get('finished_at')}. Median of {s.get('runs')} timed runs "
-        "per contender after one untimed warm-up each (Python workers started, model loaded, first call "
-        "traced); runs rotate order; each writes a fresh Parquet output; time from the start of the read "
-        "to the committed write.",
+        f"per contender after {s.get('warmup_rounds', 1)} untimed warm-up round(s) of every contender (the first "
+        "starts the Python workers, loads the model, traces the first call and checks the output against "
+        "bare TF's; later ones let the Spark JVM's JIT compiler settle, a one-off cost per JVM); rounds "
+        "rotate the order; each run writes a fresh Parquet output; time from the start of the read "
+        "to the committed write. Warm-up times are listed under each table.",
         "",
         f"Machine: {_machine_line(m)}.",
         "",
@@ -259,10 +266,11 @@ def markdown(results: dict[str, Any]) -> str:
     load = load_summary(results)
     if load:
         cores = m.get("usable_cores") or 1
-        busy = " **The machine was busy with other work: treat these figures as noisy.**" \
-            if load["max"] > cores else ""
-        out += [f"1-minute load average around the runs: {load['min']:.1f}–{load['max']:.1f} "
-                f"(median {load['median']:.1f}) on {cores} cores.{busy}", ""]
+        # the benchmark's own JVM and Python workers keep ~2-3 runnable on their own
+        busy = " **The machine was busy with other work too: treat these figures as noisy.**" \
+            if load["max"] > 2 * cores else ""
+        out += [f"1-minute load average around the runs (the benchmark's own processes included): "
+                f"{load['min']:.1f}–{load['max']:.1f} (median {load['median']:.1f}) on {cores} cores.{busy}", ""]
     for w in (results.get("workloads") or {}).values():
         extra = ", ".join(f"`{k}={v}`" for k, v in (w.get("spark_conf") or {}).items())
         out += [f"## {w['title']}", "",

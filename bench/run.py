@@ -4,8 +4,13 @@ One process tree, one machine, the same data and model for every contender:
 bare single-process TF, Spark's predict_batch_udf, a plain iterator pandas UDF,
 batchscore's DataFrame lane and its Arrow lane. The Spark contenders share one
 `local[2]` SparkSession. Each contender gets one untimed warm-up run (Python
-workers started, model loaded, first call traced), then `runs` timed runs in
-rotating order; each run writes to a fresh directory; the median counts.
+workers started, model loaded, first call traced, output checked against bare
+TF's), then `warmup_rounds - 1` more untimed rounds for every contender, then
+`runs` timed runs; rounds rotate the order; each run writes to a fresh
+directory; the median counts. The extra rounds let the Spark JVM's JIT compiler
+settle: HotSpot keeps compiling Spark's planning and per-row write paths for the
+first several jobs (bench/README.md, "Where the time goes"), a one-off cost per
+JVM that a long scoring job amortises like TF's tracing.
 Results: bench/results/<profile>.{json,md,png} (see bench/README.md).
 """
 from __future__ import annotations
@@ -44,6 +49,7 @@ class Profile:
     cnn_rows: int
     cnn_rows_per_file: int
     runs: int  # timed runs per contender (median)
+    warmup_rounds: int  # untimed rounds of every contender before the timed runs (the first checks outputs)
     batch_sizes: tuple[int, ...]  # batch-size sweep, lanes on the MLP
     sweep_rows: tuple[int, ...]  # rows sweep, lanes on the MLP
     sweep_runs: int
@@ -54,12 +60,13 @@ class Profile:
 
 PROFILES = {
     "tiny": Profile("tiny", mlp_rows=20_000, mlp_rows_per_file=2_500, cnn_rows=160, cnn_rows_per_file=20,
-                    runs=3, batch_sizes=(1024, 8192), sweep_rows=(20_000, 60_000), sweep_runs=3),
+                    runs=3, warmup_rounds=1, batch_sizes=(1024, 8192), sweep_rows=(20_000, 60_000), sweep_runs=3),
     "quick": Profile("quick", mlp_rows=100_000, mlp_rows_per_file=12_500, cnn_rows=1_600, cnn_rows_per_file=200,
-                     runs=3, batch_sizes=(1024, 8192), sweep_rows=(100_000, 300_000), sweep_runs=3),
+                     runs=3, warmup_rounds=2, batch_sizes=(1024, 8192), sweep_rows=(100_000, 300_000),
+                     sweep_runs=3),
     # full CNN: ~15-25 s a contender run on 2 cores (bare TF does ~450 images/s)
     "full": Profile("full", mlp_rows=1_000_000, mlp_rows_per_file=125_000, cnn_rows=6_000,
-                    cnn_rows_per_file=750, runs=5, batch_sizes=(1024, 4096, 16384),
+                    cnn_rows_per_file=750, runs=5, warmup_rounds=3, batch_sizes=(1024, 4096, 16384),
                     sweep_rows=(1_000_000, 3_000_000, 10_000_000), sweep_runs=3),
 }
 CONTENDERS = ("bare_tf", "predict_batch_udf", "pandas_udf", "dataframe_lane", "arrow_lane")
@@ -209,14 +216,21 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def compare(bench: Bench, w: Any, contenders: list[Any], runs: int) -> dict[str, Any]:
-    """Warm up every contender once, then `runs` timed rounds in rotating order."""
+def _rotated(items: list[Any], r: int) -> list[Any]:
+    k = r % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
+def compare(bench: Bench, w: Any, contenders: list[Any], runs: int, warmup_rounds: int = 1) -> dict[str, Any]:
+    """`warmup_rounds` untimed rounds of every contender (the first checks outputs), then `runs`
+    timed rounds; every round rotates the order."""
     old = _set_confs(bench.spark, w.spark_conf)
     result: dict[str, Any] = {
         "title": w.title, "rows": w.rows, "data": w.data_path, "model": w.model_path,
         "batch_size": w.batch_size, "spark_conf": dict(w.spark_conf), "contenders": {},
     }
-    recs = {c.key: {"label": c.label, "available": True, "warmup": None, "runs": []} for c in contenders}
+    recs = {c.key: {"label": c.label, "available": True, "warmup": None, "more_warmups": [], "runs": []}
+            for c in contenders}
     try:
         for c in contenders:
             try:
@@ -257,9 +271,14 @@ def compare(bench: Bench, w: Any, contenders: list[Any], runs: int) -> dict[str,
             if warm and "out" in warm:
                 bench.drop_out(warm.pop("out"))
         live = [c for c in contenders if c.available]
+        for r in range(1, warmup_rounds):
+            for c in _rotated(live, r):
+                rec = bench.measure(c, f"warmup{r + 1}")
+                recs[c.key]["more_warmups"].append(rec)
+                _say(f"[{w.name}] warm-up {r + 1}/{warmup_rounds} {c.key}: "
+                     + (rec.get("error") or f"{rec['seconds']:.2f} s"))
         for r in range(runs):
-            k = r % len(live) if live else 0
-            for c in live[k:] + live[:k]:
+            for c in _rotated(live, r):
                 rec = bench.measure(c, f"run{r + 1}")
                 if "wrong_lane" in rec and "error" not in rec:
                     rec["error"] = f"ran the '{rec['wrong_lane']}' lane"
@@ -273,7 +292,7 @@ def compare(bench: Bench, w: Any, contenders: list[Any], runs: int) -> dict[str,
                 rc["unavailable_reason"] = c.unavailable_reason
             rc.update(summarise(rc["runs"]) if c.available else {})
             loads = c.loads() if c.available or c.key == "bare_tf" else None
-            all_runs = [x for x in [rc["warmup"], *rc["runs"]] if x and "error" not in x]
+            all_runs = [x for x in [rc["warmup"], *rc["more_warmups"], *rc["runs"]] if x and "error" not in x]
             workers = sorted({p for x in all_runs for p in x.get("workers", [])})
             rc["workers"] = workers
             if loads is not None:
@@ -382,6 +401,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, help="MLP rows (overrides the profile)")
     p.add_argument("--cnn-rows", type=int, help="CNN rows (overrides the profile)")
     p.add_argument("--runs", type=int, help="timed runs per contender (>= 3 for a reportable median)")
+    p.add_argument("--warmup-rounds", type=int, help="untimed rounds of every contender before the timed runs")
     p.add_argument("--batch-sizes", type=_parse_ints, help="batch-size sweep, e.g. 1024,8192")
     p.add_argument("--sweep-rows", type=_parse_ints, help="rows sweep, e.g. 1000000,3000000,10000000")
     p.add_argument("--no-sweeps", action="store_true", help="only the side-by-side comparison")
@@ -399,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in {
         "mlp_rows": args.rows, "cnn_rows": args.cnn_rows, "runs": args.runs,
+        "warmup_rounds": args.warmup_rounds,
         "batch_sizes": args.batch_sizes, "sweep_rows": args.sweep_rows}.items() if v}
     custom = bool(overrides) or args.no_sweeps or args.workloads != "mlp,cnn" \
         or args.contenders != ",".join(CONTENDERS) or args.master != SPARK_CONF["spark.master"]
@@ -483,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 cs.append(cm.ArrowLane(spark))
             all_contenders += cs
             _say(f"[{w.name}] {w.title}: {', '.join(c.key for c in cs)}")
-            results["workloads"][w.name] = compare(bench, w, cs, profile.runs)
+            results["workloads"][w.name] = compare(bench, w, cs, profile.runs, profile.warmup_rounds)
             for c in cs:
                 if isinstance(c, cm.BareTF):
                     c.close()

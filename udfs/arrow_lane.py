@@ -242,7 +242,9 @@ def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
         return out.empty_table()
     reader = _UnitReader(plan.source)
     try:
-        table = reader.open(plan.tasks[0][0]).head(rows, columns=columns, filter=reader.filter)
+        # batches of `rows`, no read-ahead: decode the first pages, not the whole row group
+        table = reader.open(plan.tasks[0][0]).head(rows, columns=columns, filter=reader.filter, batch_size=rows,
+                                                   batch_readahead=0, fragment_readahead=0)
     except (pa.ArrowInvalid, OSError):
         return out.empty_table()  # an unreadable file is reported by its task, with its name
     return table if table.schema.equals(out) else table.cast(out)
