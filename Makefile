@@ -7,7 +7,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench bench-quick bench-floor clean venv
+.PHONY: demo test bench bench-quick bench-floor bench-cpu clean venv
 
 venv: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ bench-quick: venv
 
 bench-floor: venv
 	$(PY) -m bench.floor
+
+bench-cpu: venv
+	$(PY) -m bench.cpu --warm 2
+	$(PY) -m bench.cpu --warm 12
 
 clean:
 	rm -rf build data/demo/predictions data/demo/predictions_quarantine

@@ -83,8 +83,23 @@ def has_tensorflow(pid: int) -> bool:
     return found
 
 
-def spark_python_workers(jvm_pid: int) -> list[psutil.Process]:
-    """Python worker processes below a local Spark JVM (the forking daemon excluded)."""
+# Set in `sc.environment` per contender (bench.run.own_python_workers): Spark starts one
+# pool of Python workers per environment, and every worker of a pool inherits it.
+POOL_VARIABLE = "BATCHSCORE_BENCH_CONTENDER"
+
+
+def _in_pool(p: psutil.Process, pool: str | None) -> bool:
+    if pool is None:
+        return True
+    try:
+        return p.environ().get(POOL_VARIABLE) == pool
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def spark_python_workers(jvm_pid: int, pool: str | None = None) -> list[psutil.Process]:
+    """Python worker processes below a local Spark JVM (the forking daemons excluded),
+    only those of one contender's pool when `pool` is given."""
     try:
         jvm = psutil.Process(jvm_pid)
         procs = jvm.children(recursive=True)
@@ -99,7 +114,8 @@ def spark_python_workers(jvm_pid: int) -> list[psutil.Process]:
                 continue  # the daemon only forks workers; it does not score
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        workers.append(p)
+        if _in_pool(p, pool):
+            workers.append(p)
     return workers
 
 
@@ -111,6 +127,7 @@ class WorkerMonitor:
         self._lock = threading.Lock()
         self._window: WindowStats | None = None
         self._target: tuple[str, int] | None = None
+        self._pool: str | None = None
         self._procs: dict[int, psutil.Process] = {}
         self._workers: list[psutil.Process] = []
         self._last_scan = 0.0
@@ -126,7 +143,7 @@ class WorkerMonitor:
             # known workers (~0.2 ms each) every tick.
             now = time.monotonic()
             if rescan or now - self._last_scan >= RESCAN_SECONDS:
-                self._workers = spark_python_workers(pid)
+                self._workers = spark_python_workers(pid, self._pool)
                 self._last_scan = now
             found = self._workers
         else:
@@ -162,10 +179,12 @@ class WorkerMonitor:
                 self._sample()
             time.sleep(self.interval)
 
-    def begin(self, kind: str, pid: int) -> None:
-        """Start a window watching `("spark", jvm_pid)` or `("process", pid)`."""
+    def begin(self, kind: str, pid: int, pool: str | None = None) -> None:
+        """Start a window watching `("spark", jvm_pid)` (the workers of `pool` only, if given)
+        or `("process", pid)`."""
         with self._lock:
             self._target = (kind, pid)
+            self._pool = pool
             self._window = WindowStats()
             self._sample(first=True)
 

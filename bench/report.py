@@ -318,8 +318,9 @@ def markdown(results: dict[str, Any]) -> str:
     out += ["", "Model loads count the warm-up and all timed runs: for the peers, one file written per load "
             "inside the worker; for the lanes, the manifests' `model_loads` summed, against the Python "
             "workers the RSS monitor saw working. Peak worker RSS is sampled (psutil, every 50 ms) over the "
-            "Python workers below the Spark JVM (the bare TF process for bare TF); workers are shared by "
-            "all Spark contenders, so it includes what earlier contenders left in the process.", ""]
+            "Python workers below the Spark JVM (the bare TF process for bare TF). Every Spark contender "
+            "runs in Python workers of its own (one worker pool per contender, as separate jobs would "
+            "have): none finds TensorFlow started, or another contender's model, in its workers.", ""]
     return "\n".join(out)
 
 

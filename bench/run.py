@@ -126,11 +126,12 @@ class Bench:
         """One run of `c` into a fresh directory, watched by the RSS monitor."""
         w = c.workload
         out = self.fresh_out(f"{w.name}-{c.key}-{tag}")
+        own_python_workers(self.spark, c.key)
         load_before = os.getloadavg()[0]
         group = f"bench-{self._n:04d}"
         sc = self.spark.sparkContext
         sc.setJobGroup(group, f"{w.name} {c.key} {tag}")
-        self.monitor.begin(*c.monitor_target(self.jvm_pid))
+        self.monitor.begin(*c.monitor_target(self.jvm_pid), pool=c.key)
         try:
             info = c.run(out)
         except Exception as e:  # noqa: BLE001 - a failed contender is reported, not fatal
@@ -169,6 +170,20 @@ class Bench:
         else:
             self.drop_out(out)
         return rec
+
+
+def own_python_workers(spark: Any, key: str) -> None:
+    """Python functions created from now on run in Python workers of their own.
+
+    Spark keys its pools of Python workers by interpreter and environment, and a
+    function carries `sc.environment` as it was when the function was created. One
+    variable per contender gives each its own workers, as separate jobs would have:
+    no contender finds TensorFlow already started (with thread pools sized by
+    someone else) or another contender's models in its workers.
+    """
+    from bench.monitor import POOL_VARIABLE  # noqa: PLC0415
+
+    spark.sparkContext.environment[POOL_VARIABLE] = key
 
 
 def spark_jobs(sc: Any, group: str) -> dict[str, Any]:
@@ -234,6 +249,7 @@ def compare(bench: Bench, w: Any, contenders: list[Any], runs: int, warmup_round
     try:
         for c in contenders:
             try:
+                own_python_workers(bench.spark, c.key)
                 c.prepare(w)
             except Exception as e:  # noqa: BLE001
                 c.available, c.unavailable_reason = False, f"prepare failed: {_first_line(e)}"

@@ -56,6 +56,9 @@ def configure_threads(cores: int) -> None:
         _threads_set = cores
     except RuntimeError:  # runtime already initialised in this process
         _threads_set = -1
+        log.warning("TensorFlow was already initialised in this Python worker (by other code run in it), "
+                    "so its thread pools keep their sizes (intra-op %d) instead of the task's %d core(s)",
+                    tf.config.threading.get_intra_op_parallelism_threads(), cores)
 
 
 def configure_gpus(addresses: list[str]) -> None:

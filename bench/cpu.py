@@ -1,0 +1,144 @@
+"""Where a run's CPU goes: `python -m bench.cpu` (`make bench-cpu`).
+
+Bare TF and each lane score the MLP benchmark data (1M rows) `--warm` times untimed,
+then `--runs` times while this counts CPU seconds per run in every process involved:
+the bare TF process; the Spark JVM split by thread (JIT compiler threads, task threads,
+GC, the rest: scheduler, py4j, listeners); the Python workers below the JVM; the driver's
+Python. The counts come from /proc/<pid>/task/*/stat (Linux), so they include what
+Spark's task metrics leave out (the JIT compiler, GC, the Python workers). `--warm 2`
+and `--warm 12` side by side show how much of a run is the JVM still compiling.
+
+Writes bench/results/cpu-warm<N>.md and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+
+import psutil
+
+from bench import contenders as cm
+from bench.run import BENCH_DIR, SPARK_CONF, own_python_workers
+from bench.workloads import mlp_workload
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _thread_group(name: str) -> str:
+    if "CompilerThre" in name:
+        return "JIT compiler"
+    if name.startswith("Executor task"):
+        return "task threads"
+    if name.startswith(("GC Thread", "G1 ")):
+        return "GC"
+    return "other JVM threads"
+
+
+def jvm_threads(pid: int) -> Counter[str]:
+    """CPU seconds so far of each thread group of process `pid`."""
+    out: Counter[str] = Counter()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[_thread_group(name)] += (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return out
+
+
+def _cpu(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
+def snapshot(driver: psutil.Process, jvm_pid: int, bare_pid: int | None) -> Counter[str]:
+    snap = jvm_threads(jvm_pid)
+    snap["Python workers"] = sum(_cpu(p) for p in psutil.Process(jvm_pid).children(recursive=True))
+    snap["driver Python"] = _cpu(driver)
+    if bare_pid is not None:
+        snap["bare TF process"] = _cpu(psutil.Process(bare_pid))
+    return snap
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--warm", type=int, default=2, help="untimed runs of each contender first")
+    p.add_argument("--runs", type=int, default=4, help="measured runs of each contender")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--work", default=str(BENCH_DIR / "work"))
+    args = p.parse_args(argv)
+
+    from jobs.session import build_session  # noqa: PLC0415
+
+    w = mlp_workload(args.work, rows=args.rows, rows_per_file=125_000, batch_size=4096)
+    spark = build_session(dict(SPARK_CONF), app_name="batchscore-bench-cpu")
+    spark.sparkContext.setLogLevel("ERROR")
+    jvm = next(c for c in psutil.Process().children() if "java" in c.name())
+    driver = psutil.Process()
+    bare = cm.BareTF({**os.environ})
+    lanes = [cm.ArrowLane(spark), cm.DataFrameLane(spark)]
+    scratch = tempfile.mkdtemp(prefix="bench-cpu-")
+    rows: dict[str, tuple[float, Counter[str]]] = {}
+    try:
+        for c in [bare, *lanes]:
+            own_python_workers(spark, c.key)
+            c.prepare(w)
+            bare_pid = c.monitor_target(jvm.pid)[1] if c is bare else None
+            walls = []
+            for i in range(args.warm + args.runs):
+                out = os.path.join(scratch, f"{c.key}-{i}")
+                if i == args.warm:
+                    before = snapshot(driver, jvm.pid, bare_pid)
+                t0 = time.perf_counter()
+                c.run(out)
+                if i >= args.warm:
+                    walls.append(time.perf_counter() - t0)
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(out + "_quarantine", ignore_errors=True)
+            after = snapshot(driver, jvm.pid, bare_pid)
+            used = Counter({k: (after[k] - before.get(k, 0.0)) / args.runs for k in after})
+            if c is bare:  # the JVM, the workers and this process idle while bare TF runs
+                used = Counter({"bare TF process": used["bare TF process"]})
+            rows[c.label] = (statistics.median(walls), used)
+            print(f"[bench.cpu] {c.label}: {statistics.median(walls):.2f} s", file=sys.stderr, flush=True)
+    finally:
+        bare.close()
+        spark.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    groups = ["bare TF process", "Python workers", "task threads", "JIT compiler", "GC", "other JVM threads",
+              "driver Python"]
+    lines = [
+        f"# CPU seconds per run, MLP {args.rows:,} rows (`python -m bench.cpu --warm {args.warm} "
+        f"--runs {args.runs}`)",
+        "",
+        f"Each contender ran {args.warm} untimed runs first; figures are per run, averaged over "
+        f"{args.runs} runs; wall time is the median. {os.cpu_count()} cores, Spark `{SPARK_CONF['spark.master']}`.",
+        "",
+        "| contender | wall s | " + " | ".join(groups) + " | total CPU s |",
+        "|---|---:|" + "---:|" * (len(groups) + 1),
+    ]
+    for label, (wall, used) in rows.items():
+        cells = [f"{used.get(g, 0.0):.2f}" for g in groups]
+        lines.append(f"| {label} | {wall:.2f} | " + " | ".join(cells) + f" | {sum(used.values()):.2f} |")
+    text = "\n".join(lines) + "\n"
+    path = BENCH_DIR / "results" / f"cpu-warm{args.warm}.md"
+    path.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
