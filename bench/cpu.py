@@ -1,6 +1,6 @@
 """Where a run's CPU goes: `python -m bench.cpu` (`make bench-cpu`).
 
-Bare TF and each lane score the MLP benchmark data (1M rows) `--warm` times untimed,
+Bare TF, each lane and `predict_batch_udf` score the MLP benchmark data (1M rows) `--warm` times untimed,
 then `--runs` times while this counts CPU seconds per run in every process involved:
 the bare TF process; the Spark JVM split by thread (JIT compiler threads, task threads,
 GC, the rest: scheduler, py4j, listeners); the Python workers below the JVM; the driver's
@@ -25,6 +25,7 @@ import psutil
 
 from bench import contenders as cm
 from bench.run import BENCH_DIR, SPARK_CONF, own_python_workers
+from bench.monitor import spark_python_workers
 from bench.workloads import mlp_workload
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -63,13 +64,24 @@ def _cpu(p: psutil.Process) -> float:
         return 0.0
 
 
-def snapshot(driver: psutil.Process, jvm_pid: int, bare_pid: int | None) -> Counter[str]:
+def snapshot(driver: psutil.Process, jvm_pid: int, bare_pid: int | None, pool: str) -> Counter[str]:
+    """CPU seconds so far by group; the Python workers of `pool` one by one (`worker <pid>`)."""
     snap = jvm_threads(jvm_pid)
-    snap["Python workers"] = sum(_cpu(p) for p in psutil.Process(jvm_pid).children(recursive=True))
+    for p in spark_python_workers(jvm_pid, pool):
+        snap[f"worker {p.pid}"] = _cpu(p)
     snap["driver Python"] = _cpu(driver)
     if bare_pid is not None:
         snap["bare TF process"] = _cpu(psutil.Process(bare_pid))
     return snap
+
+
+def used_per_run(before: Counter[str], after: Counter[str], runs: int) -> Counter[str]:
+    """CPU per run by group; a worker started in between counts from zero."""
+    used: Counter[str] = Counter()
+    for k, v in after.items():
+        group = "Python workers" if k.startswith("worker ") else k
+        used[group] += (v - before.get(k, 0.0)) / runs
+    return used
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     jvm = next(c for c in psutil.Process().children() if "java" in c.name())
     driver = psutil.Process()
     bare = cm.BareTF({**os.environ})
-    lanes = [cm.ArrowLane(spark), cm.DataFrameLane(spark)]
     scratch = tempfile.mkdtemp(prefix="bench-cpu-")
+    lanes = [cm.ArrowLane(spark), cm.DataFrameLane(spark), cm.PredictBatchUDF(spark, os.path.join(scratch, "loads"))]
     rows: dict[str, tuple[float, Counter[str]]] = {}
     try:
         for c in [bare, *lanes]:
@@ -100,15 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.warm + args.runs):
                 out = os.path.join(scratch, f"{c.key}-{i}")
                 if i == args.warm:
-                    before = snapshot(driver, jvm.pid, bare_pid)
+                    before = snapshot(driver, jvm.pid, bare_pid, c.key)
                 t0 = time.perf_counter()
                 c.run(out)
                 if i >= args.warm:
                     walls.append(time.perf_counter() - t0)
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(out + "_quarantine", ignore_errors=True)
-            after = snapshot(driver, jvm.pid, bare_pid)
-            used = Counter({k: (after[k] - before.get(k, 0.0)) / args.runs for k in after})
+            used = used_per_run(before, snapshot(driver, jvm.pid, bare_pid, c.key), args.runs)
             if c is bare:  # the JVM, the workers and this process idle while bare TF runs
                 used = Counter({"bare TF process": used["bare TF process"]})
             rows[c.label] = (statistics.median(walls), used)
