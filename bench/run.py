@@ -3,7 +3,8 @@
 One process tree, one machine, the same data and model for every contender:
 bare single-process TF, Spark's predict_batch_udf, a plain iterator pandas UDF,
 batchscore's DataFrame lane and its Arrow lane. The Spark contenders share one
-`local[2]` SparkSession. Each contender gets one untimed warm-up run (Python
+`local[2]` SparkSession, each in Python workers of its own (`own_python_workers`).
+Each contender gets one untimed warm-up run (Python
 workers started, model loaded, first call traced, output checked against bare
 TF's), then `warmup_rounds - 1` more untimed rounds for every contender, then
 `runs` timed runs; rounds rotate the order; each run writes to a fresh
