@@ -24,8 +24,8 @@ from collections import Counter
 import psutil
 
 from bench import contenders as cm
-from bench.run import BENCH_DIR, SPARK_CONF, own_python_workers
-from bench.monitor import spark_python_workers
+from bench.run import BENCH_DIR, SPARK_CONF, jvm_pid, own_python_workers
+from bench.monitor import cpu_seconds, spark_python_workers
 from bench.workloads import mlp_workload
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -58,9 +58,8 @@ def jvm_threads(pid: int) -> Counter[str]:
 
 def _cpu(p: psutil.Process) -> float:
     try:
-        t = p.cpu_times()
-        return t.user + t.system
-    except psutil.Error:
+        return cpu_seconds(p)
+    except psutil.Error:  # a worker that exited counts nothing
         return 0.0
 
 
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     w = mlp_workload(args.work, rows=args.rows, rows_per_file=125_000, batch_size=4096)
     spark = build_session(dict(SPARK_CONF), app_name="batchscore-bench-cpu")
     spark.sparkContext.setLogLevel("ERROR")
-    jvm = next(c for c in psutil.Process().children() if "java" in c.name())
+    jvm = jvm_pid(spark)
     driver = psutil.Process()
     bare = cm.BareTF({**os.environ})
     scratch = tempfile.mkdtemp(prefix="bench-cpu-")
@@ -107,19 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         for c in [bare, *lanes]:
             own_python_workers(spark, c.key)
             c.prepare(w)
-            bare_pid = c.monitor_target(jvm.pid)[1] if c is bare else None
+            bare_pid = c.monitor_target(jvm)[1] if c is bare else None
             walls = []
             for i in range(args.warm + args.runs):
                 out = os.path.join(scratch, f"{c.key}-{i}")
                 if i == args.warm:
-                    before = snapshot(driver, jvm.pid, bare_pid, c.key)
+                    before = snapshot(driver, jvm, bare_pid, c.key)
                 t0 = time.perf_counter()
                 c.run(out)
                 if i >= args.warm:
                     walls.append(time.perf_counter() - t0)
                 shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(out + "_quarantine", ignore_errors=True)
-            used = used_per_run(before, snapshot(driver, jvm.pid, bare_pid, c.key), args.runs)
+            used = used_per_run(before, snapshot(driver, jvm, bare_pid, c.key), args.runs)
             if c is bare:  # the JVM, the workers and this process idle while bare TF runs
                 used = Counter({"bare TF process": used["bare TF process"]})
             rows[c.label] = (statistics.median(walls), used)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bench.run import BENCH_DIR, SPARK_CONF
+from bench.run import BENCH_DIR, SPARK_CONF, rotated
 from bench.workloads import mlp_workload
 
 
@@ -68,7 +68,7 @@ def main() -> int:
         vs = variants(df, list(w.columns))
         names = list(vs)
         for r in range(6):  # round 0 is the warm-up
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in rotated(names, r):
                 out = os.path.join(out_root, f"{name}-{r}")
                 t0 = time.perf_counter()
                 vs[name]().write.parquet(out)

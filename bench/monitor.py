@@ -50,7 +50,7 @@ class WindowStats:
         return round(max(vals), 1) if vals else None
 
 
-def _cpu(p: psutil.Process) -> float:
+def cpu_seconds(p: psutil.Process) -> float:
     t = p.cpu_times()
     return t.user + t.system
 
@@ -163,7 +163,7 @@ class WorkerMonitor:
         for p in self._current(rescan=rescan or first):
             try:
                 rss = p.memory_info().rss / MB
-                cpu = _cpu(p)
+                cpu = cpu_seconds(p)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             w.peak_rss_mb[p.pid] = max(w.peak_rss_mb.get(p.pid, 0.0), rss)

@@ -232,7 +232,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _rotated(items: list[Any], r: int) -> list[Any]:
+def rotated(items: list[Any], r: int) -> list[Any]:
+    """`items` starting at position r (mod len): round r's order."""
     k = r % len(items) if items else 0
     return items[k:] + items[:k]
 
@@ -289,13 +290,13 @@ def compare(bench: Bench, w: Any, contenders: list[Any], runs: int, warmup_round
                 bench.drop_out(warm.pop("out"))
         live = [c for c in contenders if c.available]
         for r in range(1, warmup_rounds):
-            for c in _rotated(live, r):
+            for c in rotated(live, r):
                 rec = bench.measure(c, f"warmup{r + 1}")
                 recs[c.key]["more_warmups"].append(rec)
                 _say(f"[{w.name}] warm-up {r + 1}/{warmup_rounds} {c.key}: "
                      + (rec.get("error") or f"{rec['seconds']:.2f} s"))
         for r in range(runs):
-            for c in _rotated(live, r):
+            for c in rotated(live, r):
                 rec = bench.measure(c, f"run{r + 1}")
                 if "wrong_lane" in rec and "error" not in rec:
                     rec["error"] = f"ran the '{rec['wrong_lane']}' lane"
@@ -396,7 +397,7 @@ def _linear_fit(points: list[dict[str, Any]]) -> dict[str, Any] | None:
             "points": n}
 
 
-def _jvm_pid(spark: Any) -> int:
+def jvm_pid(spark: Any) -> int:
     proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
     if proc is not None:
         return int(proc.pid)
@@ -494,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%dT%H%M%S")
     out_root = os.path.join(work, "out", stamp)
     loads_root = os.path.join(work, "loads", stamp)
-    bench = Bench(spark, _jvm_pid(spark), monitor, out_root)
+    bench = Bench(spark, jvm_pid(spark), monitor, out_root)
     results: dict[str, Any] = {
         "profile": name, "base_profile": profile.name, "settings": dataclasses.asdict(profile),
         "started_at": started.isoformat(timespec="seconds"), "spark_conf": spark_conf,
