@@ -132,7 +132,6 @@ def score_batches(
         batches: batches holding at least `plan.input_columns`.
         stats: filled with this call's counters at the end of the stream.
     """
-    keep_spark_zip_directories()
     cores, gpus = _task_resources()
     model_cache.configure_gpus(gpus)
     model_cache.configure_threads(cores)
@@ -142,14 +141,16 @@ def score_batches(
         plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names)
     )
     fault = _test_fault()
-    for out in scorer.score(batches):
-        if plan.on_bad_rows == "fail" and scorer.stats.rows_bad:
-            raise BadRowsError(_first_bad(out, plan))
-        yield out
-        if fault is not None:
-            fault()
-            fault = None
-    keep_spark_zip_directories()  # importers the model load and the first calls added
+    try:
+        for out in scorer.score(batches):
+            if plan.on_bad_rows == "fail" and scorer.stats.rows_bad:
+                raise BadRowsError(_first_bad(out, plan))
+            yield out
+            if fault is not None:
+                fault()
+                fault = None
+    finally:  # however the stream ends, keep Spark's importers (the model load and first calls add some)
+        keep_spark_zip_directories()
     if stats is not None:
         stats.update(scorer.stats.as_dict())
         stats["loads"] = {worker_id(): model_cache.load_count() - loads_before}
