@@ -33,6 +33,7 @@ class ScoreStats:
     rows_bad: int = 0
     model_calls: int = 0
     max_call_rows: int = 0
+    max_batch_rows: int = 0  # the largest Arrow batch the stream brought
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -40,6 +41,7 @@ class ScoreStats:
             "rows_bad": self.rows_bad,
             "model_calls": self.model_calls,
             "max_call_rows": self.max_call_rows,
+            "max_batch_rows": self.max_batch_rows,
         }
 
 
@@ -116,6 +118,7 @@ class StreamScorer:
             pending.append(_Pending(keep, flags, n_good))
             fifo_in.push(inputs, n_good)
             self.stats.rows += batch.num_rows
+            self.stats.max_batch_rows = max(self.stats.max_batch_rows, batch.num_rows)
             while fifo_in.rows >= self.batch_size:
                 fifo_out.push(self._call(fifo_in.take(self.batch_size)), self.batch_size)
             while pending and fifo_out.rows >= pending[0].n_good:

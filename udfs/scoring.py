@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from udfs import model_cache
+from udfs import tensor_types as tt
 from udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
 from udfs.binding import InputFeed, bind_inputs, required_columns
 from udfs.distribution import ModelSource
@@ -246,6 +247,28 @@ def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None) -> Any
     arrow_in = to_arrow_schema(selected.schema)
     out_schema = from_arrow_schema(scored_schema(plan, arrow_in))
     return selected.mapInArrow(partition_scorer(plan, accumulator), out_schema)
+
+
+def fixed_row_bytes(schema: pa.Schema, plan: ScoringPlan) -> int | None:
+    """About how many bytes one input row takes in the DataFrame lane's Arrow batches.
+
+    None when a column's width can vary: strings, binary, structs, or lists whose
+    model input does not fix every dimension. Lets the job bound Arrow batches by
+    rows alone (see jobs.score.arrow_batch_conf).
+    """
+    elements = {f.columns[0]: f.spec.size for f in plan.feeds
+                if not f.stacked and f.depth > 0 and all(d is not None for d in f.spec.shape)}
+    total = 0
+    for c in plan.input_columns:
+        t, depth = tt.leaf_type(schema.field(c).type)
+        if depth and c not in elements:
+            return None
+        try:
+            width = max(1, t.bit_width // 8)
+        except ValueError:  # not a fixed-width type
+            return None
+        total += (elements[c] * width + 4 * depth) if depth else width  # + list offsets
+    return total
 
 
 def arrow_schema_of(df: Any) -> pa.Schema:

@@ -5,7 +5,7 @@ from typing import Any
 
 from pyspark.accumulators import AccumulatorParam
 
-_MAX_KEYS = {"max_call_rows"}
+_MAX_KEYS = {"max_call_rows", "max_batch_rows"}
 _DICT_MAX_KEYS = {"peak_rss_mb"}
 
 
