@@ -7,7 +7,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench bench-quick bench-floor bench-cpu clean venv
+.PHONY: demo test bench bench-quick bench-floor bench-jvm-profile bench-cpu clean venv
 
 venv: $(VENV)/.installed
 
@@ -37,9 +37,13 @@ bench-quick: venv
 bench-floor: venv
 	$(PY) -m bench.floor
 
+bench-jvm-profile: venv
+	$(PY) -m bench.floor --only python_packed_array --jfr
+
 bench-cpu: venv
 	$(PY) -m bench.cpu --warm 2
 	$(PY) -m bench.cpu --warm 12
+	$(PY) -m bench.cpu --workload cnn --warm 3
 
 clean:
 	rm -rf build data/demo/predictions data/demo/predictions_quarantine

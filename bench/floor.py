@@ -14,9 +14,15 @@ Python function that returns `id` and a constant instead of scoring. Variants:
 
 Median of 5 runs each after one warm-up, in rotating order, same session settings as
 `bench.run`. Writes bench/results/floor.{json,md}.
+
+`--only VARIANT --jfr` runs one variant with the JVM under Java Flight Recorder and
+writes where its task threads spend their time (the timed rounds' stack samples) to
+bench/results/floor-jfr-<variant>.md (`make bench-jvm-profile`).
 """
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -30,7 +36,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bench.run import BENCH_DIR, SPARK_CONF, rotated
+from bench import jfr
+from bench.run import BENCH_DIR, SPARK_CONF, jvm_pid, rotated
 from bench.workloads import mlp_workload
 
 
@@ -53,21 +60,38 @@ def variants(df: Any, features: list[str]) -> dict[str, Callable[[], Any]]:
     }
 
 
-def main() -> int:
+VARIANTS = ("jvm_only", "python_id_only", "python_33_columns", "python_packed_array")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=VARIANTS, help="run one variant (results are not written to floor.*)")
+    p.add_argument("--jfr", action="store_true", help="with --only: profile the JVM with Java Flight Recorder")
+    args = p.parse_args(argv)
+    if args.jfr and not args.only:
+        p.error("--jfr needs --only VARIANT: one variant per recording")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from jobs.session import build_session  # noqa: PLC0415
+    from jobs.session import LOG_CONFIG, build_session  # noqa: PLC0415
 
     work = str(BENCH_DIR / "work")
     w = mlp_workload(work, rows=1_000_000, rows_per_file=125_000, batch_size=4096)
-    spark = build_session(dict(SPARK_CONF), app_name="batchscore-bench-floor")
+    out_root = tempfile.mkdtemp(prefix="floor-", dir=work)
+    conf = dict(SPARK_CONF)
+    recording = os.path.join(out_root, "floor.jfr")
+    if args.jfr:
+        conf["spark.driver.extraJavaOptions"] = (f"-Dlog4j2.configurationFile=file:{LOG_CONFIG} "
+                                                 + jfr.JAVA_OPTIONS)
+    spark = build_session(conf, app_name="batchscore-bench-floor")
     spark.sparkContext.setLogLevel("WARN")
     df = spark.read.parquet(w.data_path)
     runs: dict[str, list[float]] = {}
-    out_root = tempfile.mkdtemp(prefix="floor-", dir=work)
+    timed_from = None
     try:
         vs = variants(df, list(w.columns))
-        names = list(vs)
+        names = [args.only] if args.only else list(vs)
         for r in range(6):  # round 0 is the warm-up
+            if r == 1:
+                timed_from = dt.datetime.now(dt.timezone.utc)
             for name in rotated(names, r):
                 out = os.path.join(out_root, f"{name}-{r}")
                 t0 = time.perf_counter()
@@ -77,10 +101,16 @@ def main() -> int:
                 if r:
                     runs.setdefault(name, []).append(seconds)
                 print(f"[floor] {name} round {r}: {seconds:.2f} s", file=sys.stderr, flush=True)
+        if args.jfr:
+            jfr.dump(jvm_pid(spark), recording)
+            _write_profile(args.only, recording, timed_from, runs[args.only])
     finally:
-        shutil.rmtree(out_root, ignore_errors=True)
         spark.stop()
+        shutil.rmtree(out_root, ignore_errors=True)
     medians = {k: round(statistics.median(v), 3) for k, v in runs.items()}
+    if args.only:
+        print(f"{args.only}: median {medians[args.only]:.2f} s")
+        return 0
     result = {"rows": w.rows, "data": w.data_path, "spark_conf": SPARK_CONF, "runs": runs, "median_seconds": medians,
               "load_average": os.getloadavg()}
     res_dir = BENCH_DIR / "results"
@@ -94,6 +124,18 @@ def main() -> int:
     (res_dir / "floor.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _write_profile(variant: str, recording: str, since: dt.datetime | None, seconds: list[float]) -> None:
+    stacks = jfr.thread_samples(recording, "Executor task", since)
+    lines = [f"# Where Spark's task threads spend `{variant}` (`python -m bench.floor --only {variant} --jfr`)", "",
+             "1,000,000 rows of `id` + 32 float32 columns (the MLP benchmark data), `local[2]`; Java Flight "
+             "Recorder (`settings=profile`) over the 5 timed rounds "
+             f"(median {statistics.median(seconds):.2f} s), after one warm-up round.", ""]
+    lines += jfr.markdown(stacks)
+    path = BENCH_DIR / "results" / f"floor-jfr-{variant}.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
