@@ -1,6 +1,7 @@
 """Where a run's CPU goes: `python -m bench.cpu` (`make bench-cpu`).
 
-Bare TF, each lane and `predict_batch_udf` score the MLP benchmark data (1M rows) `--warm` times untimed,
+Bare TF, each lane and `predict_batch_udf` score the MLP benchmark data (1M rows; `--workload cnn`: the
+6,000 CNN images) `--warm` times untimed,
 then `--runs` times while this counts CPU seconds per run in every process involved:
 the bare TF process; the Spark JVM split by thread (JIT compiler threads, task threads,
 GC, the rest: scheduler, py4j, listeners); the Python workers below the JVM; the driver's
@@ -8,7 +9,7 @@ Python. The counts come from /proc/<pid>/task/*/stat (Linux), so they include wh
 Spark's task metrics leave out (the JIT compiler, GC, the Python workers). `--warm 2`
 and `--warm 12` side by side show how much of a run is the JVM still compiling.
 
-Writes bench/results/cpu-warm<N>.md and prints it.
+Writes bench/results/cpu-warm<N>.md (CNN: cpu-cnn-warm<N>.md) and prints it.
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from collections import Counter
 import psutil
 
 from bench import contenders as cm
-from bench.run import BENCH_DIR, SPARK_CONF, jvm_pid, own_python_workers
+from bench.run import BENCH_DIR, PROFILES, SPARK_CONF, jvm_pid, own_python_workers
 from bench.monitor import cpu_seconds, spark_python_workers
-from bench.workloads import mlp_workload
+from bench.workloads import cnn_workload, mlp_workload
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -87,14 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--warm", type=int, default=2, help="untimed runs of each contender first")
     p.add_argument("--runs", type=int, default=4, help="measured runs of each contender")
-    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--workload", choices=("mlp", "cnn"), default="mlp")
+    p.add_argument("--rows", type=int, help="default: the full profile's rows for the workload")
     p.add_argument("--work", default=str(BENCH_DIR / "work"))
     args = p.parse_args(argv)
 
     from jobs.session import build_session  # noqa: PLC0415
 
-    w = mlp_workload(args.work, rows=args.rows, rows_per_file=125_000, batch_size=4096)
-    spark = build_session(dict(SPARK_CONF), app_name="batchscore-bench-cpu")
+    full = PROFILES["full"]
+    if args.workload == "cnn":
+        w = cnn_workload(args.work, args.rows or full.cnn_rows, rows_per_file=full.cnn_rows_per_file,
+                         batch_size=full.cnn_batch, arrow_batch=full.cnn_arrow_batch)
+    else:
+        w = mlp_workload(args.work, rows=args.rows or full.mlp_rows, rows_per_file=full.mlp_rows_per_file,
+                         batch_size=full.mlp_batch)
+    spark = build_session({**SPARK_CONF, **w.spark_conf}, app_name="batchscore-bench-cpu")
     spark.sparkContext.setLogLevel("ERROR")
     jvm = jvm_pid(spark)
     driver = psutil.Process()
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = ["bare TF process", "Python workers", "task threads", "JIT compiler", "GC", "other JVM threads",
               "driver Python"]
     lines = [
-        f"# CPU seconds per run, MLP {args.rows:,} rows (`python -m bench.cpu --warm {args.warm} "
+        f"# CPU seconds per run, {w.title} (`python -m bench.cpu --workload {w.name} --warm {args.warm} "
         f"--runs {args.runs}`)",
         "",
         f"Each contender ran {args.warm} untimed runs first; figures are per run, averaged over "
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{used.get(g, 0.0):.2f}" for g in groups]
         lines.append(f"| {label} | {wall:.2f} | " + " | ".join(cells) + f" | {sum(used.values()):.2f} |")
     text = "\n".join(lines) + "\n"
-    path = BENCH_DIR / "results" / f"cpu-warm{args.warm}.md"
+    path = BENCH_DIR / "results" / (f"cpu-warm{args.warm}.md" if w.name == "mlp" else f"cpu-{w.name}-warm{args.warm}.md")
     path.write_text(text)
     print(text)
     return 0
