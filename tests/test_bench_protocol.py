@@ -88,3 +88,18 @@ def test_wrong_row_counts_and_differing_predictions_are_reported(bench, tmp_path
     assert c["arrow_lane"]["available"] is False
     assert f"wrote {ROWS - 1} rows, expected {ROWS}" in c["arrow_lane"]["unavailable_reason"]
     assert c["arrow_lane"]["runs"] == []  # not timed once its warm-up failed
+
+
+def test_idle_worker_pools_are_touched_in_their_own_workers(bench, monkeypatch):  # type: ignore[no-untyped-def]
+    """Spark stops a pool's workers after a minute unused; the harness touches idle pools between runs."""
+    from bench.monitor import spark_python_workers
+    from bench.run import jvm_pid
+
+    monkeypatch.setattr(bench_run, "POOL_KEEPALIVE_SECONDS", 0.0)
+    bench.pool_used = {"bench-test-idle": 0.0, "bench-test-running": 0.0}
+    bench.keep_pools_warm("bench-test-running")
+    assert bench.pings == 1
+    assert bench.pool_used["bench-test-idle"] > 0.0 and bench.pool_used["bench-test-running"] == 0.0
+    jvm = jvm_pid(bench.spark)
+    assert spark_python_workers(jvm, "bench-test-idle")  # the one-row task ran in that pool's own worker
+    assert not spark_python_workers(jvm, "bench-test-running")
