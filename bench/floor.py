@@ -10,7 +10,17 @@ Python function that returns `id` and a constant instead of scoring. Variants:
 - `python_id_only`: only `id` goes to Python and back (the round trip itself);
 - `python_33_columns`: `id` + the 32 features as separate columns (as the issue's
   identity mapInArrow);
-- `python_packed_array`: `id` + `array(f0..f31)`, what the DataFrame lane sends.
+- `python_packed_array`: `id` + `array(f0..f31)`, what the DataFrame lane sends;
+- `python_packed_rows_bound`: the same with Spark's per-row Arrow byte check off and
+  the batch bounded by rows instead, as the DataFrame lane's job sets it
+  (`jobs.score.arrow_batch_conf`);
+- `packed_arrow_udf`: the same array through Spark 4.1's iterator `arrow_udf` (a scalar
+  UDF: `id` stays in the JVM, only the array goes to Python, pyarrow arrays in and out);
+- `packed_pandas_udf`: the same array through an iterator `pandas_udf` (what
+  `predict_batch_udf` builds on: pandas Series of per-row numpy arrays).
+
+The `python_*` variants use `mapInArrow`; with the two UDF variants the table compares
+Spark's three Python paths for the DataFrame lane's input.
 
 Median of 5 runs each after one warm-up, in rotating order, same session settings as
 `bench.run`. Writes bench/results/floor.{json,md}.
@@ -34,6 +44,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from bench import jfr
@@ -47,8 +58,19 @@ def _constant_prediction(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Recor
                               names=["id", "prediction"])
 
 
+def _zeros_arrow(arrays: Iterator[pa.Array]) -> Iterator[pa.Array]:
+    for a in arrays:
+        yield pa.array(np.zeros(len(a), np.float32))
+
+
+def _zeros_pandas(series: Iterator[pd.Series]) -> Iterator[pd.Series]:
+    for s in series:
+        yield pd.Series(np.zeros(len(s), np.float32))
+
+
 def variants(df: Any, features: list[str]) -> dict[str, Callable[[], Any]]:
     from pyspark.sql import functions as F  # noqa: N812, PLC0415
+    from pyspark.sql.functions import arrow_udf, pandas_udf  # noqa: PLC0415
 
     schema = "id long, prediction float"
     return {
@@ -57,10 +79,19 @@ def variants(df: Any, features: list[str]) -> dict[str, Callable[[], Any]]:
         "python_33_columns": lambda: df.select("id", *features).mapInArrow(_constant_prediction, schema),
         "python_packed_array": lambda: df.select("id", F.array(*features).alias("x"))
         .mapInArrow(_constant_prediction, schema),
+        "python_packed_rows_bound": lambda: df.select("id", F.array(*features).alias("x"))
+        .mapInArrow(_constant_prediction, schema),
+        "packed_arrow_udf": lambda: df.select("id", arrow_udf(_zeros_arrow, "float")(F.array(*features))
+                                              .alias("prediction")),
+        "packed_pandas_udf": lambda: df.select("id", pandas_udf(_zeros_pandas, "float")(F.array(*features))
+                                               .alias("prediction")),
     }
 
 
-VARIANTS = ("jvm_only", "python_id_only", "python_33_columns", "python_packed_array")
+VARIANTS = ("jvm_only", "python_id_only", "python_33_columns", "python_packed_array", "python_packed_rows_bound",
+            "packed_arrow_udf", "packed_pandas_udf")
+# python_packed_rows_bound: the row width the DataFrame lane would work out (id + 32 float32)
+ROW_BYTES = 8 + 32 * 4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jfr and not args.only:
         p.error("--jfr needs --only VARIANT: one variant per recording")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from jobs.session import LOG_CONFIG, build_session  # noqa: PLC0415
+    from jobs.score import arrow_batch_conf  # noqa: PLC0415
+    from jobs.session import LOG_CONFIG, build_session, temporary_conf  # noqa: PLC0415
 
     work = str(BENCH_DIR / "work")
     w = mlp_workload(work, rows=1_000_000, rows_per_file=125_000, batch_size=4096)
@@ -94,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                 timed_from = dt.datetime.now(dt.timezone.utc)
             for name in rotated(names, r):
                 out = os.path.join(out_root, f"{name}-{r}")
-                t0 = time.perf_counter()
-                vs[name]().write.parquet(out)
-                seconds = time.perf_counter() - t0
+                conf_for = arrow_batch_conf(spark, ROW_BYTES) if name == "python_packed_rows_bound" else {}
+                with temporary_conf(spark, conf_for):
+                    t0 = time.perf_counter()
+                    vs[name]().write.parquet(out)
+                    seconds = time.perf_counter() - t0
                 shutil.rmtree(out)
                 if r:
                     runs.setdefault(name, []).append(seconds)

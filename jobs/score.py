@@ -300,7 +300,7 @@ def arrow_batch_conf(spark: Any, row_bytes: int | None) -> dict[str, str]:
     """SQL confs that bound the DataFrame lane's Arrow batches by rows only, when rows have a fixed width.
 
     With `maxBytesPerBatch` set (Spark 4 default: 64 MB), Spark measures the batch
-    it is filling after every row it adds: about 15% of the task threads' CPU on the
+    it is filling after every row it adds: about 8% of the task threads' samples on the
     benchmark MLP (a JFR profile, bench/README.md). When every input column has a
     fixed width, the same byte bound is a row count, worked out once here; the
     byte check is then switched off for this job's write. Nothing changes when a
