@@ -11,9 +11,9 @@ Python function that returns `id` and a constant instead of scoring. Variants:
 - `python_33_columns`: `id` + the 32 features as separate columns (as the issue's
   identity mapInArrow);
 - `python_packed_array`: `id` + `array(f0..f31)`, what the DataFrame lane sends;
-- `python_packed_rows_bound`: the same with Spark's per-row Arrow byte check off and
-  the batch bounded by rows instead, as the DataFrame lane's job sets it
-  (`jobs.score.arrow_batch_conf`);
+- `python_packed_rows_bound`, `python_33_rows_bound`: those two with Spark's per-row
+  Arrow byte check off and the batch bounded by rows instead, as the DataFrame lane's job
+  sets it (`jobs.score.arrow_batch_conf`);
 - `packed_arrow_udf`: the same array through Spark 4.1's iterator `arrow_udf` (a scalar
   UDF: `id` stays in the JVM, only the array goes to Python, pyarrow arrays in and out);
 - `packed_pandas_udf`: the same array through an iterator `pandas_udf` (what
@@ -81,6 +81,7 @@ def variants(df: Any, features: list[str]) -> dict[str, Callable[[], Any]]:
         .mapInArrow(_constant_prediction, schema),
         "python_packed_rows_bound": lambda: df.select("id", F.array(*features).alias("x"))
         .mapInArrow(_constant_prediction, schema),
+        "python_33_rows_bound": lambda: df.select("id", *features).mapInArrow(_constant_prediction, schema),
         "packed_arrow_udf": lambda: df.select("id", arrow_udf(_zeros_arrow, "float")(F.array(*features))
                                               .alias("prediction")),
         "packed_pandas_udf": lambda: df.select("id", pandas_udf(_zeros_pandas, "float")(F.array(*features))
@@ -89,8 +90,9 @@ def variants(df: Any, features: list[str]) -> dict[str, Callable[[], Any]]:
 
 
 VARIANTS = ("jvm_only", "python_id_only", "python_33_columns", "python_packed_array", "python_packed_rows_bound",
-            "packed_arrow_udf", "packed_pandas_udf")
-# python_packed_rows_bound: the row width the DataFrame lane would work out (id + 32 float32)
+            "python_33_rows_bound", "packed_arrow_udf", "packed_pandas_udf")
+ROWS_BOUND = ("python_packed_rows_bound", "python_33_rows_bound")
+# the row width the DataFrame lane works out for these rows (id + 32 float32)
 ROW_BYTES = 8 + 32 * 4
 
 
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 timed_from = dt.datetime.now(dt.timezone.utc)
             for name in rotated(names, r):
                 out = os.path.join(out_root, f"{name}-{r}")
-                conf_for = arrow_batch_conf(spark, ROW_BYTES) if name == "python_packed_rows_bound" else {}
+                conf_for = arrow_batch_conf(spark, ROW_BYTES) if name in ROWS_BOUND else {}
                 with temporary_conf(spark, conf_for):
                     t0 = time.perf_counter()
                     vs[name]().write.parquet(out)

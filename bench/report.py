@@ -279,7 +279,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{load['min']:.1f}–{load['max']:.1f} (median {load['median']:.1f}) on {cores} cores.{busy}", ""]
     if results.get("pool_pings"):
         out += [f"Spark stops a pool's idle Python workers after a minute unused; {results['pool_pings']} times a "
-                "pool idle for 30 s was touched with a one-row task between runs, so no contender's timed run "
+                "pool idle for 10 s was touched with a one-row task between runs, so no contender's timed run "
                 "started cold.", ""]
     for w in (results.get("workloads") or {}).values():
         extra = ", ".join(f"`{k}={v}`" for k, v in (w.get("spark_conf") or {}).items())

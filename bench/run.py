@@ -105,8 +105,9 @@ def read_predictions(path: str) -> Any:
 
 # Spark stops a pool's idle Python workers once the pool has been unused for a minute
 # (PythonWorkerFactory, not configurable): a contender waiting while the others run
-# would start cold again. Pools unused for this long are touched before the next run.
-POOL_KEEPALIVE_SECONDS = 30.0
+# would start cold again. Pools unused for this long are touched before the next run;
+# the next run may take 40 s (24k CNN images on the DataFrame lane), so 10 + 40 < 60.
+POOL_KEEPALIVE_SECONDS = 10.0
 
 
 class Bench:
