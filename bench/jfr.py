@@ -20,12 +20,16 @@ Stack = list[str]  # frames, innermost first, as "package.Class.method"
 JAVA_OPTIONS = "-XX:StartFlightRecording=settings=profile"  # record from JVM start; dump() writes it out
 
 
+def _jdk_tool(name: str) -> str:
+    tool = shutil.which(name)
+    if tool is None:
+        raise RuntimeError(f"the JDK's `{name}` tool is not on PATH")
+    return tool
+
+
 def dump(pid: int, path: str) -> None:
     """Write what JVM `pid` has recorded so far to `path` (the pyspark JVM outlives spark.stop())."""
-    tool = shutil.which("jcmd")
-    if tool is None:
-        raise RuntimeError("the JDK's `jcmd` tool is not on PATH")
-    subprocess.run([tool, str(pid), "JFR.dump", f"filename={path}"], check=True, capture_output=True)
+    subprocess.run([_jdk_tool("jcmd"), str(pid), "JFR.dump", f"filename={path}"], check=True, capture_output=True)
 
 
 def _frame(f: dict) -> str:
@@ -41,10 +45,7 @@ def _when(ts: str) -> dt.datetime:
 
 def thread_samples(path: str, thread_prefix: str, since: dt.datetime | None = None) -> list[Stack]:
     """Stack samples of the threads whose Java name starts with `thread_prefix` (taken after `since`)."""
-    tool = shutil.which("jfr")
-    if tool is None:
-        raise RuntimeError("the JDK's `jfr` tool is not on PATH")
-    out = subprocess.run([tool, "print", "--json", "--events", "jdk.ExecutionSample", path],
+    out = subprocess.run([_jdk_tool("jfr"), "print", "--json", "--events", "jdk.ExecutionSample", path],
                          check=True, capture_output=True, text=True).stdout
     stacks = []
     for e in json.loads(out)["recording"]["events"]:
