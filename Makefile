@@ -1,5 +1,5 @@
 # make demo  -- set up, make the demo data and model, score them with spark-submit
-# make test  -- set up, run the test suite
+# make test  -- set up, run the test suite (make test-fast: without the slow tests; make lint)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,11 +7,11 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench bench-quick bench-floor bench-jvm-profile bench-cpu clean venv
+.PHONY: demo test test-fast lint bench bench-quick bench-floor bench-jvm-profile bench-cpu clean venv
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt setup.py
+$(VENV)/.installed: requirements.txt setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -27,6 +27,13 @@ demo: venv data/demo/features data/demo/model
 
 test: venv
 	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 bench: venv
 	$(PY) -m bench.run --profile full

@@ -6,7 +6,7 @@ usage() {
   cat <<'USAGE'
 usage: ./spark-submit.sh [spark-submit options] jobs/score.py --config FILE [--set key=value ...]
 
-Packages the `jobs` and `udfs` packages into build/batchscore.zip for --py-files,
+Packages `batchscore` (with `jobs` and `udfs` under it) into build/batchscore.zip for --py-files,
 ships conf/ as an archive (unpacked as ./conf beside the driver in cluster mode),
 and passes every other option to spark-submit unchanged (quoting preserved).
 
@@ -39,20 +39,22 @@ mkdir -p "$BUILD"
 "$PY" - "$ROOT" "$BUILD" <<'PYZIP'
 import os, sys, zipfile
 root, build = sys.argv[1], sys.argv[2]
-def pack(out, dirs, prefix=""):
+def pack(out, entries):
+    """entries: (folder in the checkout, its name inside the zip)."""
     tmp = out + ".tmp"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for d in dirs:
-            for base, subdirs, files in os.walk(os.path.join(root, d)):
-                subdirs[:] = [s for s in subdirs if s != "__pycache__"]
+        for src, dst in entries:
+            for base, subdirs, files in os.walk(os.path.join(root, src)):
+                subdirs[:] = sorted(s for s in subdirs if s != "__pycache__")
                 for f in sorted(files):
                     if f.endswith(".pyc"):
                         continue
                     full = os.path.join(base, f)
-                    z.write(full, prefix + os.path.relpath(full, os.path.join(root, d) if prefix == "" and d == "conf" else root))
+                    z.write(full, os.path.normpath(os.path.join(dst, os.path.relpath(full, os.path.join(root, src)))))
     os.replace(tmp, out)
-pack(os.path.join(build, "batchscore.zip"), ["jobs", "udfs"])
-pack(os.path.join(build, "conf.zip"), ["conf"])
+# one import root, as the wheel installs it: batchscore/, batchscore/jobs/, batchscore/udfs/
+pack(os.path.join(build, "batchscore.zip"), [("batchscore", "batchscore"), ("jobs", "batchscore/jobs"), ("udfs", "batchscore/udfs")])
+pack(os.path.join(build, "conf.zip"), [("conf", ".")])
 PYZIP
 
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"

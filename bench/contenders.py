@@ -273,7 +273,7 @@ class ProjectLane(Contender):
         self._loads = 0
 
     def config(self, out: str) -> dict[str, Any]:
-        from jobs.config import load_config  # noqa: PLC0415
+        from batchscore.jobs.config import load_config  # noqa: PLC0415
 
         w = self.workload
         assert w is not None
@@ -287,7 +287,7 @@ class ProjectLane(Contender):
         return load_config(None, sets)
 
     def run(self, out: str) -> dict[str, Any]:
-        from jobs.score import run_scoring  # noqa: PLC0415
+        from batchscore.jobs.score import run_scoring  # noqa: PLC0415
 
         cfg = self.config(out)
         t0 = time.perf_counter()

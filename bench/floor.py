@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jfr and not args.only:
         p.error("--jfr needs --only VARIANT: one variant per recording")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from jobs.score import arrow_batch_conf  # noqa: PLC0415
-    from jobs.session import LOG_CONFIG, build_session, temporary_conf  # noqa: PLC0415
+    from batchscore.jobs.score import arrow_batch_conf  # noqa: PLC0415
+    from batchscore.jobs.session import LOG_CONFIG, build_session, temporary_conf  # noqa: PLC0415
 
     work = str(BENCH_DIR / "work")
     w = mlp_workload(work, rows=1_000_000, rows_per_file=125_000, batch_size=4096)

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from udfs.errors import BatchscoreError
+from batchscore.udfs.errors import BatchscoreError
 
 MANIFEST_NAME = "_manifest.json"
 _COUNTS = ("rows_in", "rows_scored", "rows_quarantined")

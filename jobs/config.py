@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from udfs.errors import ConfigError
+from batchscore.udfs.errors import ConfigError
 
 DEFAULTS: dict[str, Any] = {
     "spark": {},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from udfs.errors import ConfigError, InputError
+from batchscore.udfs.errors import ConfigError, InputError
 
 
 def read_input(spark: Any, cfg_input: dict[str, Any]) -> Any:

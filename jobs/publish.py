@@ -9,8 +9,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from jobs.fs import HadoopFs
-from udfs.batching import BAD_COLUMN, NO_COLUMN, OK_REASON, REASON_COLUMN
+from batchscore.jobs.fs import HadoopFs
+from batchscore.udfs.batching import BAD_COLUMN, NO_COLUMN, OK_REASON, REASON_COLUMN
 
 
 def staging_path(output: str, run_id: str) -> str:

@@ -15,15 +15,15 @@ import time
 import uuid
 from typing import Any
 
-from jobs import publish
-from jobs.config import load_config
-from jobs.fs import HadoopFs
-from jobs.inputs import read_input
-from jobs.manifest import to_json
-from jobs.session import build_session, temporary_conf
-from udfs import errors as udfs_errors
-from udfs.batching import REASON_COLUMN
-from udfs.errors import BadRowsError, BatchscoreError, ConfigError, InputError
+from batchscore.jobs import publish
+from batchscore.jobs.config import load_config
+from batchscore.jobs.fs import HadoopFs
+from batchscore.jobs.inputs import read_input
+from batchscore.jobs.manifest import to_json
+from batchscore.jobs.session import build_session, temporary_conf
+from batchscore.udfs import errors as udfs_errors
+from batchscore.udfs.batching import REASON_COLUMN
+from batchscore.udfs.errors import BadRowsError, BatchscoreError, ConfigError, InputError
 
 log = logging.getLogger("batchscore")
 
@@ -79,12 +79,12 @@ def translate_spark_error(e: Exception) -> Exception:
 
 def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -> dict[str, Any]:
     """Score `input` with `model` into `output` and its quarantine; returns the manifest."""
-    from udfs.arrow_lane import corrupt_parquet_files  # noqa: PLC0415
-    from udfs.binding import check_sample  # noqa: PLC0415
-    from udfs.distribution import make_model_source  # noqa: PLC0415
-    from udfs.scoring import arrow_schema_of, fixed_row_bytes, plan_scoring, with_predictions  # noqa: PLC0415
-    from udfs.signature import read_signature  # noqa: PLC0415
-    from udfs.stats import make_stats_accumulator, model_loads  # noqa: PLC0415
+    from batchscore.udfs.arrow_lane import corrupt_parquet_files  # noqa: PLC0415
+    from batchscore.udfs.binding import check_sample  # noqa: PLC0415
+    from batchscore.udfs.distribution import make_model_source  # noqa: PLC0415
+    from batchscore.udfs.scoring import arrow_schema_of, fixed_row_bytes, plan_scoring, with_predictions  # noqa: PLC0415
+    from batchscore.udfs.signature import read_signature  # noqa: PLC0415
+    from batchscore.udfs.stats import make_stats_accumulator, model_loads  # noqa: PLC0415
 
     started, t_start = _now(), time.monotonic()
     run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
@@ -140,7 +140,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     phase("read_and_check")
     write_conf = dict(UNSORTED_WRITE)
     if arrow_plan is not None:
-        from udfs.arrow_lane import with_predictions_from_files  # noqa: PLC0415
+        from batchscore.udfs.arrow_lane import with_predictions_from_files  # noqa: PLC0415
 
         lane = "arrow"
         scored = with_predictions_from_files(spark, arrow_plan, plan, acc)
@@ -235,7 +235,7 @@ def _sample(df: Any, plan: Any, arrow_plan: Any, rows: int = 100) -> Any:
     if not cols:
         return pa.table({})
     if arrow_plan is not None:
-        from udfs.arrow_lane import sample_rows  # noqa: PLC0415
+        from batchscore.udfs.arrow_lane import sample_rows  # noqa: PLC0415
 
         return sample_rows(arrow_plan, cols, rows)
     sample = df.select(*cols).limit(rows)
@@ -247,8 +247,8 @@ def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, column
     """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged)."""
     import pyarrow as pa  # noqa: PLC0415
 
-    from udfs.arrow_filter import UnsupportedFilter  # noqa: PLC0415
-    from udfs.arrow_lane import plan_arrow_input  # noqa: PLC0415
+    from batchscore.udfs.arrow_filter import UnsupportedFilter  # noqa: PLC0415
+    from batchscore.udfs.arrow_lane import plan_arrow_input  # noqa: PLC0415
 
     lane = cfg_input["lane"]
     if lane == "dataframe":
@@ -329,7 +329,7 @@ def _count_input(fs: HadoopFs, df: Any, cfg_input: dict[str, Any], corrupt: list
     """rows_in, counted apart from the scoring: Parquet footers of the files Spark lists when
     nothing filters rows, else a Spark count of the filtered input."""
     if cfg_input["format"] == "parquet" and not cfg_input["filter"]:
-        from udfs.arrow_lane import normalize_uri  # noqa: PLC0415
+        from batchscore.udfs.arrow_lane import normalize_uri  # noqa: PLC0415
 
         skip = {normalize_uri(c) for c in corrupt}
         return sum(fs.parquet_rows(f) for f in df.inputFiles() if normalize_uri(f) not in skip)

@@ -5,10 +5,11 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+from batchscore import conf_dir, package_root
+
+PROJECT_ROOT = package_root()  # what workers need on their path to import batchscore
 
 # Settings the engine relies on unless the config says otherwise.
 ENGINE_DEFAULTS = {
@@ -17,7 +18,7 @@ ENGINE_DEFAULTS = {
     "spark.sql.sources.partitionOverwriteMode": "static",
     "spark.ui.showConsoleProgress": "false",
 }
-LOG_CONFIG = os.path.join(PROJECT_ROOT, "conf", "log4j2.properties")
+LOG_CONFIG = os.path.join(conf_dir(), "log4j2.properties")
 
 
 def under_spark_submit() -> bool:

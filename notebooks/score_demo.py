@@ -30,9 +30,9 @@ REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "jobs").is_dir() else 
 if (REPO_ROOT / "jobs").is_dir() and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from jobs.config import load_config  # noqa: E402
-from jobs.score import run_scoring, summary  # noqa: E402
-from jobs.session import ENGINE_DEFAULTS, build_session  # noqa: E402
+from batchscore.jobs.config import load_config  # noqa: E402
+from batchscore.jobs.score import run_scoring, summary  # noqa: E402
+from batchscore.jobs.session import ENGINE_DEFAULTS, build_session  # noqa: E402
 
 # COMMAND ----------
 

@@ -17,7 +17,7 @@ DEMO_ROWS = 1200
 @pytest.fixture(scope="session")
 def spark():  # type: ignore[no-untyped-def]
     """The one SparkSession, built the way the jobs build it (workers use this venv and checkout)."""
-    from jobs.session import build_session
+    from batchscore.jobs.session import build_session
 
     session = build_session(
         {
@@ -41,14 +41,14 @@ def spark():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def demo_table() -> pa.Table:
     """`jobs.demo_data.make_table` rows: id, as_of_date, 10 numeric, 3 string, label."""
-    from jobs.demo_data import make_table
+    from batchscore.jobs.demo_data import make_table
 
     return make_table(DEMO_ROWS, seed=5)
 
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) -> str:
-    from jobs.demo_data import train_model
+    from batchscore.jobs.demo_data import train_model
 
     path = str(tmp_path_factory.mktemp("demo") / "demo_model")
     train_model(demo_table, path, epochs=1, sample=DEMO_ROWS)
@@ -65,7 +65,7 @@ def demo_reference(demo_model: str, demo_table: pa.Table):  # type: ignore[no-un
 @pytest.fixture(scope="session")
 def demo_input(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) -> str:
     """The demo rows as hive-partitioned Parquet (by as_of_date), like `make demo` writes them."""
-    from jobs.demo_data import write_features
+    from batchscore.jobs.demo_data import write_features
 
     path = str(tmp_path_factory.mktemp("demo_in") / "features")
     write_features(demo_table, path)

@@ -98,7 +98,7 @@ def multi_inputs(table: pa.Table) -> dict[str, np.ndarray]:
 
 def demo_inputs(table: pa.Table) -> dict[str, np.ndarray]:
     """The demo model's inputs for `jobs.demo_data.make_table` rows, built by hand."""
-    from jobs.demo_data import CATEGORICAL, NUMERIC
+    from batchscore.jobs.demo_data import CATEGORICAL, NUMERIC
 
     x = {"numeric": np.stack([table.column(c).to_numpy().astype(np.float32) for c in NUMERIC], axis=1)}
     for k in CATEGORICAL:

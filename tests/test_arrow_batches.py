@@ -5,13 +5,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.config import load_config
-from jobs.score import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, run_scoring
-from jobs.session import temporary_conf
+from batchscore.jobs.config import load_config
+from batchscore.jobs.score import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, run_scoring
+from batchscore.jobs.session import temporary_conf
 from tests import support
-from udfs.binding import InputFeed
-from udfs.scoring import ScoringPlan, fixed_row_bytes
-from udfs.signature import TensorSpec
+from batchscore.udfs.binding import InputFeed
+from batchscore.udfs.scoring import ScoringPlan, fixed_row_bytes
+from batchscore.udfs.signature import TensorSpec
 
 INT_MAX = str(2**31 - 1)
 

@@ -13,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.config import DEFAULTS, load_config
-from jobs.evaluate import roc_auc
+from batchscore.jobs.config import DEFAULTS, load_config
+from batchscore.jobs.evaluate import roc_auc
 from tests import support
-from udfs import convert, model_cache
-from udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
-from udfs.binding import bind_inputs, required_columns
-from udfs.distribution import ModelSource, _unpack_once, make_model_source, pack_model
-from udfs.errors import ConfigError, ModelError, SchemaError
-from udfs.signature import ModelSignature, TensorSpec, model_fingerprint, read_signature
+from batchscore.udfs import convert, model_cache
+from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
+from batchscore.udfs.binding import bind_inputs, required_columns
+from batchscore.udfs.distribution import ModelSource, _unpack_once, make_model_source, pack_model
+from batchscore.udfs.errors import ConfigError, ModelError, SchemaError
+from batchscore.udfs.signature import ModelSignature, TensorSpec, model_fingerprint, read_signature
 
 # The multi model's signature, written out by hand so binding tests need no TensorFlow.
 MULTI_SIG = ModelSignature(

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.check_manifest import ManifestError, check_manifest, main
-from jobs.config import REQUIRED, load_config
+from batchscore.jobs.check_manifest import ManifestError, check_manifest, main
+from batchscore.jobs.config import REQUIRED, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.config import load_config
-from jobs.score import run_scoring
+from batchscore.jobs.config import load_config
+from batchscore.jobs.score import run_scoring
 from tests import support
 
 ROWS = 600

@@ -12,11 +12,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import load_config
-from jobs.demo_data import NUMERIC
-from jobs.score import run_scoring
+from batchscore.jobs.config import load_config
+from batchscore.jobs.demo_data import NUMERIC
+from batchscore.jobs.score import run_scoring
 from tests import support
-from udfs.errors import ConfigError
+from batchscore.udfs.errors import ConfigError
 
 NUMERIC_COLUMNS = "input.columns={numeric: [" + ", ".join(NUMERIC) + "]}"
 FLOAT_TOL = 1e-6  # same model, batches cut at other rows: float32 rounding may differ in the last bit
@@ -130,9 +130,9 @@ def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, dem
 
 
 def test_dataframe_lane_packs_same_typed_stacked_columns_only(spark) -> None:  # type: ignore[no-untyped-def]
-    from udfs.distribution import ModelSource
-    from udfs.scoring import arrow_schema_of, pack_stacked_feeds, plan_scoring
-    from udfs.signature import ModelSignature, TensorSpec
+    from batchscore.udfs.distribution import ModelSource
+    from batchscore.udfs.scoring import arrow_schema_of, pack_stacked_feeds, plan_scoring
+    from batchscore.udfs.signature import ModelSignature, TensorSpec
 
     sig = ModelSignature("/m", "serving_default", (TensorSpec("x", "float32", (3,)), TensorSpec("y", "float32", (2,))),
                          (TensorSpec("out", "float32", ()),), "f" * 16)

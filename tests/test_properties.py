@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobs.config import load_config
-from jobs.score import run_scoring
+from batchscore.jobs.config import load_config
+from batchscore.jobs.score import run_scoring
 from tests import reliability_support as rs
 from tests.support import tf_predict
-from udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
-from udfs.binding import bind_inputs
-from udfs.model_cache import load_saved_model
-from udfs.signature import read_signature
+from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
+from batchscore.udfs.binding import bind_inputs
+from batchscore.udfs.model_cache import load_saved_model
+from batchscore.udfs.signature import read_signature
 
 TOL = 1e-5
 COLUMNS = {"x": ["a", "b", "c"], "img": "pix", "code": "code"}

@@ -23,12 +23,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import load_config
-from jobs.score import run_scoring
+from batchscore.jobs.config import load_config
+from batchscore.jobs.score import run_scoring
 from tests import reliability_support as rs
 from tests import support
-from udfs.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
-from udfs.signature import model_fingerprint
+from batchscore.udfs.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
+from batchscore.udfs.signature import model_fingerprint
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5

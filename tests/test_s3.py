@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from udfs.arrow_lane import plan_arrow_input, read_task
+from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
 
 BUCKET = "batchscore-test"
 
@@ -82,7 +82,7 @@ def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:  # t
 
 
 def test_corrupt_object_on_s3_is_named(s3_endpoint) -> None:  # type: ignore[no-untyped-def]
-    from udfs.errors import InputError
+    from batchscore.udfs.errors import InputError
 
     t = pa.table({"id": pa.array(range(10), pa.int64())})
     _put_parquet(s3_endpoint, "mixed/part-0.parquet", t)

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from jobs.config import load_config
-from jobs.demo_data import NUMERIC
-from jobs.score import main, run_scoring
+from batchscore.jobs.config import load_config
+from batchscore.jobs.demo_data import NUMERIC
+from batchscore.jobs.score import main, run_scoring
 from tests import support
-from udfs.errors import ConfigError
-from udfs.signature import model_fingerprint
+from batchscore.udfs.errors import ConfigError
+from batchscore.udfs.signature import model_fingerprint
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -32,7 +32,7 @@ def config(input_path: str, model_path: str, output_path: str, *overrides: str) 
 
 def sql_conf(spark, **settings: str):  # type: ignore[no-untyped-def]
     """Set runtime SQL confs for one block, then put the old values back."""
-    from jobs.session import temporary_conf
+    from batchscore.jobs.session import temporary_conf
 
     return temporary_conf(spark, settings)
 

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from udfs.arrow_filter import sql_to_arrow
-from udfs.errors import InputError
+from batchscore.udfs.arrow_filter import sql_to_arrow
+from batchscore.udfs.errors import InputError
 
 READ_BATCH_ROWS = 65_536
 
@@ -254,7 +254,7 @@ def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: An
     """Arrow lane: a DataFrame of keep columns + predictions + reason, one task per planned group."""
     from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415
 
-    from udfs.scoring import score_batches, scored_schema  # noqa: PLC0415
+    from batchscore.udfs.scoring import score_batches, scored_schema  # noqa: PLC0415
 
     source = plan_in.source
     arrow_in = pa.schema([source.schema.field(c) for c in source.columns])

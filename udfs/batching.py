@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from udfs import convert
-from udfs.binding import InputFeed, required_columns
-from udfs.signature import ModelSignature
+from batchscore.udfs import convert
+from batchscore.udfs.binding import InputFeed, required_columns
+from batchscore.udfs.signature import ModelSignature
 
 PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from udfs import tensor_types as tt
-from udfs.errors import SchemaError
-from udfs.signature import ModelSignature, TensorSpec
+from batchscore.udfs import tensor_types as tt
+from batchscore.udfs.errors import SchemaError
+from batchscore.udfs.signature import ModelSignature, TensorSpec
 
 
 @dataclass(frozen=True)

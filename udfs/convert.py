@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from udfs import tensor_types as tt
-from udfs.binding import InputFeed
-from udfs.signature import ModelSignature, TensorSpec, output_shape
+from batchscore.udfs import tensor_types as tt
+from batchscore.udfs.binding import InputFeed
+from batchscore.udfs.signature import ModelSignature, TensorSpec, output_shape
 
 # Reason codes a row can be quarantined with; 0 means the row is good.
 OK = 0

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from udfs.errors import ConfigError
+from batchscore.udfs.errors import ConfigError
 
 DISTRIBUTIONS = ("broadcast", "files", "direct")
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from udfs.errors import ModelError
-from udfs.worker_tuning import freeze_long_lived_objects
+from batchscore.udfs.errors import ModelError
+from batchscore.udfs.worker_tuning import freeze_long_lived_objects
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from udfs import model_cache
-from udfs import tensor_types as tt
-from udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
-from udfs.binding import InputFeed, bind_inputs, required_columns
-from udfs.distribution import ModelSource
-from udfs.errors import BadRowsError, ConfigError, SchemaError
-from udfs.signature import ModelSignature
-from udfs.worker_tuning import keep_spark_zip_directories
+from batchscore.udfs import model_cache
+from batchscore.udfs import tensor_types as tt
+from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
+from batchscore.udfs.binding import InputFeed, bind_inputs, required_columns
+from batchscore.udfs.distribution import ModelSource
+from batchscore.udfs.errors import BadRowsError, ConfigError, SchemaError
+from batchscore.udfs.signature import ModelSignature
+from batchscore.udfs.worker_tuning import keep_spark_zip_directories
 
 ON_BAD_ROWS = ("quarantine", "fail")
 

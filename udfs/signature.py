@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from udfs import tensor_types
-from udfs.errors import ModelError
+from batchscore.udfs import tensor_types
+from batchscore.udfs.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
 
 def _read_keras_signature(path: str, signature: str) -> ModelSignature:
     """A `.keras` file: inputs and outputs from the model's Input and output layers."""
-    from udfs.model_cache import load_keras_file  # noqa: PLC0415
+    from batchscore.udfs.model_cache import load_keras_file  # noqa: PLC0415
 
     model = load_keras_file(path)
     inputs = tuple(

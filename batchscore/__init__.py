@@ -1,0 +1,33 @@
+"""batchscore: offline batch scoring of TensorFlow models on Apache Spark.
+
+One import root. Installed from a wheel, the engine and the jobs are the
+subpackages `batchscore.udfs` and `batchscore.jobs`. In a checkout they live at
+the repository's top level (`udfs/`, `jobs/`), as the design card lays them
+out; this package then adds the repository root to its own search path so the
+same `batchscore.udfs...` imports resolve there. Nothing is installed as a
+top-level `jobs` or `udfs`.
+"""
+from __future__ import annotations
+
+import os as _os
+
+__version__ = "0.2.0"
+
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_checkout = _os.path.dirname(_here)
+if not _os.path.isdir(_os.path.join(_here, "udfs")) and _os.path.isfile(
+    _os.path.join(_checkout, "udfs", "__init__.py")
+):
+    __path__.append(_checkout)  # a checkout: batchscore.udfs -> <repo>/udfs, batchscore.jobs -> <repo>/jobs
+
+
+def package_root() -> str:
+    """The directory that holds the `batchscore` package (a checkout's root, or site-packages):
+    what Python workers need on their path to import the engine."""
+    return _checkout
+
+
+def conf_dir() -> str:
+    """The shipped `conf/` examples and profiles: `<checkout>/conf`, or `batchscore/conf` when installed."""
+    inside = _os.path.join(_here, "conf")
+    return inside if _os.path.isdir(inside) else _os.path.join(_checkout, "conf")

@@ -1,0 +1,54 @@
+"""`batchscore <command> ...`: one command with subcommands, each the job's own `main`.
+
+    batchscore score --config FILE [--set key=value ...] [--quiet]
+    batchscore check-manifest PATH [--min-rows N]
+    batchscore evaluate --predictions DIR --label COL --score COL
+    batchscore demo [--out DIR] [--rows N] [--config FILE]
+
+Also `python -m batchscore ...`. Each subcommand keeps its job's exit codes
+(0 success, 2 a user error with one `error: ...` line, 1 anything else).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+# subcommand -> (module of the job, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("batchscore.jobs.score", "score a dataset with a TensorFlow model on Spark"),
+    "check-manifest": ("batchscore.jobs.check_manifest", "check a scoring run's _manifest.json"),
+    "evaluate": ("batchscore.jobs.evaluate", "evaluate scored output against labels"),
+    "demo": ("batchscore.jobs.demo", "make the demo data and model if missing, then score them"),
+}
+
+
+def _job_main(name: str) -> Callable[[list[str]], int]:
+    module = importlib.import_module(COMMANDS[name][0])  # heavy imports only for the command run
+    main: Callable[[list[str]], int] = module.main
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="batchscore",
+        description="Offline batch scoring of TensorFlow models on Apache Spark.",
+        epilog="Run `batchscore COMMAND --help` for a command's options.",
+    )
+    from batchscore import __version__  # noqa: PLC0415 - the package is imported already
+
+    parser.add_argument("--version", action="version", version=f"batchscore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, text) in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # --help, --version, or an unknown command (exit 2 with usage)
+        parser.print_help(sys.stderr)
+        return 2
+    return _job_main(argv[0])(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
