@@ -33,7 +33,9 @@ test-fast: venv
 
 lint: venv
 	$(PY) -m ruff check .
-	$(PY) -m mypy
+	rm -rf build/typecheck && mkdir -p build/typecheck/batchscore
+	cd build/typecheck/batchscore && for f in ../../../batchscore/*.py; do ln -s $$f .; done && ln -s ../../../jobs jobs && ln -s ../../../udfs udfs
+	cd build/typecheck && ../../$(PY) -m mypy --config-file ../../pyproject.toml batchscore
 
 bench: venv
 	$(PY) -m bench.run --profile full
