@@ -37,12 +37,15 @@ def s3_endpoint():  # type: ignore[no-untyped-def]
         import boto3
 
         client = boto3.client("s3", endpoint_url=url)
-        for _ in range(50):
+        for _ in range(50):  # up to 10 s
             try:
                 client.list_buckets()
                 break
             except Exception:  # noqa: BLE001 - not up yet
+                assert proc.poll() is None, "moto_server exited"
                 time.sleep(0.2)
+        else:
+            pytest.fail("moto_server did not answer on 127.0.0.1 within 10 s")
         client.create_bucket(Bucket=BUCKET)
         yield client
     finally:
