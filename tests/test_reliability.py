@@ -2,7 +2,8 @@
 input, atomic publish, partition overwrite, reruns, worker crashes, speculation, secrets.
 
 In-process runs go through `run_scoring` with the shared session; the fault-injection
-runs start `python -m jobs.score` with another master and BATCHSCORE_TEST_FAULT.
+runs start the job in its own Spark application with another master, through
+`python -m tests.fault_launcher`, which wraps the engine's scoring with the fault.
 """
 from __future__ import annotations
 
@@ -455,18 +456,17 @@ def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path):  # t
 
 
 def run_job(tmp_path, overrides: list[str], fault: str | None, *, timeout: int = 600) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    """`python -m jobs.score` in a subprocess, with the test fault hook armed."""
+    """The scoring job in a subprocess (`python -m tests.fault_launcher`), with `fault` injected, or
+    plain `python -m jobs.score` without one."""
     cfg = tmp_path / "job.yaml"
     cfg.write_text("spark:\n  spark.ui.enabled: false\n  spark.eventLog.compress: false\n"
                    "  spark.eventLog.rolling.enabled: false\n")
-    cmd = [sys.executable, "-m", "jobs.score", "--config", str(cfg), "--quiet"]
+    launcher = ["tests.fault_launcher", fault] if fault else ["jobs.score"]
+    cmd = [sys.executable, "-m", *launcher, "--config", str(cfg), "--quiet"]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "PYTHONPATH": PROJECT_ROOT, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("BATCHSCORE_TEST_FAULT", None)
     env.pop("PYSPARK_GATEWAY_PORT", None)
-    if fault:
-        env["BATCHSCORE_TEST_FAULT"] = fault
     return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -580,8 +580,7 @@ def two_host_cluster(tmp_path):  # type: ignore[no-untyped-def]
     spark_home = os.path.dirname(pyspark.__file__)
     spark_class = os.path.join(spark_home, "bin", "spark-class")
     port = _free_port()
-    env = {**os.environ, "SPARK_HOME": spark_home, "SPARK_NO_DAEMONIZE": "1", "PYTHONPATH": PROJECT_ROOT,
-           "BATCHSCORE_TEST_FAULT": "sleep:0:8"}
+    env = {**os.environ, "SPARK_HOME": spark_home, "SPARK_NO_DAEMONIZE": "1", "PYTHONPATH": PROJECT_ROOT}
     env.pop("PYSPARK_GATEWAY_PORT", None)
     logs = tmp_path / "cluster"
     logs.mkdir()
@@ -627,7 +626,7 @@ def test_speculative_copy_of_a_slow_task_writes_no_duplicates(rel_model, two_hos
         "spark.spark.speculation.quantile=0.25", "spark.spark.speculation.minTaskRuntime=100ms",
         "spark.spark.speculation.interval=100ms", "spark.spark.executor.cores=1", "spark.spark.cores.max=2",
         "spark.spark.executor.memory=512m", "spark.spark.driver.host=127.0.0.1",
-        f"spark.spark.executorEnv.PYTHONPATH={PROJECT_ROOT}", "spark.spark.executorEnv.BATCHSCORE_TEST_FAULT=sleep:0:8",
+        f"spark.spark.executorEnv.PYTHONPATH={PROJECT_ROOT}",
     ]
     proc = run_job(tmp_path, overrides, "sleep:0:8")
     assert proc.returncode == 0, proc.stderr[-3000:]
