@@ -17,7 +17,7 @@ from batchscore.udfs.errors import BatchscoreError
 MANIFEST_NAME = "_manifest.json"
 COUNTS = ("rows_in", "rows_scored", "rows_quarantined")
 
-_SECRET_KEY = re.compile(r"(secret|password|token|credential|access[._-]?key|session[._-]?key)", re.I)
+_SECRET_KEY = re.compile(r"(secret|password|token|credential|access[._-]?key|session[._-]?key)", re.IGNORECASE)
 _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -119,7 +119,7 @@ class RunManifest:
         """Raises ValueError: not JSON, not a JSON object, or a bad count."""
         data = json.loads(raw)
         if not isinstance(data, dict):
-            raise ValueError("must hold a JSON object")
+            raise ValueError("must hold a JSON object")  # noqa: TRY004 - callers catch ValueError for any malformed manifest
         return cls.from_dict(data)
 
 
