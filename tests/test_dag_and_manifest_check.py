@@ -221,6 +221,24 @@ def test_check_manifest_rejects_a_bad_run(tmp_path: Path, capsys: pytest.Capture
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_run_manifest_json_round_trip_keeps_fields_in_order_and_drops_secrets() -> None:
+    m = RunManifest.from_dict({
+        **_good_manifest(),
+        "input": {"path": "s3a://user:hunter2@bucket/in", "format": "parquet", "filter": None},
+        "output": {"path": "/o", "mode": "error", "quarantine_path": "/o_quarantine", "columns": ["id", "p"]},
+        "quarantine_reasons": {"null_feature": 2},
+        "spark": {"version": "4.1.1", "master": "local[2]"},
+    })
+    data = json.loads(m.to_json())
+    assert list(data)[:6] == ["status", "run_id", "rows_in", "rows_scored", "rows_quarantined", "quarantine_reasons"]
+    assert data["input"]["path"] == "s3a://***@bucket/in" and "hunter2" not in m.to_json().decode()
+    assert data["model"] == {"path": "/models/m", "fingerprint": "f00d", "signature": "serving_default",
+                             "distribution": None, "batch_size": None}
+    assert RunManifest.from_json(m.to_json()) == RunManifest.from_dict({**m.to_dict(), "input": data["input"]})
+    assert RunManifest.from_dict({**_good_manifest(), "added_by_a_newer_run": 1}) == RunManifest.from_dict(
+        _good_manifest())
+
+
 def test_check_manifest_missing_and_too_few_rows(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"manifest '.*/nothing/_manifest.json' not found"):
         check_manifest(str(tmp_path / "nothing"))
