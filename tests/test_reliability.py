@@ -514,10 +514,12 @@ def job_overrides(in_path: str, model: str, out: str, event_dir: str, master: st
             f"spark.spark.hadoop.fs.s3a.secret.key={SECRET}", f"spark.spark.hadoop.fs.s3a.access.key=AK{SECRET}"]
 
 
-def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("lane", ["arrow", "dataframe"])  # the fault wraps the scoring both lanes' tasks run
+def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, tmp_path, lane):  # type: ignore[no-untyped-def]
     in_path, table = fault_input(tmp_path)
     out, events = str(tmp_path / "out"), str(tmp_path / "events")
-    proc = run_job(tmp_path, job_overrides(in_path, rel_model, out, events, "local[2,4]"), "exit:0")
+    proc = run_job(tmp_path, [*job_overrides(in_path, rel_model, out, events, "local[2,4]"), f"input.lane={lane}"],
+                   "exit:0")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # The fault fired: partition 0 of the scoring stage failed once, then succeeded on attempt 1.
@@ -530,7 +532,7 @@ def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, t
     scored = support.read_output(out)
     assert_scored_like_tf(rel_model, scored, table)  # every id once, no more, no fewer
     manifest = RunManifest.from_dict(read_manifest(out))
-    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (400, 400, 0)
+    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined, manifest.lane) == (400, 400, 0, lane)
 
     # Secrets from the Spark conf appear nowhere: manifest, stdout, stderr, Spark's event log.
     with open(os.path.join(out, "_manifest.json")) as fh:
