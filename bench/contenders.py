@@ -3,7 +3,7 @@
 - `bare_tf`: one process, no Spark (bench/bare_tf.py, run as a child process).
 - `predict_batch_udf`: Spark's `pyspark.ml.functions.predict_batch_udf`.
 - `pandas_udf`: a plain iterator pandas UDF with a module-level model cache.
-- `dataframe_lane` / `arrow_lane`: this project's `jobs.score.run_scoring`.
+- `dataframe_lane` / `arrow_lane`: this project's `udfs.run.run_scoring`.
 
 Every `run()` times from the start of the read to the committed write and
 returns at least `{"seconds": ...}`. The peers count their model loads with one
@@ -259,7 +259,7 @@ class PandasIterUDF(_SparkPeer):
 
 
 class ProjectLane(Contender):
-    """`jobs.score.run_scoring` with `input.lane` forced; loads and lane come from the manifest."""
+    """`udfs.run.run_scoring` with `input.lane` forced; loads and lane come from the manifest."""
 
     lane = ""
 
@@ -272,7 +272,7 @@ class ProjectLane(Contender):
         super().prepare(w)
         self._loads = 0
 
-    def config(self, out: str) -> dict[str, Any]:
+    def config(self, out: str) -> Any:  # a JobSpec
         from batchscore.jobs.config import load_config  # noqa: PLC0415
 
         w = self.workload
@@ -287,11 +287,11 @@ class ProjectLane(Contender):
         return load_config(None, sets)
 
     def run(self, out: str) -> dict[str, Any]:
-        from batchscore.jobs.score import run_scoring  # noqa: PLC0415
+        from batchscore.udfs.run import run_scoring  # noqa: PLC0415
 
         cfg = self.config(out)
         t0 = time.perf_counter()
-        manifest = run_scoring(self.spark, cfg)
+        manifest = run_scoring(self.spark, cfg).to_dict()
         seconds = time.perf_counter() - t0
         self._loads += int(manifest.get("model_loads") or 0)
         keep = ("lane", "rows_in", "rows_scored", "rows_quarantined", "seconds_scoring", "seconds_total",

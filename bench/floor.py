@@ -13,7 +13,7 @@ Python function that returns `id` and a constant instead of scoring. Variants:
 - `python_packed_array`: `id` + `array(f0..f31)`, what the DataFrame lane sends;
 - `python_packed_rows_bound`, `python_33_rows_bound`: those two with Spark's per-row
   Arrow byte check off and the batch bounded by rows instead, as the DataFrame lane's job
-  sets it (`jobs.score.arrow_batch_conf`);
+  sets it (`udfs.lanes.arrow_batch_conf`);
 - `packed_arrow_udf`: the same array through Spark 4.1's iterator `arrow_udf` (a scalar
   UDF: `id` stays in the JVM, only the array goes to Python, pyarrow arrays in and out);
 - `packed_pandas_udf`: the same array through an iterator `pandas_udf` (what
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jfr and not args.only:
         p.error("--jfr needs --only VARIANT: one variant per recording")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from batchscore.jobs.score import arrow_batch_conf  # noqa: PLC0415
-    from batchscore.jobs.session import LOG_CONFIG, build_session, temporary_conf  # noqa: PLC0415
+    from batchscore.jobs.session import LOG_CONFIG, build_session  # noqa: PLC0415
+    from batchscore.udfs.lanes import arrow_batch_conf, temporary_conf  # noqa: PLC0415
 
     work = str(BENCH_DIR / "work")
     w = mlp_workload(work, rows=1_000_000, rows_per_file=125_000, batch_size=4096)

@@ -10,19 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from batchscore.udfs.errors import BatchscoreError
+from batchscore.udfs.manifest import MANIFEST_NAME, ManifestError, RunManifest
+from batchscore.udfs.storage import read_bytes
 
-MANIFEST_NAME = "_manifest.json"
-_COUNTS = ("rows_in", "rows_scored", "rows_quarantined")
-
-
-class ManifestError(BatchscoreError):
-    """The manifest is missing, unreadable, or describes a run that did not succeed."""
+__all__ = ["ManifestError", "check_manifest", "main"]
 
 
-def check_manifest(path: str, *, min_rows: int = 0) -> dict[str, Any]:
+def check_manifest(path: str, *, min_rows: int = 0) -> RunManifest:
     """Read and check a run manifest; returns it when the run is good.
 
     Args:
@@ -33,22 +29,15 @@ def check_manifest(path: str, *, min_rows: int = 0) -> dict[str, Any]:
         ManifestError: naming the file and what is wrong (status, counts, accounting).
     """
     path = _manifest_path(path)
-    manifest = _read_json(path)
-    status = manifest.get("status")
-    if status != "succeeded":
-        raise ManifestError(f"{path}: status is {status!r}, expected 'succeeded'")
-    counts = {}
-    for key in _COUNTS:
-        v = manifest.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ManifestError(f"{path}: '{key}' must be a non-negative integer, got {v!r}")
-        counts[key] = v
-    if counts["rows_in"] != counts["rows_scored"] + counts["rows_quarantined"]:
+    manifest = _read(path)
+    if manifest.status != "succeeded":
+        raise ManifestError(f"{path}: status is {manifest.status!r}, expected 'succeeded'")
+    if manifest.rows_in != manifest.rows_scored + manifest.rows_quarantined:
         raise ManifestError(
-            f"{path}: rows_in={counts['rows_in']} != rows_scored={counts['rows_scored']} + "
-            f"rows_quarantined={counts['rows_quarantined']}")
-    if counts["rows_in"] < min_rows:
-        raise ManifestError(f"{path}: rows_in={counts['rows_in']} is below the minimum of {min_rows}")
+            f"{path}: rows_in={manifest.rows_in} != rows_scored={manifest.rows_scored} + "
+            f"rows_quarantined={manifest.rows_quarantined}")
+    if manifest.rows_in < min_rows:
+        raise ManifestError(f"{path}: rows_in={manifest.rows_in} is below the minimum of {min_rows}")
     return manifest
 
 
@@ -56,9 +45,9 @@ def _manifest_path(path: str) -> str:
     return path if path.rstrip("/").endswith(".json") else path.rstrip("/") + "/" + MANIFEST_NAME
 
 
-def _read_json(path: str) -> dict[str, Any]:
+def _read(path: str) -> RunManifest:
     try:
-        raw = _read_bytes(path)
+        raw = read_bytes(path)
     except FileNotFoundError:
         raise ManifestError(f"manifest '{path}' not found (the run did not finish?)") from None
     except OSError as e:
@@ -69,21 +58,10 @@ def _read_json(path: str) -> dict[str, Any]:
         raise ManifestError(f"manifest '{path}' is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ManifestError(f"manifest '{path}' must hold a JSON object")
-    return data
-
-
-def _read_bytes(path: str) -> bytes:
-    """Local files directly; URIs (s3://, hdfs://, ...) through pyarrow's filesystems."""
-    if path.startswith("file:"):
-        path = "/" + path[len("file:"):].lstrip("/")
-    if "://" not in path:
-        with open(path, "rb") as fh:
-            return fh.read()
-    from pyarrow import fs  # noqa: PLC0415
-
-    filesystem, inner = fs.FileSystem.from_uri(path)
-    with filesystem.open_input_stream(inner) as fh:
-        return fh.read()
+    try:
+        return RunManifest.from_dict(data)
+    except ValueError as e:  # a count that is not a non-negative integer
+        raise ManifestError(f"{path}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except BatchscoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"ok: run {m.get('run_id')} succeeded: {m['rows_in']:,} rows in, {m['rows_scored']:,} scored, "
-          f"{m['rows_quarantined']:,} quarantined")
+    print(f"ok: run {m.run_id} succeeded: {m.rows_in:,} rows in, {m.rows_scored:,} scored, "
+          f"{m.rows_quarantined:,} quarantined")
     return 0
 
 

@@ -1,75 +1,41 @@
-"""Job config: YAML file (safe loader) + `--set dotted.key=value` overrides, checked."""
+"""Job config: YAML file (safe loader) + `--set dotted.key=value` overrides, validated into a JobSpec."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from batchscore.udfs.errors import ConfigError
+from batchscore.udfs.job_spec import REQUIRED, JobSpec, parse_job_spec
 
-DEFAULTS: dict[str, Any] = {
-    "spark": {},
-    "input": {
-        "path": None,
-        "format": "parquet",
-        "filter": None,
-        "columns": {},
-        "lane": "auto",
-        "ignore_corrupt_files": False,
-    },
-    "model": {
-        "path": None,
-        "signature": "serving_default",
-        "batch_size": 1024,
-        "distribution": "broadcast",
-    },
-    "output": {
-        "path": None,
-        "mode": "error",
-        "partition_by": [],
-        "keep_columns": [],
-        "rename": {},
-    },
-    "quarantine": {"path": None, "on_bad_rows": "quarantine"},
-}
-
-REQUIRED = ("input.path", "model.path", "output.path")
-CHOICES = {
-    "input.format": ("parquet", "delta", "orc", "table"),
-    "input.lane": ("auto", "dataframe", "arrow"),
-    "model.distribution": ("broadcast", "files", "direct"),
-    "output.mode": ("error", "overwrite", "append", "overwrite_partitions"),
-    "quarantine.on_bad_rows": ("quarantine", "fail"),
-}
-# Sections whose keys are free-form (Spark conf, column maps).
-FREE_FORM = ("spark", "input.columns", "output.rename")
+__all__ = ["REQUIRED", "JobSpec", "load_config"]
 
 
-def load_config(path: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply `key=value` overrides, fill defaults, validate.
+def load_config(path: str | None, overrides: list[str] | None = None) -> JobSpec:
+    """Read a YAML config, apply `key=value` overrides, validate once.
 
     Raises:
         ConfigError: naming the file or key that is wrong.
     """
-    data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{path}' not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    data = _read_yaml(path) if path else {}
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
-    cfg = _merge(copy.deepcopy(DEFAULTS), data, "")
-    _validate(cfg)
-    return cfg
+    return parse_job_spec(data)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+    return data
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -90,7 +56,11 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if parts[0] == "spark":  # Spark keys contain dots themselves: spark.master or spark.spark.master
         rest = ".".join(parts[1:])
-        data.setdefault("spark", {})[rest if rest.startswith("spark.") else f"spark.{rest}"] = value
+        section = data.get("spark") or {}
+        data["spark"] = section
+        if not isinstance(section, dict):
+            raise ConfigError(f"--set {key}: 'spark' is not a section")
+        section[rest if rest.startswith("spark.") else f"spark.{rest}"] = value
         return
     node = data
     for part in parts[:-1]:
@@ -99,58 +69,3 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"--set {key}: '{part}' is not a section")
         node = nxt
     node[parts[-1]] = value
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any], prefix: str) -> dict[str, Any]:
-    for k, v in extra.items():
-        dotted = f"{prefix}{k}"
-        if k not in base:
-            raise ConfigError(f"unknown config key '{dotted}' (known here: {', '.join(sorted(base))})")
-        if dotted in FREE_FORM:
-            base[k] = v if v is not None else type(base[k])()
-        elif isinstance(base[k], dict):
-            if not isinstance(v, dict):
-                raise ConfigError(f"config key '{dotted}' must be a mapping")
-            _merge(base[k], v, dotted + ".")
-        else:
-            base[k] = v
-    return base
-
-
-def get(cfg: dict[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def _validate(cfg: dict[str, Any]) -> None:
-    for key in REQUIRED:
-        v = get(cfg, key)
-        if not v or not isinstance(v, str):
-            raise ConfigError(f"config key '{key}' is required (a path)")
-    for key, choices in CHOICES.items():
-        v = get(cfg, key)
-        if v not in choices:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {v!r}")
-    bs = cfg["model"]["batch_size"]
-    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        raise ConfigError(f"config key 'model.batch_size' must be a positive integer, got {bs!r}")
-    for key in ("output.partition_by", "output.keep_columns"):
-        v = get(cfg, key)
-        if isinstance(v, str):
-            v = [v]
-            node, leaf = key.split(".")
-            cfg[node][leaf] = v
-        if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
-            raise ConfigError(f"config key '{key}' must be a list of column names")
-    for key in ("output.rename", "spark"):
-        if not isinstance(get(cfg, key) or {}, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping")
-    cols = cfg["input"]["columns"]
-    if cols is None:
-        cfg["input"]["columns"] = {}
-    elif not isinstance(cols, (dict, list)):
-        raise ConfigError("config key 'input.columns' must be a mapping (input -> column) or a list of columns")
-    if not isinstance(cfg["input"]["ignore_corrupt_files"], bool):
-        raise ConfigError("config key 'input.ignore_corrupt_files' must be true or false")

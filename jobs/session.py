@@ -1,10 +1,8 @@
 """The one place a SparkSession is built from a config's `spark:` section."""
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from batchscore import conf_dir, package_root
@@ -63,19 +61,3 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
     for k, v in conf.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
-
-
-@contextlib.contextmanager
-def temporary_conf(spark: Any, settings: dict[str, str]) -> Iterator[None]:
-    """Set runtime SQL confs for one block, then put the old values back."""
-    old = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)

@@ -31,8 +31,9 @@ if (REPO_ROOT / "jobs").is_dir() and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from batchscore.jobs.config import load_config  # noqa: E402
-from batchscore.jobs.score import run_scoring, summary  # noqa: E402
+from batchscore.jobs.score import summary  # noqa: E402
 from batchscore.jobs.session import ENGINE_DEFAULTS, build_session  # noqa: E402
+from batchscore.udfs.run import run_scoring  # noqa: E402
 
 # COMMAND ----------
 
@@ -88,7 +89,7 @@ OVERRIDE_KEYS = {"input_path": "input.path", "model_path": "model.path", "output
                  "filter": "input.filter"}
 overrides = [f"{key}={json.dumps(params[name])}" for name, key in OVERRIDE_KEYS.items() if params[name]]
 cfg = load_config(params["config"], overrides)
-print(json.dumps({k: cfg[k] for k in ("input", "model", "output", "quarantine")}, indent=2))
+print(json.dumps(cfg.model_dump(include={"input", "model", "output", "quarantine"}), indent=2))
 
 # COMMAND ----------
 
@@ -104,12 +105,12 @@ try:
     spark  # noqa: B018, F821 - the notebook's session on Databricks
     own_session = False
 except NameError:
-    spark = build_session(cfg["spark"], app_name="batchscore-notebook")
+    spark = build_session(cfg.spark, app_name="batchscore-notebook")
     spark.sparkContext.setLogLevel("WARN")
     own_session = True
 
 if not own_session:
-    for key, value in {**ENGINE_DEFAULTS, **cfg["spark"]}.items():
+    for key, value in {**ENGINE_DEFAULTS, **cfg.spark}.items():
         if key.startswith("spark.sql."):
             spark.conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
     if spark.sparkContext.getConf().get("spark.python.worker.reuse", "true").lower() != "true":
@@ -134,7 +135,7 @@ print(summary(manifest))
 
 # COMMAND ----------
 
-print(json.dumps(manifest, indent=2))
+print(manifest.to_json().decode())
 
 # COMMAND ----------
 
@@ -143,19 +144,19 @@ print(json.dumps(manifest, indent=2))
 
 # COMMAND ----------
 
-predictions = spark.read.parquet(manifest["output"]["path"])
+predictions = spark.read.parquet(manifest.output.path)
 sample = predictions.limit(20)
 try:
     display(sample)  # noqa: F821 - Databricks
 except NameError:
     sample.show(truncate=False)
 
-if manifest["rows_quarantined"]:
-    print(f"{manifest['rows_quarantined']:,} rows quarantined, by reason: {manifest.get('quarantine_reasons')}")
-    print(f"  see {manifest['output']['quarantine_path']}")
+if manifest.rows_quarantined:
+    print(f"{manifest.rows_quarantined:,} rows quarantined, by reason: {manifest.quarantine_reasons}")
+    print(f"  see {manifest.output.quarantine_path}")
 
 # COMMAND ----------
 
 # Outside Databricks this process owns its session; on Databricks the cluster keeps it.
-if own_session and not os.environ.get("BATCHSCORE_KEEP_SESSION"):
+if own_session:
     spark.stop()

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 
 from batchscore.jobs.config import load_config
-from batchscore.jobs.score import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, run_scoring
-from batchscore.jobs.session import temporary_conf
+from batchscore.udfs.lanes import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, temporary_conf
+from batchscore.udfs.run import run_scoring
 from tests import support
 from batchscore.udfs.binding import InputFeed
 from batchscore.udfs.scoring import ScoringPlan, fixed_row_bytes
@@ -81,9 +81,9 @@ def test_dataframe_lane_batches_follow_the_byte_bound(spark, sum_model, tmp_path
         manifest = run_scoring(spark, cfg)
         assert {k: spark.conf.get(k) for k in keys} == {MAX_BYTES_KEY: "2k", MAX_RECORDS_KEY: "10000"}
     assert {k: spark.conf.get(k) for k in keys} == before
-    assert manifest["lane"] == "dataframe" and manifest["rows_scored"] == n
+    assert manifest.lane == "dataframe" and manifest.rows_scored == n
     # id (8 bytes) + 4 float32 = 24 bytes a row: 2 KB is 85 rows
-    assert manifest["max_rows_per_batch"] == 2048 // 24
+    assert manifest.max_rows_per_batch == 2048 // 24
     out = support.read_output(str(tmp_path / "out")).sort_by("id")
     assert out.column("id").to_pylist() == list(range(n))
     np.testing.assert_allclose(out.column("total").to_numpy(), x.sum(axis=1), rtol=1e-6, atol=1e-6)

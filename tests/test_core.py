@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscore.jobs.config import DEFAULTS, load_config
+from batchscore.jobs.config import load_config
 from batchscore.jobs.evaluate import roc_auc
 from tests import support
 from batchscore.udfs import convert, model_cache
@@ -617,12 +617,15 @@ PATHS = ["input.path=/data/in", "model.path=/models/m", "output.path=/data/out"]
 
 def test_load_config_defaults() -> None:
     cfg = load_config(None, PATHS)
-    assert cfg["input"] == {**DEFAULTS["input"], "path": "/data/in"}
-    assert cfg["model"] == {**DEFAULTS["model"], "path": "/models/m"}
-    assert cfg["output"] == {**DEFAULTS["output"], "path": "/data/out"}
-    assert cfg["model"]["batch_size"] == 1024 and cfg["model"]["distribution"] == "broadcast"
-    assert cfg["output"]["mode"] == "error" and cfg["quarantine"] == {"path": None, "on_bad_rows": "quarantine"}
-    assert cfg["spark"] == {}
+    assert cfg.input.model_dump() == {
+        "path": "/data/in", "format": "parquet", "filter": None, "columns": {}, "lane": "auto",
+        "ignore_corrupt_files": False, "pad": {}, "pad_multiple": 1, "mask": {}}
+    assert cfg.model.model_dump() == {"path": "/models/m", "signature": "serving_default", "batch_size": 1024,
+                                      "distribution": "broadcast"}
+    assert cfg.output.model_dump() == {"path": "/data/out", "mode": "error", "partition_by": [],
+                                       "keep_columns": [], "rename": {}}
+    assert cfg.quarantine.model_dump() == {"path": None, "on_bad_rows": "quarantine"}
+    assert cfg.spark == {}
 
 
 def test_load_config_set_parses_yaml_values() -> None:
@@ -639,14 +642,21 @@ def test_load_config_set_parses_yaml_values() -> None:
         "spark.sql.shuffle.partitions=4",  # the section name may be left out
         "input.ignore_corrupt_files=true",
     ])
-    assert cfg["model"]["batch_size"] == 2048
-    assert cfg["output"]["keep_columns"] == ["id", "as_of_date"]
-    assert cfg["output"]["partition_by"] == ["as_of_date"]
-    assert cfg["input"]["columns"] == {"numeric": ["f0", "f1", "f2"], "category": "cat"}
-    assert cfg["output"]["rename"] == {"output_0": "p"}
-    assert cfg["input"]["filter"] == "age > 40 AND region = 'north'"
-    assert cfg["spark"] == {"spark.master": "local[2]", "spark.sql.shuffle.partitions": 4}
-    assert cfg["input"]["ignore_corrupt_files"] is True
+    assert cfg.model.batch_size == 2048
+    assert cfg.output.keep_columns == ["id", "as_of_date"]
+    assert cfg.output.partition_by == ["as_of_date"]
+    assert cfg.input.columns == {"numeric": ["f0", "f1", "f2"], "category": "cat"}
+    assert cfg.output.rename == {"output_0": "p"}
+    assert cfg.input.filter == "age > 40 AND region = 'north'"
+    assert cfg.spark == {"spark.master": "local[2]", "spark.sql.shuffle.partitions": 4}
+    assert cfg.input.ignore_corrupt_files is True
+
+
+def test_load_config_accepts_the_padding_keys() -> None:
+    cfg = load_config(None, [*PATHS, "input.pad.tokens=0", "input.pad.scale=0.5", "input.pad.word=''",
+                             "input.pad_multiple=8", "input.mask.tokens=tokens_mask"])
+    assert cfg.input.pad == {"tokens": 0, "scale": 0.5, "word": ""}
+    assert cfg.input.pad_multiple == 8 and cfg.input.mask == {"tokens": "tokens_mask"}
 
 
 def test_load_config_file_then_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -658,9 +668,9 @@ def test_load_config_file_then_overrides(tmp_path) -> None:  # type: ignore[no-u
         "output: {path: /o, keep_columns: [id]}\n"
     )
     cfg = load_config(str(f), ["model.batch_size=16", "output.mode=overwrite"])
-    assert cfg["model"]["batch_size"] == 16 and cfg["output"]["mode"] == "overwrite"
-    assert cfg["input"]["columns"] == {"numeric": ["x", "y"]} and cfg["output"]["keep_columns"] == ["id"]
-    assert cfg["spark"] == {"spark.master": "local[1]"}
+    assert cfg.model.batch_size == 16 and cfg.output.mode == "overwrite"
+    assert cfg.input.columns == {"numeric": ["x", "y"]} and cfg.output.keep_columns == ["id"]
+    assert cfg.spark == {"spark.master": "local[1]"}
 
 
 @pytest.mark.parametrize(
@@ -678,6 +688,15 @@ def test_load_config_file_then_overrides(tmp_path) -> None:  # type: ignore[no-u
         (["output.mode=replace"], r"'output.mode' must be one of"),
         (["model.path=x.y=z", "model.path.deeper=1"], r"--set model.path.deeper: 'path' is not a section"),
         (["output.keep_columns=[1, 2]"], r"'output.keep_columns' must be a list of column names"),
+        (["input.colums=[a]"], r"^unknown config key 'input.colums' \(known here: columns, filter, format, "
+                               r"ignore_corrupt_files, lane, mask, pad, pad_multiple, path\)$"),
+        (["input.pad_multiple=0"], r"^config key 'input.pad_multiple' must be a positive integer, got 0$"),
+        (["input.pad.tokens=[0]"], r"^config key 'input.pad.tokens' must be a number or a string"),
+        (["input.mask.tokens=1"], r"^config key 'input.mask.tokens' must be a string"),
+        (["input.lane=fast"], r"^config key 'input.lane' must be one of auto, dataframe, arrow, got 'fast'$"),
+        (["input.ignore_corrupt_files=maybe"], r"^config key 'input.ignore_corrupt_files' must be true or false$"),
+        (["input.columns=3"], r"^config key 'input.columns' must be a mapping"),
+        (["model.batch_size=true"], r"'model.batch_size' must be a positive integer, got True"),
     ],
 )
 def test_load_config_rejects_bad_overrides(overrides: list[str], message: str) -> None:

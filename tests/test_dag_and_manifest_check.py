@@ -18,6 +18,7 @@ import yaml
 
 from batchscore.jobs.check_manifest import ManifestError, check_manifest, main
 from batchscore.jobs.config import REQUIRED, load_config
+from batchscore.udfs.manifest import RunManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -85,11 +86,11 @@ def test_score_command_sets_the_days_filter_and_paths(dag_module: Any) -> None:
     assert words[app + 1] == "--config" and (ROOT / config).is_file()
     sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
     cfg = load_config(str(ROOT / config), sets)  # the job's own parsing of --set
-    assert cfg["input"]["filter"] == f"as_of_date = '{DS}'"
+    assert cfg.input.filter == f"as_of_date = '{DS}'"
     # A root that looks like a number and has a space stays one string path.
-    assert cfg["output"]["path"] == f"/data/my scores/2026/ds={DS}"
-    assert cfg["output"]["mode"] == "overwrite"
-    assert cfg["quarantine"]["path"] == f"/data/q/ds={DS}"
+    assert cfg.output.path == f"/data/my scores/2026/ds={DS}"
+    assert cfg.output.mode == "overwrite"
+    assert cfg.quarantine.path == f"/data/q/ds={DS}"
 
 
 def test_score_command_keeps_the_airflow_template(dag_module: Any) -> None:
@@ -191,9 +192,10 @@ def test_dag_with_airflow_fails_exit_2_without_retry(monkeypatch: pytest.MonkeyP
 
 def test_check_manifest_accepts_a_good_run(tmp_path: Path) -> None:
     path = _write(tmp_path, _good_manifest())
-    assert check_manifest(str(path)) == _good_manifest()
-    assert check_manifest(str(path.parent))["run_id"] == "20260630T020000Z-abcdef12"  # the directory
-    assert check_manifest("file:" + str(path), min_rows=10)["rows_in"] == 10  # a Hadoop-style URI
+    assert check_manifest(str(path)) == RunManifest.from_dict(_good_manifest())
+    assert check_manifest(str(path)).model.fingerprint == "f00d"
+    assert check_manifest(str(path.parent)).run_id == "20260630T020000Z-abcdef12"  # the directory
+    assert check_manifest("file:" + str(path), min_rows=10).rows_in == 10  # a Hadoop-style URI
     assert main([str(path)]) == 0
 
 
@@ -219,11 +221,29 @@ def test_check_manifest_rejects_a_bad_run(tmp_path: Path, capsys: pytest.Capture
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_run_manifest_json_round_trip_keeps_fields_in_order_and_drops_secrets() -> None:
+    m = RunManifest.from_dict({
+        **_good_manifest(),
+        "input": {"path": "s3a://user:hunter2@bucket/in", "format": "parquet", "filter": None},
+        "output": {"path": "/o", "mode": "error", "quarantine_path": "/o_quarantine", "columns": ["id", "p"]},
+        "quarantine_reasons": {"null_feature": 2},
+        "spark": {"version": "4.1.1", "master": "local[2]"},
+    })
+    data = json.loads(m.to_json())
+    assert list(data)[:6] == ["status", "run_id", "rows_in", "rows_scored", "rows_quarantined", "quarantine_reasons"]
+    assert data["input"]["path"] == "s3a://***@bucket/in" and "hunter2" not in m.to_json().decode()
+    assert data["model"] == {"path": "/models/m", "fingerprint": "f00d", "signature": "serving_default",
+                             "distribution": None, "batch_size": None}
+    assert RunManifest.from_json(m.to_json()) == RunManifest.from_dict({**m.to_dict(), "input": data["input"]})
+    assert RunManifest.from_dict({**_good_manifest(), "added_by_a_newer_run": 1}) == RunManifest.from_dict(
+        _good_manifest())
+
+
 def test_check_manifest_missing_and_too_few_rows(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"manifest '.*/nothing/_manifest.json' not found"):
         check_manifest(str(tmp_path / "nothing"))
     path = _write(tmp_path, _good_manifest(rows_in=0, rows_scored=0, rows_quarantined=0))
-    assert check_manifest(str(path))["rows_in"] == 0  # an empty day is a success by default
+    assert check_manifest(str(path)).rows_in == 0  # an empty day is a success by default
     with pytest.raises(ManifestError, match=r"rows_in=0 is below the minimum of 1"):
         check_manifest(str(path), min_rows=1)
     assert main([str(path), "--min-rows", "1"]) == 2
@@ -257,14 +277,14 @@ def test_every_yaml_config_loads(path: Path) -> None:
     cfg = load_config(str(path), overrides)
     for key in REQUIRED:
         section, leaf = key.split(".")
-        assert isinstance(cfg[section][leaf], str) and cfg[section][leaf]
+        assert isinstance(getattr(getattr(cfg, section), leaf), str) and getattr(getattr(cfg, section), leaf)
 
 
 def test_databricks_config_reads_the_model_from_a_volume() -> None:
     cfg = load_config(str(CONF / "databricks.yaml"))
-    assert cfg["model"]["path"].startswith("/Volumes/")
-    assert cfg["model"]["distribution"] == "direct"
-    assert "spark.master" not in cfg["spark"]  # the cluster owns its session
+    assert cfg.model.path.startswith("/Volumes/")
+    assert cfg.model.distribution == "direct"
+    assert "spark.master" not in cfg.spark  # the cluster owns its session
 
 
 def _properties(path: Path) -> dict[str, str]:

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from batchscore.jobs.config import load_config
-from batchscore.jobs.score import run_scoring
+from batchscore.udfs.run import run_scoring
 from tests import support
 
 ROWS = 600
@@ -37,9 +37,9 @@ def test_keras_file_scores_like_keras(spark, keras_file, tmp_path, lane) -> None
                              "input.columns={x: [f0, f1, f2, f3]}", f"output.path={tmp_path / 'out'}",
                              "output.keep_columns=[id]", "model.batch_size=64"])
     manifest = run_scoring(spark, cfg)
-    assert manifest["lane"] == lane
-    assert manifest["rows_scored"] == ROWS and manifest["rows_quarantined"] == 0
-    assert manifest["model"]["path"].endswith("model.keras")
+    assert manifest.lane == lane
+    assert manifest.rows_scored == ROWS and manifest.rows_quarantined == 0
+    assert manifest.model.path.endswith("model.keras")
     out = support.read_output(str(tmp_path / "out")).sort_by("id")
     assert out.column_names[:2] == ["id", "output_0"]
     assert out.column("id").to_pylist() == list(range(ROWS))

@@ -14,7 +14,7 @@ import pytest
 
 from batchscore.jobs.config import load_config
 from batchscore.jobs.demo_data import NUMERIC
-from batchscore.jobs.score import run_scoring
+from batchscore.udfs.run import run_scoring
 from tests import support
 from batchscore.udfs.errors import ConfigError
 
@@ -71,12 +71,12 @@ def test_lanes_give_identical_outputs(spark, dirty_input, demo_model, tmp_path, 
     for lane in ("arrow", "dataframe"):
         out = str(tmp_path / lane / "out")
         manifest = run_scoring(spark, _cfg(dirty_input, demo_model, out, f"input.lane={lane}", *extra))
-        assert manifest["lane"] == lane
+        assert manifest.lane == lane
         results[lane] = (manifest, _read(out), _read(out + "_quarantine"))
     (ma, oa, qa), (md, od, qd) = results["arrow"], results["dataframe"]
     for key in ("rows_in", "rows_scored", "rows_quarantined", "quarantine_reasons"):
-        assert ma[key] == md[key], key
-    assert ma["rows_quarantined"] > 0 and ma["rows_scored"] > 0
+        assert getattr(ma, key) == getattr(md, key), key
+    assert ma.rows_quarantined > 0 and ma.rows_scored > 0
     _assert_same(oa, od)
     _assert_same(qa, qd)
     assert set(qa.column("reason").to_pylist()) == {"null_feature", "non_finite"}
@@ -101,7 +101,7 @@ def test_arrow_lane_scores_like_bare_tf(spark, dirty_input, demo_model, demo_ref
 
 def test_auto_picks_arrow_for_plain_parquet(spark, demo_input, demo_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
     manifest = run_scoring(spark, _cfg(demo_input, demo_model, str(tmp_path / "out")))
-    assert manifest["lane"] == "arrow"
+    assert manifest.lane == "arrow"
 
 
 def test_auto_falls_back_for_orc_and_says_so(spark, demo_input, demo_model, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -110,7 +110,7 @@ def test_auto_falls_back_for_orc_and_says_so(spark, demo_input, demo_model, tmp_
     caplog.set_level(logging.INFO, logger="batchscore")
     out = str(tmp_path / "out")
     manifest = run_scoring(spark, _cfg(orc, demo_model, out, "input.format=orc"))
-    assert manifest["lane"] == "dataframe"
+    assert manifest.lane == "dataframe"
     assert any("DataFrame lane" in r.getMessage() and "orc" in r.getMessage() for r in caplog.records)
     with pytest.raises(ConfigError, match="input.lane 'arrow'.*orc"):
         run_scoring(spark, _cfg(orc, demo_model, str(tmp_path / "out2"), "input.format=orc", "input.lane=arrow"))
@@ -120,10 +120,10 @@ def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, dem
     caplog.set_level(logging.INFO, logger="batchscore")
     cfg = _cfg(demo_input, demo_model, str(tmp_path / "out"), "input.filter=abs(age - 50) < 10")
     manifest = run_scoring(spark, cfg)
-    assert manifest["lane"] == "dataframe"
+    assert manifest.lane == "dataframe"
     assert any("abs()" in r.getMessage() for r in caplog.records)
     expected = spark.read.parquet(demo_input).where("abs(age - 50) < 10").count()
-    assert manifest["rows_in"] == manifest["rows_scored"] == expected
+    assert manifest.rows_in == manifest.rows_scored == expected
     with pytest.raises(ConfigError, match="abs"):
         run_scoring(spark, _cfg(demo_input, demo_model, str(tmp_path / "o2"), "input.lane=arrow",
                                 "input.filter=abs(age - 50) < 10"))

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchscore.jobs.config import load_config
-from batchscore.jobs.score import run_scoring
+from batchscore.udfs.run import run_scoring
 from tests import reliability_support as rs
 from tests.support import tf_predict
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
@@ -198,7 +198,7 @@ def test_scoring_job_property_on_both_lanes(spark, rel_model, tmp_path_factory, 
         for i, row in enumerate(faults):
             assert outcome[i] in allowed_outcomes(row), (lane, i, row, outcome[i])
         n_bad = sum(1 for v in outcome.values() if v[0] != "ok")
-        assert (manifest["rows_in"], manifest["rows_scored"], manifest["rows_quarantined"]) == (
+        assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (
             len(faults), len(faults) - n_bad, n_bad)
         if scored.num_rows:
             good = table.take(scored.column("id"))

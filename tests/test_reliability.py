@@ -2,7 +2,8 @@
 input, atomic publish, partition overwrite, reruns, worker crashes, speculation, secrets.
 
 In-process runs go through `run_scoring` with the shared session; the fault-injection
-runs start `python -m jobs.score` with another master and BATCHSCORE_TEST_FAULT.
+runs start the job in its own Spark application with another master, through
+`python -m tests.fault_launcher`, which wraps the engine's scoring with the fault.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchscore.jobs.config import load_config
-from batchscore.jobs.score import run_scoring
+from batchscore.udfs.run import run_scoring
 from tests import reliability_support as rs
 from tests import support
+from batchscore.udfs.manifest import RunManifest
 from batchscore.udfs.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
 from batchscore.udfs.signature import model_fingerprint
 
@@ -201,7 +203,7 @@ def test_bad_rows_are_quarantined_with_their_reason_and_good_rows_scored_like_tf
     assert not model_unpacked(model)
     manifest = run_scoring(spark, config(in_path, model, out, f"input.lane={lane}", "model.batch_size=8",
                                          "output.keep_columns=[id, code]"))
-    assert manifest["lane"] == lane
+    assert manifest.lane == lane
     assert model_unpacked(model), "the marker the schema-error tests rely on does not show scoring tasks"
 
     good = np.array(sorted(set(range(60)) - set(bad)))
@@ -210,7 +212,7 @@ def test_bad_rows_are_quarantined_with_their_reason_and_good_rows_scored_like_tf
     assert_scored_like_tf(rel_model, scored, table.take(good))
 
     # The quarantine sits at the default path: keep columns, reason and column, no predictions.
-    assert manifest["output"]["quarantine_path"] == "file:" + out + "_quarantine"
+    assert manifest.output.quarantine_path == "file:" + out + "_quarantine"
     q = read_spark(spark, out + "_quarantine")
     assert {"id", "code", "reason", "column"} <= set(q.column_names)
     assert set(q.column_names) - {"id", "code", "reason", "column"} <= set(OUTPUTS)
@@ -223,9 +225,9 @@ def test_bad_rows_are_quarantined_with_their_reason_and_good_rows_scored_like_tf
     ids_out, ids_q = scored.column("id").to_pylist(), q.column("id").to_pylist()
     assert sorted(ids_out + ids_q) == list(range(60))
 
-    assert (manifest["rows_in"], manifest["rows_scored"], manifest["rows_quarantined"]) == (60, len(good), len(bad))
-    assert manifest["quarantine_reasons"] == dict(collections.Counter(r for _, _, r, _ in bad.values()))
-    assert read_manifest(out)["quarantine_reasons"] == manifest["quarantine_reasons"]
+    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (60, len(good), len(bad))
+    assert manifest.quarantine_reasons == dict(collections.Counter(r for _, _, r, _ in bad.values()))
+    assert read_manifest(out)["quarantine_reasons"] == manifest.quarantine_reasons
 
 
 def test_on_bad_rows_fail_names_the_first_bad_key_and_publishes_nothing(spark, rel_model, tmp_path):  # type: ignore[no-untyped-def]
@@ -268,8 +270,8 @@ def test_ignore_corrupt_files_skips_and_counts_them(spark, rel_model, tmp_path, 
     corrupt_files(in_path, rs.rel_table(10, start_id=1000))
     out = str(tmp_path / "out")
     manifest = run_scoring(spark, config(in_path, rel_model, out, f"input.lane={lane}", "input.ignore_corrupt_files=true"))
-    assert manifest["corrupt_files_skipped"] == 2
-    assert (manifest["rows_in"], manifest["rows_scored"], manifest["lane"]) == (90, 90, lane)
+    assert manifest.corrupt_files_skipped == 2
+    assert (manifest.rows_in, manifest.rows_scored, manifest.lane) == (90, 90, lane)
     assert_scored_like_tf(rel_model, read_spark(spark, out), table)
 
 
@@ -289,8 +291,8 @@ def test_empty_input_gives_an_empty_output_with_the_schema_and_a_manifest(spark,
     assert df.count() == 0
     assert [(f.name, f.dataType.simpleString()) for f in df.schema.fields] == [
         ("id", "bigint"), ("parts", "array<float>"), ("score", "float")]
-    assert read_manifest(out)["run_id"] == manifest["run_id"]
-    assert (manifest["status"], manifest["rows_in"], manifest["rows_scored"], manifest["rows_quarantined"]) == (
+    assert read_manifest(out)["run_id"] == manifest.run_id
+    assert (manifest.status, manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (
         "succeeded", 0, 0, 0)
     assert os.path.exists(os.path.join(out, "_SUCCESS"))
     assert not os.path.exists(out + "_quarantine")
@@ -307,7 +309,7 @@ def published(spark, rel_model, tmp_path_factory):  # type: ignore[no-untyped-de
     in_path = rs.write_files(table, str(base / "in"), files=2)
     out = str(base / "out")
     manifest = run_scoring(spark, config(in_path, rel_model, out))
-    assert manifest["rows_quarantined"] == 2
+    assert manifest.rows_quarantined == 2
     return out
 
 
@@ -409,7 +411,7 @@ def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_mo
     _write_dated(restated, in_path)
     manifest = run_scoring(spark, config(in_path, rel_model, out, "output.partition_by=[as_of_date]",
                                          "output.mode=overwrite_partitions", "input.filter=as_of_date = '2026-02-28'"))
-    assert (manifest["rows_in"], manifest["rows_quarantined"]) == (20, 0)
+    assert (manifest.rows_in, manifest.rows_quarantined) == (20, 0)
 
     after, q_after = _partition_hashes(out), _partition_hashes(q)
     for d in ("as_of_date=2026-01-31", "as_of_date=2026-03-31"):
@@ -428,7 +430,7 @@ def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_mo
     before = rs.tree_hashes(out)
     manifest = run_scoring(spark, config(in_path, rel_model, out, "output.partition_by=[as_of_date]",
                                          "output.mode=overwrite_partitions", "input.filter=as_of_date = '2027-01-31'"))
-    assert manifest["rows_in"] == 0
+    assert manifest.rows_in == 0
     assert _partition_hashes(out) == after
     assert {k: v for k, v in rs.tree_hashes(out).items() if "_manifest" not in k and "_SUCCESS" not in k} == {
         k: v for k, v in before.items() if "_manifest" not in k and "_SUCCESS" not in k}
@@ -445,27 +447,26 @@ def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path):  # t
     assert read_spark(spark, out).equals(first_out)  # exact: same rows, same float bits
     assert read_spark(spark, out + "_quarantine").equals(first_q)
     assert first_out.num_rows == 118 and quarantine_rows(first_q) == {5: ("null_feature", "a"), 77: ("model_error", "_")}
-    assert second["run_id"] != first["run_id"]
-    assert second["model"]["fingerprint"] == first["model"]["fingerprint"] == model_fingerprint(rel_model)
-    assert read_manifest(out)["run_id"] == second["run_id"]
+    assert second.run_id != first.run_id
+    assert second.model.fingerprint == first.model.fingerprint == model_fingerprint(rel_model)
+    assert read_manifest(out)["run_id"] == second.run_id
 
 
 # --- faults survived: worker crashes and speculation, in their own Spark applications ---
 
 
 def run_job(tmp_path, overrides: list[str], fault: str | None, *, timeout: int = 600) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    """`python -m jobs.score` in a subprocess, with the test fault hook armed."""
+    """The scoring job in a subprocess (`python -m tests.fault_launcher`), with `fault` injected, or
+    plain `python -m jobs.score` without one."""
     cfg = tmp_path / "job.yaml"
     cfg.write_text("spark:\n  spark.ui.enabled: false\n  spark.eventLog.compress: false\n"
                    "  spark.eventLog.rolling.enabled: false\n")
-    cmd = [sys.executable, "-m", "jobs.score", "--config", str(cfg), "--quiet"]
+    launcher = ["tests.fault_launcher", fault] if fault else ["jobs.score"]
+    cmd = [sys.executable, "-m", *launcher, "--config", str(cfg), "--quiet"]
     for o in overrides:
         cmd += ["--set", o]
     env = {**os.environ, "PYTHONPATH": PROJECT_ROOT, "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("BATCHSCORE_TEST_FAULT", None)
     env.pop("PYSPARK_GATEWAY_PORT", None)
-    if fault:
-        env["BATCHSCORE_TEST_FAULT"] = fault
     return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -513,10 +514,12 @@ def job_overrides(in_path: str, model: str, out: str, event_dir: str, master: st
             f"spark.spark.hadoop.fs.s3a.secret.key={SECRET}", f"spark.spark.hadoop.fs.s3a.access.key=AK{SECRET}"]
 
 
-def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, tmp_path):  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("lane", ["arrow", "dataframe"])  # the fault wraps the scoring both lanes' tasks run
+def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, tmp_path, lane):  # type: ignore[no-untyped-def]
     in_path, table = fault_input(tmp_path)
     out, events = str(tmp_path / "out"), str(tmp_path / "events")
-    proc = run_job(tmp_path, job_overrides(in_path, rel_model, out, events, "local[2,4]"), "exit:0")
+    proc = run_job(tmp_path, [*job_overrides(in_path, rel_model, out, events, "local[2,4]"), f"input.lane={lane}"],
+                   "exit:0")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # The fault fired: partition 0 of the scoring stage failed once, then succeeded on attempt 1.
@@ -528,8 +531,8 @@ def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, t
 
     scored = support.read_output(out)
     assert_scored_like_tf(rel_model, scored, table)  # every id once, no more, no fewer
-    manifest = read_manifest(out)
-    assert (manifest["rows_in"], manifest["rows_scored"], manifest["rows_quarantined"]) == (400, 400, 0)
+    manifest = RunManifest.from_dict(read_manifest(out))
+    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined, manifest.lane) == (400, 400, 0, lane)
 
     # Secrets from the Spark conf appear nowhere: manifest, stdout, stderr, Spark's event log.
     with open(os.path.join(out, "_manifest.json")) as fh:
@@ -579,8 +582,7 @@ def two_host_cluster(tmp_path):  # type: ignore[no-untyped-def]
     spark_home = os.path.dirname(pyspark.__file__)
     spark_class = os.path.join(spark_home, "bin", "spark-class")
     port = _free_port()
-    env = {**os.environ, "SPARK_HOME": spark_home, "SPARK_NO_DAEMONIZE": "1", "PYTHONPATH": PROJECT_ROOT,
-           "BATCHSCORE_TEST_FAULT": "sleep:0:8"}
+    env = {**os.environ, "SPARK_HOME": spark_home, "SPARK_NO_DAEMONIZE": "1", "PYTHONPATH": PROJECT_ROOT}
     env.pop("PYSPARK_GATEWAY_PORT", None)
     logs = tmp_path / "cluster"
     logs.mkdir()
@@ -626,7 +628,7 @@ def test_speculative_copy_of_a_slow_task_writes_no_duplicates(rel_model, two_hos
         "spark.spark.speculation.quantile=0.25", "spark.spark.speculation.minTaskRuntime=100ms",
         "spark.spark.speculation.interval=100ms", "spark.spark.executor.cores=1", "spark.spark.cores.max=2",
         "spark.spark.executor.memory=512m", "spark.spark.driver.host=127.0.0.1",
-        f"spark.spark.executorEnv.PYTHONPATH={PROJECT_ROOT}", "spark.spark.executorEnv.BATCHSCORE_TEST_FAULT=sleep:0:8",
+        f"spark.spark.executorEnv.PYTHONPATH={PROJECT_ROOT}",
     ]
     proc = run_job(tmp_path, overrides, "sleep:0:8")
     assert proc.returncode == 0, proc.stderr[-3000:]

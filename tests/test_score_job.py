@@ -14,9 +14,11 @@ import pytest
 
 from batchscore.jobs.config import load_config
 from batchscore.jobs.demo_data import NUMERIC
-from batchscore.jobs.score import main, run_scoring
+from batchscore.jobs.score import main
+from batchscore.udfs.run import run_scoring
 from tests import support
 from batchscore.udfs.errors import ConfigError
+from batchscore.udfs.manifest import RunManifest, SparkInfo
 from batchscore.udfs.signature import model_fingerprint
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +34,7 @@ def config(input_path: str, model_path: str, output_path: str, *overrides: str) 
 
 def sql_conf(spark, **settings: str):  # type: ignore[no-untyped-def]
     """Set runtime SQL confs for one block, then put the old values back."""
-    from batchscore.jobs.session import temporary_conf
+    from batchscore.udfs.lanes import temporary_conf
 
     return temporary_conf(spark, settings)
 
@@ -58,12 +60,14 @@ def job_file(tmp_path):  # type: ignore[no-untyped-def]
     return str(path)
 
 
-def run_main(monkeypatch, capsys, job_file, *overrides: str):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("BATCHSCORE_KEEP_SESSION", "1")
+def run_main(spark, capsys, job_file, *overrides: str):  # type: ignore[no-untyped-def]
+    """`main()` in this process, on the tests' session (which it must leave running)."""
     args = ["--config", job_file, "--quiet"]
     for o in overrides:
         args += ["--set", o]
-    code = main(args)
+    code = main(args, spark=spark)
+    if spark is not None:
+        assert not spark.sparkContext._jsc.sc().isStopped()
     captured = capsys.readouterr()
     return code, captured.out.strip().splitlines(), captured.err.strip().splitlines()
 
@@ -83,21 +87,22 @@ def test_demo_model_scores_like_bare_tensorflow(spark, demo_input, demo_model, d
     assert_demo_predictions(out, demo_reference, all_ids)
 
     # The manifest on disk is the one returned, and it adds up.
-    assert read_manifest(out_path) == json.loads(json.dumps(manifest, default=str))
-    assert manifest["status"] == "succeeded" and manifest["run_id"]
-    assert manifest["rows_in"] == len(all_ids) == manifest["rows_scored"] + manifest["rows_quarantined"]
-    assert manifest["rows_quarantined"] == 0
-    assert manifest["model"]["path"] == os.path.abspath(demo_model)
-    assert manifest["model"]["fingerprint"] == model_fingerprint(demo_model)
-    assert manifest["model"]["signature"] == "serving_default"
-    assert manifest["lane"] in ("dataframe", "arrow")
-    assert manifest["spark"] == {"version": spark.version, "master": "local[2]"}
-    assert manifest["started_at"] <= manifest["finished_at"]
-    assert 0 <= manifest["seconds_scoring"] <= manifest["seconds_total"]
-    assert manifest["rows_per_second"] == pytest.approx(manifest["rows_in"] / manifest["seconds_scoring"], rel=0.05)
-    assert isinstance(manifest["model_loads"], int) and 0 <= manifest["model_loads"] <= manifest["python_workers"]
-    assert 0 < manifest["max_rows_per_call"] <= 100
-    assert manifest["corrupt_files_skipped"] == 0
+    assert read_manifest(out_path) == json.loads(manifest.to_json())
+    assert RunManifest.from_dict(read_manifest(out_path)) == manifest
+    assert manifest.status == "succeeded" and manifest.run_id
+    assert manifest.rows_in == len(all_ids) == manifest.rows_scored + manifest.rows_quarantined
+    assert manifest.rows_quarantined == 0
+    assert manifest.model.path == os.path.abspath(demo_model)
+    assert manifest.model.fingerprint == model_fingerprint(demo_model)
+    assert manifest.model.signature == "serving_default"
+    assert manifest.lane in ("dataframe", "arrow")
+    assert manifest.spark == SparkInfo(version=spark.version, master="local[2]")
+    assert manifest.started_at <= manifest.finished_at
+    assert 0 <= manifest.seconds_scoring <= manifest.seconds_total
+    assert manifest.rows_per_second == pytest.approx(manifest.rows_in / manifest.seconds_scoring, rel=0.05)
+    assert isinstance(manifest.model_loads, int) and 0 <= manifest.model_loads <= manifest.python_workers
+    assert 0 < manifest.max_rows_per_call <= 100
+    assert manifest.corrupt_files_skipped == 0
     assert os.path.exists(os.path.join(out_path, "_SUCCESS"))
 
 
@@ -112,7 +117,7 @@ def test_multi_input_multi_output_model_scores_like_bare_tensorflow(spark, multi
         "output.keep_columns=[id]", "model.batch_size=64", f"input.lane={lane}",
     )
     manifest = run_scoring(spark, cfg)
-    assert manifest["lane"] == lane
+    assert manifest.lane == lane
 
     out = support.read_output(out_path)
     assert out.column_names == ["id", *sorted(support.MULTI_OUTPUTS)]
@@ -129,8 +134,8 @@ def test_multi_input_multi_output_model_scores_like_bare_tensorflow(spark, multi
     assert support.max_abs_diff(out.column("grid").to_pylist(), expected["grid"]) <= TOL
     assert out.column("label").to_pylist() == [s.decode() for s in expected["label"]]
     np.testing.assert_array_equal(out.column("doubled").to_numpy(), expected["doubled"])
-    assert manifest["rows_in"] == manifest["rows_scored"] == multi_table.num_rows
-    assert 0 < manifest["max_rows_per_call"] <= 64
+    assert manifest.rows_in == manifest.rows_scored == multi_table.num_rows
+    assert 0 < manifest.max_rows_per_call <= 64
 
 
 def test_every_row_lands_once_in_output_or_quarantine(spark, multi_model, tmp_path):  # type: ignore[no-untyped-def]
@@ -154,9 +159,9 @@ def test_every_row_lands_once_in_output_or_quarantine(spark, multi_model, tmp_pa
     expected = support.tf_predict(multi_model, support.multi_inputs(table.take(good_ids)))
     assert support.max_abs_diff(out.column("score").to_numpy(), expected["score"]) <= TOL
 
-    q = support.read_output(manifest["output"]["quarantine_path"].removeprefix("file:"))
+    q = support.read_output(manifest.output.quarantine_path.removeprefix("file:"))
     assert dict(zip(q.column("id").to_pylist(), q.column("reason").to_pylist(), strict=True)) == bad
-    assert (manifest["rows_in"], manifest["rows_scored"], manifest["rows_quarantined"]) == (120, 117, 3)
+    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (120, 117, 3)
 
 
 # --- once per worker, bounded model calls ---
@@ -181,12 +186,12 @@ def test_model_loaded_once_per_worker_across_many_partitions(spark, demo_model, 
         manifest = run_scoring(spark, cfg)
 
     assert_demo_predictions(support.read_output(out_path), demo_reference, demo_table.column("id").to_numpy())
-    assert manifest["lane"] == "dataframe"
-    assert 1 <= manifest["python_workers"] <= 2  # local[2]: at most two concurrent workers, reused
-    assert manifest["model_loads"] == manifest["python_workers"]
-    assert manifest["max_rows_per_call"] == batch_size
+    assert manifest.lane == "dataframe"
+    assert 1 <= manifest.python_workers <= 2  # local[2]: at most two concurrent workers, reused
+    assert manifest.model_loads == manifest.python_workers
+    assert manifest.max_rows_per_call == batch_size
     # Re-chunked per partition across Arrow batches: ceil(rows / batch_size) calls per partition.
-    assert manifest["model_calls"] == sum(math.ceil(n / batch_size) for n in per_partition)
+    assert manifest.model_calls == sum(math.ceil(n / batch_size) for n in per_partition)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +211,8 @@ def distribution_runs(spark, demo_input, demo_model, tmp_path_factory):  # type:
 @pytest.mark.parametrize("kind", ["broadcast", "files", "direct"])
 def test_each_distribution_scores_like_bare_tensorflow(kind, distribution_runs, demo_table, demo_reference):  # type: ignore[no-untyped-def]
     manifest, out = distribution_runs[kind]
-    assert manifest["model"]["distribution"] == kind
-    assert manifest["model_loads"] >= 1  # the model came through this distribution, not a cache
+    assert manifest.model.distribution == kind
+    assert manifest.model_loads >= 1  # the model came through this distribution, not a cache
     assert_demo_predictions(out, demo_reference, demo_table.column("id").to_numpy())
 
 
@@ -225,7 +230,7 @@ def test_rename_keep_columns_and_partition_by(spark, demo_input, demo_model, dem
     cfg = config(demo_input, demo_model, out_path, DEMO_COLUMNS, "output.keep_columns=[id, age]",
                  "output.rename.output_0=p_default", "output.partition_by=[region]")
     manifest = run_scoring(spark, cfg)
-    assert manifest["output"]["columns"] == ["id", "age", "region", "p_default"]
+    assert manifest.output.columns == ["id", "age", "region", "p_default"]
 
     # One directory per region, each holding Parquet files.
     regions = set(demo_table.column("region").to_pylist())
@@ -250,22 +255,22 @@ def test_rename_keep_columns_and_partition_by(spark, demo_input, demo_model, dem
     np.testing.assert_array_equal(back["p_default"].to_numpy(), out.column("p_default").to_numpy())
 
 
-def test_mode_error_refuses_then_overwrite_with_filter_replaces(spark, monkeypatch, capsys, job_file, demo_input, demo_model, demo_table, demo_reference, tmp_path):  # type: ignore[no-untyped-def]
+def test_mode_error_refuses_then_overwrite_with_filter_replaces(spark, capsys, job_file, demo_input, demo_model, demo_table, demo_reference, tmp_path):  # type: ignore[no-untyped-def]
     out_path = str(tmp_path / "out")
     base = (demo_input, demo_model, out_path, DEMO_COLUMNS, "output.keep_columns=[id]")
     # The first run goes through `python -m jobs.score`'s main(): exit 0 and a summary.
-    code, out_lines, err = run_main(monkeypatch, capsys, job_file, *(f"{k}={v}" for k, v in (
+    code, out_lines, err = run_main(spark, capsys, job_file, *(f"{k}={v}" for k, v in (
         ("input.path", demo_input), ("model.path", demo_model), ("output.path", out_path))), DEMO_COLUMNS)
     assert code == 0, err
     assert f"{len(demo_table):,} rows in, {len(demo_table):,} scored, 0 quarantined" in out_lines[0]
     assert any(out_path in line for line in out_lines)
-    first = read_manifest(out_path)
+    first = RunManifest.from_dict(read_manifest(out_path))
     all_ids = demo_table.column("id").to_numpy()
     assert_demo_predictions(support.read_output(out_path), demo_reference, all_ids)
 
     with pytest.raises(ConfigError, match=r"output.path '.*/out' exists and output.mode is 'error'"):
         run_scoring(spark, config(*base))
-    assert read_manifest(out_path)["run_id"] == first["run_id"]  # untouched
+    assert read_manifest(out_path)["run_id"] == first.run_id  # untouched
     assert_demo_predictions(support.read_output(out_path), demo_reference, all_ids)
 
     # On a model input, a column the job does not otherwise read, and the partition column.
@@ -279,56 +284,52 @@ def test_mode_error_refuses_then_overwrite_with_filter_replaces(spark, monkeypat
     want = t.column("id").to_numpy()[mask]
     assert 0 < len(want) < len(all_ids)
     assert_demo_predictions(support.read_output(out_path), demo_reference, want)
-    assert second["rows_in"] == second["rows_scored"] == len(want)
-    assert second["input"]["filter"] == flt
-    assert read_manifest(out_path)["run_id"] == second["run_id"] != first["run_id"]
+    assert second.rows_in == second.rows_scored == len(want)
+    assert second.input.filter == flt
+    assert read_manifest(out_path)["run_id"] == second.run_id != first.run_id
 
 
 # --- exit codes of `python -m jobs.score` ---
 
 
-@pytest.mark.usefixtures("spark")
-def test_main_missing_model_exits_2_naming_the_path(monkeypatch, capsys, job_file, demo_input, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_missing_model_exits_2_naming_the_path(spark, capsys, job_file, demo_input, tmp_path):  # type: ignore[no-untyped-def]
     missing = str(tmp_path / "no_model")
-    code, _, err = run_main(monkeypatch, capsys, job_file, f"input.path={demo_input}", f"model.path={missing}",
+    code, _, err = run_main(spark, capsys, job_file, f"input.path={demo_input}", f"model.path={missing}",
                          f"output.path={tmp_path / 'out'}", DEMO_COLUMNS)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and missing in err[0], err
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.usefixtures("spark")
-def test_main_missing_input_exits_2_naming_the_path(monkeypatch, capsys, job_file, demo_model, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_missing_input_exits_2_naming_the_path(spark, capsys, job_file, demo_model, tmp_path):  # type: ignore[no-untyped-def]
     missing = str(tmp_path / "no_input")
-    code, _, err = run_main(monkeypatch, capsys, job_file, f"input.path={missing}", f"model.path={demo_model}",
+    code, _, err = run_main(spark, capsys, job_file, f"input.path={missing}", f"model.path={demo_model}",
                             f"output.path={tmp_path / 'out'}", DEMO_COLUMNS)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and missing in err[0], err
 
 
-@pytest.mark.usefixtures("spark")
-def test_main_missing_column_exits_2_naming_it(monkeypatch, capsys, job_file, demo_model, demo_table, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_missing_column_exits_2_naming_it(spark, capsys, job_file, demo_model, demo_table, tmp_path):  # type: ignore[no-untyped-def]
     in_path = support.write_parquet(demo_table.slice(0, 50).drop_columns(["region"]), str(tmp_path / "in"))
-    code, _, err = run_main(monkeypatch, capsys, job_file, f"input.path={in_path}", f"model.path={demo_model}",
+    code, _, err = run_main(spark, capsys, job_file, f"input.path={in_path}", f"model.path={demo_model}",
                          f"output.path={tmp_path / 'out'}", DEMO_COLUMNS)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and "'region'" in err[0] and "not found" in err[0], err
 
 
-@pytest.mark.usefixtures("spark")
-def test_main_wrong_typed_column_exits_2_naming_it(monkeypatch, capsys, job_file, demo_model, demo_table, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_wrong_typed_column_exits_2_naming_it(spark, capsys, job_file, demo_model, demo_table, tmp_path):  # type: ignore[no-untyped-def]
     t = demo_table.slice(0, 50)
     t = t.set_column(t.schema.get_field_index("age"), "age", pc.cast(t.column("age"), pa.string()))
     in_path = support.write_parquet(t, str(tmp_path / "in"))
-    code, _, err = run_main(monkeypatch, capsys, job_file, f"input.path={in_path}", f"model.path={demo_model}",
+    code, _, err = run_main(spark, capsys, job_file, f"input.path={in_path}", f"model.path={demo_model}",
                          f"output.path={tmp_path / 'out'}", DEMO_COLUMNS)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:"), err
     assert "column 'age' is string" in err[0] and "float32" in err[0], err
 
 
-def test_main_bad_set_exits_2_naming_the_key(monkeypatch, capsys, job_file, tmp_path):  # type: ignore[no-untyped-def]
-    code, _, err = run_main(monkeypatch, capsys, job_file, "input.path=/a", "model.path=/m",
+def test_main_bad_set_exits_2_naming_the_key(capsys, job_file, tmp_path):  # type: ignore[no-untyped-def]
+    code, _, err = run_main(None, capsys, job_file, "input.path=/a", "model.path=/m",
                          f"output.path={tmp_path / 'out'}", "model.batch_sise=10")
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and "model.batch_sise" in err[0], err

@@ -8,19 +8,17 @@ Spark writes with its own committers.
 """
 from __future__ import annotations
 
-import os
 import posixpath
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from batchscore.udfs.arrow_filter import sql_to_arrow
 from batchscore.udfs.errors import InputError
+from batchscore.udfs.storage import list_input_files, parquet_footer_ok, pyarrow_fs, pyarrow_uri
 
 READ_BATCH_ROWS = 65_536
 
@@ -49,45 +47,6 @@ class ArrowPlan:
     tasks: list[list[dict[str, Any]]]
     files: int
     corrupt_files: list[str] = field(default_factory=list)
-
-
-def normalize_uri(path: str) -> str:
-    """A path pyarrow's filesystems understand (Databricks and Hadoop spellings mapped)."""
-    if path.startswith("dbfs:/"):
-        return "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
-    if path.startswith("file://"):
-        return path[len("file://"):] or "/"
-    if path.startswith("file:"):
-        return path[len("file:"):]
-    if path.startswith(("s3a://", "s3n://")):
-        return "s3://" + path.split("://", 1)[1]
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path):
-        return path
-    return os.path.abspath(path)
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if uri.startswith("/"):
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
-
-
-def _hidden(rel: str) -> bool:
-    return any(part.startswith(("_", ".")) for part in rel.split("/"))
-
-
-def _list_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
-    try:
-        info = fs.get_file_info(root)
-    except OSError as e:
-        raise InputError(f"input.path '{root}' cannot be listed: {e}") from None
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"input.path '{root}' does not exist")
-    if info.type == pafs.FileType.File:
-        return [info]
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    files = [i for i in infos if i.type == pafs.FileType.File and not _hidden(posixpath.relpath(i.path, root))]
-    return sorted(files, key=lambda i: i.path)
 
 
 def _partitioning(schema: pa.Schema, names: tuple[str, ...]) -> ds.Partitioning:
@@ -124,9 +83,9 @@ def plan_arrow_input(
         UnsupportedFilter: the filter cannot be evaluated by pyarrow.
         InputError: the path is missing, or a file is corrupt and not ignored.
     """
-    uri = normalize_uri(root)
-    fs, base = _filesystem(uri)
-    infos = [i for i in _list_files(fs, base) if i.path not in exclude]
+    uri = pyarrow_uri(root)
+    fs, base = pyarrow_fs(uri)
+    infos = [i for i in list_input_files(fs, base) if i.path not in exclude]
     names: list[str] = []
     for i in infos:
         for part in _rel_dir(i.path, base).strip("/").split("/"):
@@ -202,7 +161,7 @@ class _UnitReader:
     """Opens a source's planned units (a file, or some of its row groups) as one-fragment datasets."""
 
     def __init__(self, source: ArrowSource) -> None:
-        self.fs, self.base = _filesystem(source.root)
+        self.fs, self.base = pyarrow_fs(source.root)
         self.schema = source.schema
         self.partitioning = _partitioning(self.schema, source.partition_names)
         self.filter = sql_to_arrow(source.filter_sql, self.schema)[0] if source.filter_sql else None
@@ -276,24 +235,12 @@ def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: An
     return tasks_df.mapInArrow(run, out_schema)
 
 
-def _footer_ok(path: str, root: str) -> bool:
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
-    fs, _ = _filesystem(root)
-    try:
-        with fs.open_input_file(path) as f:
-            pq.ParquetFile(f).metadata  # noqa: B018 - reads and checks the footer
-        return True
-    except Exception:  # noqa: BLE001 - any unreadable file counts as corrupt
-        return False
-
-
 def corrupt_parquet_files(spark: Any, root: str) -> list[str]:
     """Files below root whose Parquet footer cannot be read, checked in parallel on the executors."""
-    uri = normalize_uri(root)
-    fs, base = _filesystem(uri)
-    paths = [i.path for i in _list_files(fs, base)]
+    uri = pyarrow_uri(root)
+    fs, base = pyarrow_fs(uri)
+    paths = [i.path for i in list_input_files(fs, base)]
     if not paths:
         return []
     slices = max(1, min(len(paths), spark.sparkContext.defaultParallelism * 4))
-    return sorted(spark.sparkContext.parallelize(paths, slices).filter(lambda p: not _footer_ok(p, uri)).collect())
+    return sorted(spark.sparkContext.parallelize(paths, slices).filter(lambda p: not parquet_footer_ok(p, uri)).collect())

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchscore.udfs.errors import ConfigError
+from batchscore.udfs.storage import absolute
 
 DISTRIBUTIONS = ("broadcast", "files", "direct")
 
@@ -41,7 +42,7 @@ class ModelSource:
 
 def make_model_source(sc: Any, path: str, fingerprint: str, kind: str) -> ModelSource:
     """On the driver: prepare the model for the executors."""
-    path = os.path.abspath(path) if "://" not in path else path
+    path = absolute(path)
     if kind == "direct":
         return ModelSource(kind, path, fingerprint)
     if kind == "files":

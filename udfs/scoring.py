@@ -7,7 +7,7 @@ import resource
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -20,9 +20,6 @@ from batchscore.udfs.errors import BadRowsError, ConfigError, SchemaError
 from batchscore.udfs.signature import ModelSignature
 from batchscore.udfs.worker_tuning import keep_spark_zip_directories
 
-ON_BAD_ROWS = ("quarantine", "fail")
-
-
 @dataclass(frozen=True)
 class ScoringPlan:
     """Everything a task needs to score, made on the driver and shipped in the closure."""
@@ -33,7 +30,7 @@ class ScoringPlan:
     batch_size: int
     keep_columns: tuple[str, ...]
     output_names: tuple[str, ...]
-    on_bad_rows: str = "quarantine"
+    on_bad_rows: Literal["quarantine", "fail"] = "quarantine"
 
     @property
     def input_columns(self) -> list[str]:
@@ -52,19 +49,17 @@ def plan_scoring(
     batch_size: int = 1024,
     keep_columns: Iterable[str] = (),
     rename: dict[str, str] | None = None,
-    on_bad_rows: str = "quarantine",
+    on_bad_rows: Literal["quarantine", "fail"] = "quarantine",
 ) -> ScoringPlan:
     """Bind and check everything on the driver, before any task runs.
+
+    `batch_size` and `on_bad_rows` come validated from the JobSpec (udfs.job_spec).
 
     Raises:
         SchemaError: a feature or keep column is missing or of the wrong type, or
             an output name clashes with a kept column.
-        ConfigError: a bad batch size or on_bad_rows value.
+        ConfigError: `output.rename` names something that is not a model output.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"model.batch_size must be a positive integer, got {batch_size!r}")
-    if on_bad_rows not in ON_BAD_ROWS:
-        raise ConfigError(f"quarantine.on_bad_rows must be one of {', '.join(ON_BAD_ROWS)}, got '{on_bad_rows}'")
     feeds = bind_inputs(signature, schema, columns)
     keep = tuple(keep_columns)
     for c in keep:
@@ -141,47 +136,17 @@ def score_batches(
     scorer = StreamScorer(
         plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names)
     )
-    fault = _test_fault()
     try:
         for out in scorer.score(batches):
             if plan.on_bad_rows == "fail" and scorer.stats.rows_bad:
                 raise BadRowsError(_first_bad(out, plan))
             yield out
-            if fault is not None:
-                fault()
-                fault = None
     finally:  # however the stream ends, keep Spark's importers (the model load and first calls add some)
         keep_spark_zip_directories()
     if stats is not None:
         stats.update(scorer.stats.as_dict())
         stats["loads"] = {worker_id(): model_cache.load_count() - loads_before}
         stats["peak_rss_mb"] = {worker_id(): resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def _test_fault() -> Callable[[], None] | None:
-    """Fault injection for the reliability tests, off unless BATCHSCORE_TEST_FAULT is set.
-
-    `exit:P` kills the Python worker (os._exit) mid-task, after its first output
-    batch, on the first attempt of partition P; `sleep:P:S` makes that attempt
-    sleep S seconds (a straggler for speculative execution). The scoring path is
-    the real one either way.
-    """
-    spec = os.environ.get("BATCHSCORE_TEST_FAULT")
-    if not spec:
-        return None
-    from pyspark import TaskContext  # noqa: PLC0415
-
-    ctx = TaskContext.get()
-    kind, *args = spec.split(":")
-    if ctx is None or ctx.attemptNumber() != 0 or ctx.partitionId() != int(args[0]):
-        return None
-    if kind == "exit":
-        return lambda: os._exit(17)
-    if kind == "sleep":
-        import time  # noqa: PLC0415
-
-        return lambda: time.sleep(float(args[1]))
-    return None
 
 
 def _first_bad(batch: pa.RecordBatch, plan: ScoringPlan) -> str:
@@ -254,7 +219,7 @@ def fixed_row_bytes(schema: pa.Schema, plan: ScoringPlan) -> int | None:
 
     None when a column's width can vary: strings, binary, structs, or lists whose
     model input does not fix every dimension. Lets the job bound Arrow batches by
-    rows alone (see jobs.score.arrow_batch_conf).
+    rows alone (see udfs.lanes.arrow_batch_conf).
     """
     elements = {f.columns[0]: f.spec.size for f in plan.feeds
                 if not f.stacked and f.depth > 0 and all(d is not None for d in f.spec.shape)}

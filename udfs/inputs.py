@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from batchscore.udfs.errors import ConfigError, InputError
+from batchscore.udfs.job_spec import InputSpec
 
 
-def read_input(spark: Any, cfg_input: dict[str, Any]) -> Any:
+def read_input(spark: Any, spec: InputSpec) -> Any:
     """`input.path` in `input.format`, with `input.filter` applied.
 
     Raises:
@@ -15,9 +16,9 @@ def read_input(spark: Any, cfg_input: dict[str, Any]) -> Any:
     """
     from pyspark.errors import AnalysisException  # noqa: PLC0415
 
-    path, fmt = cfg_input["path"], cfg_input["format"]
+    path, fmt = spec.path, spec.format
     reader = spark.read
-    if cfg_input.get("ignore_corrupt_files"):
+    if spec.ignore_corrupt_files:
         reader = reader.option("ignoreCorruptFiles", "true")
     try:
         if fmt == "table":
@@ -38,12 +39,12 @@ def read_input(spark: Any, cfg_input: dict[str, Any]) -> Any:
         if "DATA_SOURCE_NOT_FOUND" in first or "delta" in first.lower():
             raise InputError(f"input.format '{fmt}' is not available in this Spark: {first[:200]}") from None
         raise
-    if cfg_input.get("filter"):
+    if spec.filter:
         try:
-            df = df.where(cfg_input["filter"])
+            df = df.where(spec.filter)
             df.schema  # noqa: B018 - analyse now, so a bad filter fails before any task
         except AnalysisException as e:
-            raise ConfigError(f"input.filter {cfg_input['filter']!r} is not valid: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"input.filter {spec.filter!r} is not valid: {str(e).splitlines()[0]}") from None
         except Exception as e:  # noqa: BLE001 - ParseException
-            raise ConfigError(f"input.filter {cfg_input['filter']!r} is not valid: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"input.filter {spec.filter!r} is not valid: {str(e).splitlines()[0]}") from None
     return df

@@ -9,8 +9,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from batchscore.jobs.fs import HadoopFs
 from batchscore.udfs.batching import BAD_COLUMN, NO_COLUMN, OK_REASON, REASON_COLUMN
+from batchscore.udfs.storage import HadoopFs
 
 
 def staging_path(output: str, run_id: str) -> str:
@@ -22,30 +22,9 @@ def ok_dir(staging: str) -> str:
     return f"{staging}/{REASON_COLUMN}={OK_REASON}/{BAD_COLUMN}={NO_COLUMN}"
 
 
-def _sibling(path: str, tag: str, run_id: str) -> str:
+def sibling(path: str, tag: str, run_id: str) -> str:
     parent, name = posixpath.split(path.rstrip("/"))
     return posixpath.join(parent, f".{name}.bs-{tag}-{run_id}")
-
-
-def _leaf_dirs(fs: HadoopFs, root: str) -> list[str]:
-    """Relative paths of directories below root that hold data files directly."""
-    leaves: list[str] = []
-
-    def walk(rel: str) -> None:
-        here = f"{root}/{rel}" if rel else root
-        has_files = False
-        for name, is_dir in fs.list(here):
-            if name.startswith(("_", ".")):
-                continue
-            if is_dir:
-                walk(f"{rel}/{name}" if rel else name)
-            else:
-                has_files = True
-        if has_files:
-            leaves.append(rel)
-
-    walk("")
-    return leaves
 
 
 def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> None:
@@ -57,7 +36,7 @@ def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> 
     """
     if mode in ("error", "overwrite") or not fs.exists(target):
         if fs.exists(target):
-            old = _sibling(target, "old", run_id)
+            old = sibling(target, "old", run_id)
             fs.rename(target, old)
             try:
                 fs.rename(new, target)
@@ -79,14 +58,14 @@ def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> 
         fs.delete(new)
         return
     if mode == "overwrite_partitions":
-        leaves = _leaf_dirs(fs, new)
+        leaves = fs.leaf_dirs(new)
         if "" in leaves:  # unpartitioned output: the whole table is the one partition
             publish_dir(fs, new, target, "overwrite", run_id)
             return
         for rel in leaves:
             dst = f"{target}/{rel}"
             if fs.exists(dst):
-                old = _sibling(dst, "old", run_id)
+                old = sibling(dst, "old", run_id)
                 fs.rename(dst, old)
                 fs.rename(f"{new}/{rel}", dst)
                 fs.delete(old)
@@ -100,7 +79,7 @@ def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> 
 
 def partitions_in(fs: HadoopFs, staging: str) -> set[str]:
     """Partition paths (`k=v/...`) the staged run wrote rows to, good or bad alike."""
-    return {"/".join(rel.split("/")[2:]) for rel in _leaf_dirs(fs, staging)}  # below bs__reason=/bs__column=
+    return {"/".join(rel.split("/")[2:]) for rel in fs.leaf_dirs(staging)}  # below bs__reason=/bs__column=
 
 
 def drop_stale_partitions(fs: HadoopFs, target: str, new: str | None, rescored: set[str], *, skip: int) -> None:
@@ -110,8 +89,8 @@ def drop_stale_partitions(fs: HadoopFs, target: str, new: str | None, rescored: 
     partition whose rows are all bad now) would keep its old copy. `skip` is the
     number of directory levels above the partition columns (2 for reason=/column=).
     """
-    fresh = set(_leaf_dirs(fs, new)) if new else set()
-    for rel in _leaf_dirs(fs, target):
+    fresh = set(fs.leaf_dirs(new)) if new else set()
+    for rel in fs.leaf_dirs(target):
         if "/".join(rel.split("/")[skip:]) in rescored and rel not in fresh:
             fs.delete(f"{target}/{rel}")
 
@@ -122,7 +101,7 @@ def build_quarantine_tree(fs: HadoopFs, staging: str, run_id: str, quarantine: s
                and n != f"{REASON_COLUMN}={OK_REASON}"]
     if not reasons:
         return None
-    tree = _sibling(quarantine, "new", run_id)
+    tree = sibling(quarantine, "new", run_id)
     for rdir in reasons:
         reason = rdir.split("=", 1)[1]
         for cdir, is_dir in fs.list(f"{staging}/{rdir}"):
@@ -140,9 +119,18 @@ def new_output_dir(fs: HadoopFs, staging: str, output: str, run_id: str) -> str 
     src = ok_dir(staging)
     if not fs.exists(src):
         return None
-    dst = _sibling(output, "new", run_id)
+    dst = sibling(output, "new", run_id)
     fs.rename(src, dst)
     return dst
+
+
+def staged_counts(fs: HadoopFs, staging: str) -> dict[str, int]:
+    """Rows per reason as written: the staged files' Parquet footers, no Spark job."""
+    counts: dict[str, int] = {}
+    for rel in fs.files_under(staging):
+        reason = rel.split("/", 1)[0].split("=", 1)[1]
+        counts[reason] = counts.get(reason, 0) + fs.parquet_rows(f"{staging}/{rel}")
+    return {k: v for k, v in counts.items() if v}
 
 
 def mark_success(fs: HadoopFs, path: str) -> None:

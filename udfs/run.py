@@ -1,0 +1,323 @@
+"""A scoring run on the driver, as named steps: plan -> score into staging -> count and verify
+-> publish -> manifest.
+
+`run_scoring` takes a session and a validated `JobSpec` (it reads no config file and
+builds no session) and returns the `RunManifest` it wrote last.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchscore.udfs import publish
+from batchscore.udfs.arrow_lane import ArrowPlan, corrupt_parquet_files, with_predictions_from_files
+from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN
+from batchscore.udfs.binding import check_sample
+from batchscore.udfs.distribution import make_model_source
+from batchscore.udfs.errors import BatchscoreError, ConfigError, InputError
+from batchscore.udfs.inputs import read_input
+from batchscore.udfs.job_spec import JobSpec
+from batchscore.udfs.lanes import (
+    UNSORTED_WRITE,
+    arrow_batch_conf,
+    choose_arrow_plan,
+    sample_array_columns,
+    temporary_conf,
+)
+from batchscore.udfs.manifest import MANIFEST_NAME, InputInfo, ModelInfo, OutputInfo, RunManifest, SparkInfo
+from batchscore.udfs.scoring import ScoringPlan, arrow_schema_of, fixed_row_bytes, plan_scoring, with_predictions
+from batchscore.udfs.signature import ModelSignature, read_signature
+from batchscore.udfs.spark_errors import translate_spark_error
+from batchscore.udfs.stats import make_stats_accumulator, model_loads
+from batchscore.udfs.storage import HadoopFs, absolute, inside, pyarrow_uri
+
+log = logging.getLogger("batchscore")
+
+
+@dataclass
+class Clock:
+    """Wall times of a run: the whole run, the scoring part, and each phase."""
+
+    started_at: str = field(default_factory=lambda: _now())
+    t_start: float = field(default_factory=time.monotonic)
+    t_score: float = 0.0  # seconds_scoring: from the first read to the committed write
+    phases: dict[str, float] = field(default_factory=dict)
+    _t_phase: float = 0.0
+
+    def start_scoring(self) -> None:
+        self.t_score = time.monotonic()
+
+    def start_phases(self) -> None:
+        self._t_phase = time.monotonic()
+
+    def phase(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name] = round(now - self._t_phase, 3)
+        self._t_phase = now
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything decided on the driver before any scoring task runs."""
+
+    spec: JobSpec
+    run_id: str
+    out_path: str  # qualified
+    q_path: str  # qualified
+    keep: list[str]  # keep columns, then partition columns
+    signature: ModelSignature
+    df: Any  # the input DataFrame (the DataFrame lane's source, and rows_in's count)
+    scoring: ScoringPlan
+    arrow_plan: ArrowPlan | None  # None: the DataFrame lane
+    corrupt: list[str]  # input files skipped (input.ignore_corrupt_files)
+
+    @property
+    def lane(self) -> str:
+        return "dataframe" if self.arrow_plan is None else "arrow"
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What the scoring write left in staging."""
+
+    path: str
+    scored: Any  # the scored DataFrame (its schema makes an empty output)
+
+
+@dataclass(frozen=True)
+class Counts:
+    rows_in: int
+    rows_scored: int
+    rows_quarantined: int
+    reasons: dict[str, int]  # quarantined rows by reason
+
+
+def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None) -> RunManifest:
+    """Score `spec.input` with `spec.model` into the output and its quarantine; returns the manifest.
+
+    Raises:
+        BatchscoreError: a user error (config, input, model, schema, bad rows with on_bad_rows=fail).
+    """
+    clock = Clock()
+    fs = HadoopFs(spark)
+    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock)
+    acc = make_stats_accumulator(spark.sparkContext)
+    staging = publish.staging_path(plan.out_path, plan.run_id)
+    try:
+        staged = score_into_staging(spark, plan, staging, acc, clock=clock)
+        counts = count_and_verify(fs, plan, staged)
+        clock.phase("count")
+        publish_run(spark, fs, plan, staged)
+    finally:
+        publish.cleanup(fs, staging)
+    clock.phase("publish")
+    manifest = build_manifest(spark, plan, counts, acc.value, clock)
+    fs.write_bytes(f"{plan.out_path}/{MANIFEST_NAME}", manifest.to_json())
+    return manifest
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- plan ---
+
+
+def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock) -> RunPlan:
+    """Check paths, read the signature and the input, bind columns, choose the lane, check a sample.
+
+    Raises:
+        ConfigError, InputError, ModelError, SchemaError: before any scoring task runs.
+    """
+    out_path, q_path = output_paths(fs, spec)
+    signature = read_signature(absolute(spec.model.path), spec.model.signature)
+    clock.start_scoring()
+    df = open_input(spark, fs, spec)
+    clock.start_phases()
+    keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
+    schema = arrow_schema_of(df)
+    source = make_model_source(spark.sparkContext, signature.path, signature.fingerprint, spec.model.distribution)
+    scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
+                           batch_size=spec.model.batch_size, keep_columns=keep,
+                           rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows)
+    corrupt: list[str] = []
+    if spec.input.ignore_corrupt_files and spec.input.format == "parquet":
+        corrupt = corrupt_parquet_files(spark, spec.input.path)
+        for f in corrupt:
+            log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
+    arrow_plan = choose_arrow_plan(spark, spec.input, schema, scoring.input_columns, exclude=frozenset(corrupt))
+    try:
+        sample = sample_array_columns(df, scoring, arrow_plan)
+    except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
+        raise translate_spark_error(e) from None
+    check_sample(scoring.feeds, sample)
+    clock.phase("read_and_check")
+    return RunPlan(spec, run_id, out_path, q_path, keep, signature, df, scoring, arrow_plan, corrupt)
+
+
+def output_paths(fs: HadoopFs, spec: JobSpec) -> tuple[str, str]:
+    """Qualified output and quarantine paths; refuse outputs inside the input or model, and
+    an existing output under `output.mode: error`."""
+    out = fs.qualify(spec.output.path)
+    q = fs.qualify(spec.quarantine.path or spec.output.path.rstrip("/") + "_quarantine")
+    sources = {"model.path": fs.qualify(spec.model.path)}
+    if spec.input.format != "table":
+        sources["input.path"] = fs.qualify(spec.input.path)
+    for key, src in sources.items():
+        for name, p in (("output.path", out), ("quarantine.path", q)):
+            if inside(p, src) or inside(src, p):
+                raise ConfigError(f"{name} '{p}' overlaps {key} '{src}'; write somewhere else")
+    if inside(q, out) or inside(out, q):
+        raise ConfigError(f"quarantine.path '{q}' overlaps output.path '{out}'")
+    if spec.output.mode == "error" and fs.exists(out):
+        raise ConfigError(f"output.path '{out}' exists and output.mode is 'error'; "
+                          "choose overwrite, append or overwrite_partitions")
+    if spec.output.mode == "overwrite_partitions" and not spec.output.partition_by:
+        log.warning("output.mode overwrite_partitions without output.partition_by replaces the whole output")
+    return out, q
+
+
+def open_input(spark: Any, fs: HadoopFs, spec: JobSpec) -> Any:
+    """The input DataFrame; a missing path or a corrupt file met while Spark infers the schema is an InputError."""
+    if spec.input.format != "table" and not fs.exists(fs.qualify(spec.input.path)):
+        raise InputError(f"input.path '{spec.input.path}' does not exist")
+    try:
+        return read_input(spark, spec.input)
+    except BatchscoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - e.g. a corrupt file met while Spark infers the schema
+        raise translate_spark_error(e) from None
+
+
+# --- score into staging ---
+
+
+def score_into_staging(spark: Any, plan: RunPlan, staging: str, accumulator: Any, *, clock: Clock) -> Staged:
+    """Score every row and write it into `staging`, split by status (`bs__reason`, `bs__column`)
+    and the output's partition columns, with Spark's committers."""
+    write_conf = dict(UNSORTED_WRITE)
+    if plan.arrow_plan is not None:
+        scored = with_predictions_from_files(spark, plan.arrow_plan, plan.scoring, accumulator)
+    else:
+        scored = with_predictions(plan.df, plan.scoring, accumulator)
+        write_conf.update(arrow_batch_conf(spark, fixed_row_bytes(arrow_schema_of(plan.df), plan.scoring)))
+    log.info("scoring with the %s lane", plan.lane)
+    clock.phase("plan")
+    try:
+        with temporary_conf(spark, write_conf):
+            scored.write.mode("overwrite").partitionBy(
+                REASON_COLUMN, BAD_COLUMN, *plan.spec.output.partition_by).parquet(staging)
+    except Exception as e:  # noqa: BLE001
+        raise translate_spark_error(e) from None
+    clock.phase("score_and_write")
+    return Staged(staging, scored)
+
+
+# --- count and verify ---
+
+
+def count_and_verify(fs: HadoopFs, plan: RunPlan, staged: Staged) -> Counts:
+    """Rows written per status, checked against rows read.
+
+    Raises:
+        RuntimeError: rows_in != rows_scored + rows_quarantined (nothing is published).
+    """
+    reasons = publish.staged_counts(fs, staged.path)
+    rows_in = count_input(fs, plan)
+    rows_scored = reasons.pop("ok", 0)
+    rows_quarantined = sum(reasons.values())
+    if rows_in != rows_scored + rows_quarantined:
+        raise RuntimeError(
+            f"accounting failed: rows_in={rows_in} != rows_scored={rows_scored} + "
+            f"rows_quarantined={rows_quarantined}; nothing was published")
+    return Counts(rows_in, rows_scored, rows_quarantined, reasons)
+
+
+def count_input(fs: HadoopFs, plan: RunPlan) -> int:
+    """rows_in, counted apart from the scoring: Parquet footers of the files Spark lists when
+    nothing filters rows, else a Spark count of the filtered input."""
+    if plan.spec.input.format == "parquet" and not plan.spec.input.filter:
+        skip = {pyarrow_uri(c) for c in plan.corrupt}
+        return sum(fs.parquet_rows(f) for f in plan.df.inputFiles() if pyarrow_uri(f) not in skip)
+    return int(plan.df.count())
+
+
+# --- publish ---
+
+
+def publish_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> None:
+    """Make the staged output and quarantine visible by renames, in `output.mode`."""
+    mode, out_path, q_path, run_id = plan.spec.output.mode, plan.out_path, plan.q_path, plan.run_id
+    rescored = (publish.partitions_in(fs, staged.path)
+                if mode == "overwrite_partitions" and plan.spec.output.partition_by else None)
+    new_out = new_q = None
+    try:
+        new_out = publish.new_output_dir(fs, staged.path, out_path, run_id)
+        if new_out is None and (rescored is None or not fs.exists(out_path)):
+            new_out = write_empty_output(spark, fs, staged.scored, out_path, run_id)
+        new_q = publish.build_quarantine_tree(fs, staged.path, run_id, q_path)
+        if rescored is not None:  # a rescored partition keeps no rows of the last run beside the new ones
+            publish.drop_stale_partitions(fs, out_path, new_out, rescored, skip=0)
+            publish.drop_stale_partitions(fs, q_path, new_q, rescored, skip=2)
+        if new_out is not None:
+            publish.publish_dir(fs, new_out, out_path, mode, run_id)
+            new_out = None
+        q_mode = "overwrite" if mode == "error" else mode
+        if new_q is not None:
+            publish.publish_dir(fs, new_q, q_path, q_mode, run_id)
+            new_q = None
+        elif q_mode == "overwrite":
+            fs.delete(q_path)  # yesterday's bad rows are not today's
+        publish.mark_success(fs, out_path)
+    finally:
+        publish.cleanup(fs, new_out, new_q)
+
+
+def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run_id: str) -> str:
+    """No row was scored: an empty dataset with the output schema, beside the output, ready to publish."""
+    schema = scored.drop(REASON_COLUMN, BAD_COLUMN).schema
+    dst = publish.sibling(out_path, "new", run_id)
+    spark.createDataFrame([], schema).coalesce(1).write.parquet(dst)
+    fs.delete(f"{dst}/_SUCCESS")
+    return dst
+
+
+# --- manifest ---
+
+
+def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, Any], clock: Clock) -> RunManifest:
+    """The run's manifest from its plan, counts, the tasks' stats and its clock."""
+    spec, sig = plan.spec, plan.signature
+    seconds_scoring = time.monotonic() - clock.t_score
+    corrupt = set(plan.corrupt) | set(plan.arrow_plan.corrupt_files if plan.arrow_plan else [])
+    return RunManifest(
+        status="succeeded", run_id=plan.run_id,
+        rows_in=counts.rows_in, rows_scored=counts.rows_scored, rows_quarantined=counts.rows_quarantined,
+        quarantine_reasons=counts.reasons,
+        model=ModelInfo(sig.path, sig.fingerprint, sig.signature, spec.model.distribution, spec.model.batch_size),
+        input=InputInfo(spec.input.path, spec.input.format, spec.input.filter),
+        output=OutputInfo(plan.out_path, spec.output.mode, plan.q_path, [*plan.keep, *plan.scoring.output_names]),
+        lane=plan.lane,
+        started_at=clock.started_at,
+        finished_at=_now(),
+        seconds_total=round(time.monotonic() - clock.t_start, 3),
+        seconds_scoring=round(seconds_scoring, 3),
+        seconds_by_phase=clock.phases,
+        rows_per_second=round(counts.rows_in / seconds_scoring, 1) if seconds_scoring > 0 else None,
+        model_loads=model_loads(stats),
+        model_calls=stats.get("model_calls", 0),
+        max_rows_per_call=stats.get("max_call_rows", 0),
+        max_rows_per_batch=stats.get("max_batch_rows", 0),
+        python_workers=len(stats.get("loads", {})),
+        peak_worker_rss_mb=round(max(stats.get("peak_rss_mb", {}).values(), default=0), 1),
+        corrupt_files_skipped=len(corrupt) + int(stats.get("corrupt_files", 0)),
+        spark=SparkInfo(spark.version, spark.sparkContext.master),
+    )

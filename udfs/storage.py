@@ -1,0 +1,208 @@
+"""Paths and files, in one place.
+
+Two ways in, each where it must be used:
+
+- **pyarrow filesystems** read and list: executors reading input (no JVM there),
+  the driver planning and sampling the Arrow lane, the manifest check.
+- **Hadoop's FileSystem through the session** (`HadoopFs`) for everything Spark's
+  committers wrote or that needs the session's credentials: qualify, rename,
+  delete, publish, staged row counts, the manifest write.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from batchscore.udfs.errors import InputError
+
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+# --- path strings ---
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a URI (`s3a://`, `file:`, `dbfs:`) as given."""
+    return path if _SCHEME.match(path) else os.path.abspath(path)
+
+
+def inside(child: str, parent: str) -> bool:
+    """Whether `child` is `parent` or below it (plain string prefixes by path component)."""
+    return (child.rstrip("/") + "/").startswith(parent.rstrip("/") + "/")
+
+
+def pyarrow_uri(path: str) -> str:
+    """A path pyarrow's filesystems understand (Databricks and Hadoop spellings mapped)."""
+    if path.startswith("dbfs:/"):
+        return "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
+    if path.startswith("file://"):
+        return path[len("file://"):] or "/"
+    if path.startswith("file:"):
+        return path[len("file:"):]
+    if path.startswith(("s3a://", "s3n://")):
+        return "s3://" + path.split("://", 1)[1]
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path):
+        return path
+    return os.path.abspath(path)
+
+
+def hidden(rel: str) -> bool:
+    """Spark's and Hadoop's rule: a part starting with `_` or `.` is not data."""
+    return any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+
+# --- pyarrow: read and list ---
+
+
+def pyarrow_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) of a `pyarrow_uri`."""
+    if uri.startswith("/"):
+        return pafs.LocalFileSystem(), uri
+    return pafs.FileSystem.from_uri(uri)
+
+
+def list_input_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+    """Data files below `root` (or root itself if it is a file), sorted, hidden ones left out.
+
+    Raises:
+        InputError: root does not exist or cannot be listed.
+    """
+    try:
+        info = fs.get_file_info(root)
+    except OSError as e:
+        raise InputError(f"input.path '{root}' cannot be listed: {e}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"input.path '{root}' does not exist")
+    if info.type == pafs.FileType.File:
+        return [info]
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = [i for i in infos if i.type == pafs.FileType.File and not hidden(posixpath.relpath(i.path, root))]
+    return sorted(files, key=lambda i: i.path)
+
+
+def parquet_footer_ok(path: str, root_uri: str) -> bool:
+    """Whether a Parquet file below `root_uri` has a readable footer (runs on executors)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    fs, _ = pyarrow_fs(root_uri)
+    try:
+        with fs.open_input_file(path) as f:
+            pq.ParquetFile(f).metadata  # noqa: B018 - reads and checks the footer
+        return True
+    except Exception:  # noqa: BLE001 - any unreadable file counts as corrupt
+        return False
+
+
+def read_bytes(path: str) -> bytes:
+    """A small file's bytes: local paths, `file:` and URIs pyarrow opens (s3://, hdfs://, ...).
+
+    Raises:
+        FileNotFoundError: it does not exist. OSError: it cannot be read.
+    """
+    fs, inner = pyarrow_fs(pyarrow_uri(path))
+    with fs.open_input_stream(inner) as fh:
+        return fh.read()
+
+
+# --- Hadoop, through the session: what Spark wrote, and publishing ---
+
+
+class HadoopFs:
+    """Thin wrapper over `org.apache.hadoop.fs.FileSystem` through the session's JVM."""
+
+    def __init__(self, spark: Any) -> None:
+        self._jvm = spark.sparkContext._jvm
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def _path(self, p: str) -> tuple[Any, Any]:
+        jp = self._jvm.org.apache.hadoop.fs.Path(p)
+        return jp.getFileSystem(self._conf), jp
+
+    def qualify(self, p: str) -> str:
+        """The fully qualified URI of a path (`file:/...`, `s3a://bucket/...`); local paths made absolute."""
+        fs, jp = self._path(absolute(p))
+        return str(fs.makeQualified(jp).toString())
+
+    def exists(self, p: str) -> bool:
+        fs, jp = self._path(p)
+        return bool(fs.exists(jp))
+
+    def list(self, p: str) -> list[tuple[str, bool]]:
+        """(name, is_dir) of the children of a directory; [] if it does not exist."""
+        fs, jp = self._path(p)
+        if not fs.exists(jp):
+            return []
+        return [(st.getPath().getName(), bool(st.isDirectory())) for st in fs.listStatus(jp)]
+
+    def mkdirs(self, p: str) -> None:
+        fs, jp = self._path(p)
+        fs.mkdirs(jp)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move src to dst, which must not exist (Hadoop would move src *into* it)."""
+        fs, s = self._path(src)
+        _, d = self._path(dst)
+        if fs.exists(d):
+            raise OSError(f"cannot move '{src}' to '{dst}': destination exists")
+        if not fs.rename(s, d):
+            raise OSError(f"cannot move '{src}' to '{dst}'")
+
+    def delete(self, p: str) -> None:
+        fs, jp = self._path(p)
+        if fs.exists(jp):
+            fs.delete(jp, True)
+
+    def write_bytes(self, p: str, data: bytes) -> None:
+        fs, jp = self._path(p)
+        out = fs.create(jp, True)
+        try:
+            out.write(bytearray(data))
+        finally:
+            out.close()
+
+    def parquet_rows(self, p: str) -> int:
+        """Row count from a Parquet file's footer: pyarrow for local files, else Hadoop's
+        Parquet reader (any Hadoop filesystem, with the session's credentials)."""
+        if p.startswith(("file:", "/")):
+            import pyarrow.parquet as pq  # noqa: PLC0415
+
+            return int(pq.read_metadata(pyarrow_uri(p)).num_rows)
+        jp = self._jvm.org.apache.hadoop.fs.Path(p)
+        parquet = self._jvm.org.apache.parquet.hadoop
+        reader = parquet.ParquetFileReader.open(parquet.util.HadoopInputFile.fromPath(jp, self._conf))
+        try:
+            return int(reader.getRecordCount())
+        finally:
+            reader.close()
+
+    def walk(self, root: str) -> list[tuple[str, list[str]]]:
+        """(relative directory, its data file names) for every directory below root holding
+        data files directly; hidden names (`_`, `.`) left out. `""` is root itself."""
+        out: list[tuple[str, list[str]]] = []
+
+        def visit(rel: str) -> None:
+            files = []
+            for name, is_dir in self.list(f"{root}/{rel}" if rel else root):
+                if name.startswith(("_", ".")):
+                    continue
+                if is_dir:
+                    visit(f"{rel}/{name}" if rel else name)
+                else:
+                    files.append(name)
+            if files:
+                out.append((rel, sorted(files)))
+
+        visit("")
+        return sorted(out)
+
+    def files_under(self, root: str) -> list[str]:
+        """Relative paths of all data files below root."""
+        return sorted(f"{rel}/{name}" if rel else name for rel, names in self.walk(root) for name in names)
+
+    def leaf_dirs(self, root: str) -> list[str]:
+        """Relative paths of the directories below root that hold data files directly."""
+        return [rel for rel, _ in self.walk(root)]
