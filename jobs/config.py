@@ -18,6 +18,9 @@ DEFAULTS: dict[str, Any] = {
         "columns": {},
         "lane": "auto",
         "ignore_corrupt_files": False,
+        "pad": {},  # variable-length input -> padding value
+        "pad_multiple": 1,
+        "mask": {},  # mask input -> the padded input whose row lengths fill it
     },
     "model": {
         "path": None,
@@ -44,7 +47,7 @@ CHOICES = {
     "quarantine.on_bad_rows": ("quarantine", "fail"),
 }
 # Sections whose keys are free-form (Spark conf, column maps).
-FREE_FORM = ("spark", "input.columns", "output.rename")
+FREE_FORM = ("spark", "input.columns", "input.pad", "input.mask", "output.rename")
 
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -154,3 +157,23 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ConfigError("config key 'input.columns' must be a mapping (input -> column) or a list of columns")
     if not isinstance(cfg["input"]["ignore_corrupt_files"], bool):
         raise ConfigError("config key 'input.ignore_corrupt_files' must be true or false")
+    _validate_padding(cfg["input"])
+
+
+def _validate_padding(inp: dict[str, Any]) -> None:
+    """input.pad / input.mask are mappings keyed by input name; input.pad_multiple a positive int."""
+    for key in ("pad", "mask"):
+        if inp[key] is None:
+            inp[key] = {}
+        if not isinstance(inp[key], dict):
+            raise ConfigError(f"config key 'input.{key}' must be a mapping (input name -> "
+                              + ("padding value)" if key == "pad" else "padded input name)"))
+    for name, value in inp["pad"].items():
+        if value is None or isinstance(value, (dict, list)):
+            raise ConfigError(f"config key 'input.pad.{name}' must be a scalar padding value, got {value!r}")
+    for name, source in inp["mask"].items():
+        if not isinstance(source, str):
+            raise ConfigError(f"config key 'input.mask.{name}' must name the padded input it masks, got {source!r}")
+    m = inp["pad_multiple"]
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ConfigError(f"config key 'input.pad_multiple' must be a positive integer, got {m!r}")

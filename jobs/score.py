@@ -123,7 +123,8 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
     source = make_model_source(spark.sparkContext, signature.path, signature.fingerprint, m["distribution"])
     plan = plan_scoring(signature, schema, source, columns=cfg["input"]["columns"],
                         batch_size=m["batch_size"], keep_columns=keep,
-                        rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"])
+                        rename=cfg["output"]["rename"], on_bad_rows=cfg["quarantine"]["on_bad_rows"],
+                        pad=cfg["input"]["pad"], pad_multiple=cfg["input"]["pad_multiple"], mask=cfg["input"]["mask"])
     corrupt: list[str] = []
     if cfg["input"]["ignore_corrupt_files"] and cfg["input"]["format"] == "parquet":
         corrupt = corrupt_parquet_files(spark, cfg["input"]["path"])

@@ -34,6 +34,7 @@ class ScoringPlan:
     keep_columns: tuple[str, ...]
     output_names: tuple[str, ...]
     on_bad_rows: str = "quarantine"
+    pad_multiple: int = 1  # padded inputs: each call's length rounded up to a multiple of this
 
     @property
     def input_columns(self) -> list[str]:
@@ -53,19 +54,30 @@ def plan_scoring(
     keep_columns: Iterable[str] = (),
     rename: dict[str, str] | None = None,
     on_bad_rows: str = "quarantine",
+    pad: dict[str, Any] | None = None,
+    pad_multiple: int = 1,
+    mask: dict[str, str] | None = None,
 ) -> ScoringPlan:
     """Bind and check everything on the driver, before any task runs.
+
+    Args:
+        pad: variable-length input -> padding value (`input.pad`).
+        pad_multiple: round each call's padded length up to a multiple of this.
+        mask: mask input -> the padded input whose row lengths fill it (`input.mask`).
 
     Raises:
         SchemaError: a feature or keep column is missing or of the wrong type, or
             an output name clashes with a kept column.
-        ConfigError: a bad batch size or on_bad_rows value.
+        ConfigError: a bad batch size, on_bad_rows, pad, pad_multiple or mask value.
+        ModelError: an input of unknown inner dimension that `pad`/`mask` leave out.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"model.batch_size must be a positive integer, got {batch_size!r}")
     if on_bad_rows not in ON_BAD_ROWS:
         raise ConfigError(f"quarantine.on_bad_rows must be one of {', '.join(ON_BAD_ROWS)}, got '{on_bad_rows}'")
-    feeds = bind_inputs(signature, schema, columns)
+    if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 1:
+        raise ConfigError(f"input.pad_multiple must be a positive integer, got {pad_multiple!r}")
+    feeds = bind_inputs(signature, schema, columns, pad=pad, mask=mask)
     keep = tuple(keep_columns)
     for c in keep:
         if schema.get_field_index(c) < 0:
@@ -83,7 +95,7 @@ def plan_scoring(
             f"output column '{clash[0]}' would appear twice (model output and keep column); "
             "use output.rename"
         )
-    return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows)
+    return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows, pad_multiple)
 
 
 def scored_schema(plan: ScoringPlan, schema: pa.Schema) -> pa.Schema:
@@ -139,7 +151,8 @@ def score_batches(
     loads_before = model_cache.load_count()
     predict = model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature, _load(plan))
     scorer = StreamScorer(
-        plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names)
+        plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names),
+        pad_multiple=plan.pad_multiple,
     )
     fault = _test_fault()
     try:
