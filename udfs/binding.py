@@ -155,7 +155,7 @@ def pad_value(spec: TensorSpec, value: Any) -> Any:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok:
         raise ConfigError(
-            f"input.pad.{spec.name} must be a {dtype} padding value for model input '{spec.name}', got {value!r}"
+            f"input.pad.{spec.name} must be a padding value of dtype {dtype} (model input '{spec.name}'), got {value!r}"
         )
     return value if dtype == "string" else np.asarray(value, dtype=tt.numpy_dtype(dtype))[()]
 
