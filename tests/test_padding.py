@@ -12,14 +12,9 @@ import os
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from batchscore.jobs.config import load_config
 from batchscore.jobs.score import main, run_scoring
-from batchscore.udfs import convert
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import bind_inputs, check_sample
 from batchscore.udfs.distribution import ModelSource
@@ -27,6 +22,9 @@ from batchscore.udfs.errors import ConfigError, ModelError, SchemaError
 from batchscore.udfs.model_cache import load_saved_model
 from batchscore.udfs.scoring import fixed_row_bytes, plan_scoring
 from batchscore.udfs.signature import ModelSignature, TensorSpec, read_signature
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests import support
 
 TOKENS_SIG = ModelSignature(
@@ -194,8 +192,8 @@ def test_fixed_inner_dims_after_the_variable_one_are_validated(nested: bool) -> 
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({}, ModelError, r"signature input 'mask' has shape \[None, None\] with an unknown inner dimension; "
-                         r"set input.pad.mask"),
+        ({}, ModelError, (r"signature input 'mask' has shape \[None, None\] with an unknown inner dimension; "
+                         r"set input.pad.mask")),
         ({"pad": {"tokens": 0}}, ModelError, r"unknown inner dimension; set input.pad.mask .*input.mask.mask"),
         ({"pad": {"tokens": 0, "nope": 1}, "mask": {"mask": "tokens"}}, ConfigError,
          r"input.pad.nope: 'nope' is not an input"),
@@ -245,6 +243,9 @@ def test_plan_with_padding_has_variable_rows_and_skips_the_length_sample() -> No
     assert plan.input_columns == ["id", "tokens"] and plan.pad_multiple == 8
     assert fixed_row_bytes(TOKENS_SCHEMA, plan) is None
     check_sample(plan.feeds, pa.table({"tokens": pa.array([[1, 2, 3], [4]], pa.list_(pa.int64()))}))
+    per_token = ModelSignature("/m", "s", TOKENS_SIG.inputs, (TensorSpec("logits", "float32", (None, 5)),), "f" * 16)
+    with pytest.raises(ModelError, match=r"model output 'logits' has shape \[None, None, 5\]: with input.pad.tokens"):
+        plan_scoring(per_token, TOKENS_SCHEMA, source, pad={"tokens": 0}, mask={"mask": "tokens"})
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -394,6 +395,6 @@ def test_job_without_input_pad_exits_2_naming_the_key(monkeypatch, capsys, token
     assert code == 2 and "set input.pad.mask" in err[0], err
     code = main([*args, "--set", "input.pad={tokens: 0}", "--set", "input.mask={mask: tokenz}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["error: input.mask.mask: its source 'tokenz' must be a padded input "
-                                 "(set input.pad.tokenz)"], err
+    assert code == 2 and err == [("error: input.mask.mask: its source 'tokenz' must be a padded input "
+                                 "(set input.pad.tokenz)")], err
     assert not os.path.exists(tmp_path / "out")

@@ -16,7 +16,7 @@ from batchscore.udfs import tensor_types as tt
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import InputFeed, bind_inputs, required_columns
 from batchscore.udfs.distribution import ModelSource
-from batchscore.udfs.errors import BadRowsError, ConfigError, SchemaError
+from batchscore.udfs.errors import BadRowsError, ConfigError, ModelError, SchemaError
 from batchscore.udfs.signature import ModelSignature
 from batchscore.udfs.worker_tuning import keep_spark_zip_directories
 
@@ -78,6 +78,7 @@ def plan_scoring(
     if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, int) or pad_multiple < 1:
         raise ConfigError(f"input.pad_multiple must be a positive integer, got {pad_multiple!r}")
     feeds = bind_inputs(signature, schema, columns, pad=pad, mask=mask)
+    _check_padded_outputs(signature, feeds)
     keep = tuple(keep_columns)
     for c in keep:
         if schema.get_field_index(c) < 0:
@@ -96,6 +97,20 @@ def plan_scoring(
             "use output.rename"
         )
     return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows, pad_multiple)
+
+
+def _check_padded_outputs(signature: ModelSignature, feeds: tuple[InputFeed, ...]) -> None:
+    """With padding, each call has its own length: outputs of unknown width cannot be joined across calls."""
+    padded = [f.name for f in feeds if f.padded]
+    if not padded:
+        return
+    for o in signature.outputs:
+        if any(d is None for d in o.shape):
+            raise ModelError(
+                f"model output '{o.name}' has shape {[None, *o.shape]}: with input.pad.{padded[0]} its width "
+                "would follow each call's padded length; per-position outputs are not supported, "
+                "return outputs of fixed inner dimensions (e.g. pooled over positions)"
+            )
 
 
 def scored_schema(plan: ScoringPlan, schema: pa.Schema) -> pa.Schema:
