@@ -225,6 +225,9 @@ def test_bind_padding_errors_on_fixed_inputs_and_columns() -> None:
         bind_inputs(VEC_SIG, pa.schema([("x", pa.list_(pa.list_(pa.float32(), 3)))]), pad={"x": 0.0})
     with pytest.raises(SchemaError, match=r"column 'x' is array<string>, but model input 'x' wants float32"):
         bind_inputs(VEC_SIG, pa.schema([("x", pa.list_(pa.string()))]), pad={"x": 0.0})
+    late = ModelSignature("/m", "s", (TensorSpec("x", "float32", (None, 4, None)),), (), "f" * 16)
+    with pytest.raises(ModelError, match=r"'x' has shape \[None, None, 4, None\] .* after the first"):
+        bind_inputs(late, pa.schema([("x", pa.list_(pa.float32()))]), pad={"x": 0.0})
     fixed_mask = ModelSignature("/m", "s", (TensorSpec("m", "int32", (None, 2)), TensorSpec("t", "int64", (None,))),
                                 (), "f" * 16)
     with pytest.raises(SchemaError, match=r"input.mask.m: model input 'm' is int32 \[batch, None, 2\]"):

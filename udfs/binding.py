@@ -101,6 +101,12 @@ def _check_pad_and_mask(
 ) -> None:
     """`input.pad` and `input.mask` name variable inputs; every variable input is named by one."""
     specs = {s.name: s for s in signature.inputs}
+    for spec in signature.inputs:  # read_signature refuses these for SavedModels; .keras inputs come here
+        if any(d is None for d in spec.shape[1:]):
+            raise ModelError(
+                f"signature input '{spec.name}' has shape {[None, *spec.shape]} with an unknown inner dimension "
+                "after the first; only the first inner dimension may vary (input.pad)"
+            )
     listed = f"inputs of signature '{signature.signature}': {', '.join(specs)}"
     for key, names in (("input.pad", pad), ("input.mask", mask)):
         for name in names:
