@@ -45,20 +45,29 @@ class ScoreStats:
         }
 
 
+Rows = np.ndarray | convert.Ragged  # a padded input stays Ragged until its chunk is padded
+
+
+def _concat(parts: list[Rows]) -> Rows:
+    if isinstance(parts[0], convert.Ragged):
+        return convert.Ragged.concat(parts)  # type: ignore[arg-type]  # all parts of one key share a kind
+    return np.concatenate(parts)
+
+
 class _Fifo:
-    """A queue of row-aligned numpy dicts that can give back exactly n rows."""
+    """A queue of row-aligned dicts (numpy arrays, or Ragged rows) that can give back exactly n rows."""
 
     def __init__(self) -> None:
-        self._parts: deque[dict[str, np.ndarray]] = deque()
+        self._parts: deque[dict[str, Rows]] = deque()
         self.rows = 0
 
-    def push(self, part: dict[str, np.ndarray], rows: int) -> None:
+    def push(self, part: dict[str, Rows], rows: int) -> None:
         if rows:
             self._parts.append(part)
             self.rows += rows
 
-    def take(self, n: int) -> dict[str, np.ndarray]:
-        taken: list[dict[str, np.ndarray]] = []
+    def take(self, n: int) -> dict[str, Rows]:
+        taken: list[dict[str, Rows]] = []
         need = n
         while need:
             head = self._parts[0]
@@ -73,7 +82,7 @@ class _Fifo:
         self.rows -= n
         if len(taken) == 1:
             return taken[0]
-        return {k: np.concatenate([t[k] for t in taken]) for k in taken[0]}
+        return {k: _concat([t[k] for t in taken]) for k in taken[0]}
 
 
 @dataclass
@@ -88,7 +97,9 @@ class StreamScorer:
     """Scores a stream of Arrow batches with one model.
 
     Output batches hold the keep columns, one column per signature output, and
-    the row's reason (`ok` or a quarantine code) and offending column.
+    the row's reason (`ok` or a quarantine code) and offending column. Padded
+    inputs are padded per model call to that call's longest row, rounded up to
+    `pad_multiple`.
     """
 
     signature: ModelSignature
@@ -98,10 +109,13 @@ class StreamScorer:
     keep_columns: list[str]
     output_names: list[str]
     stats: ScoreStats = field(default_factory=ScoreStats)
+    pad_multiple: int = 1
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.pad_multiple < 1:
+            raise ValueError("pad_multiple must be >= 1")
         self._columns = required_columns(self.feeds)
         self._column_names = np.array([*self._columns, NO_COLUMN], dtype=object)
         self._filler: dict[str, np.ndarray] | None = None  # one row of outputs, once the model has worked
@@ -129,8 +143,9 @@ class StreamScorer:
         while pending:
             yield self._emit(pending.popleft(), fifo_out)
 
-    def _call(self, chunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _call(self, chunk: dict[str, Rows]) -> dict[str, np.ndarray]:
         m = len(next(iter(chunk.values())))
+        chunk = convert.pad_inputs(chunk, self.feeds, self.pad_multiple)  # [m, length, ...] per padded input
         self.stats.model_calls += 1
         self.stats.max_call_rows = max(self.stats.max_call_rows, m)
         try:

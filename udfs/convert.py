@@ -4,6 +4,10 @@ Plain functions of Arrow and numpy, testable without Spark or TensorFlow.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,6 +44,78 @@ class RowFlags:
         return self.reason == OK
 
 
+@dataclass(frozen=True)
+class Ragged:
+    """Rows of one padded input, each of its own length, until a model chunk is padded.
+
+    Row i is `values[offsets[i]:offsets[i + 1]]`. Slicing by rows and `concat`
+    mirror numpy's, so the re-chunking queue moves these like dense arrays.
+    """
+
+    values: np.ndarray  # [sum(lengths), *inner]: the rows' positions, back to back
+    lengths: np.ndarray  # [n] int64: positions per row
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        out = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=out[1:])
+        return out
+
+    def __getitem__(self, rows: slice) -> Ragged:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise ValueError("Ragged rows slice with step 1 only")
+        offsets = self.offsets
+        return Ragged(self.values[offsets[start]:offsets[max(start, stop)]], self.lengths[start:stop])
+
+    @staticmethod
+    def concat(parts: Sequence[Ragged]) -> Ragged:
+        return Ragged(np.concatenate([p.values for p in parts]), np.concatenate([p.lengths for p in parts]))
+
+    def padded(self, length: int, value: Any) -> np.ndarray:
+        """`[n, length, *inner]`: each row's positions, then `value` up to `length`."""
+        n, lengths = len(self), self.lengths
+        out = np.full((n, length, *self.values.shape[1:]), value, dtype=self.values.dtype)
+        rows = np.repeat(np.arange(n), lengths)
+        positions = np.arange(len(self.values)) - np.repeat(self.offsets[:-1], lengths)
+        out[rows, positions] = self.values
+        return out
+
+    def mask(self, length: int, dtype: object) -> np.ndarray:
+        """`[n, length]`: 1 for each row's positions, 0 for its padding."""
+        return (np.arange(length)[None, :] < self.lengths[:, None]).astype(dtype)
+
+
+def padded_length(longest: int, multiple: int) -> int:
+    """The length a chunk is padded to: its longest row (at least 1), rounded up to `multiple`."""
+    return -(-max(longest, 1) // multiple) * multiple
+
+
+def pad_inputs(
+    chunk: dict[str, np.ndarray | Ragged], feeds: tuple[InputFeed, ...], multiple: int = 1
+) -> dict[str, np.ndarray]:
+    """Dense model inputs for one chunk: padded inputs and masks share one length.
+
+    All padded inputs of a call (token ids, type ids) get the chunk's longest row
+    among them, rounded up to `multiple`, so inputs the model combines line up.
+    """
+    ragged = [v for v in chunk.values() if isinstance(v, Ragged)]
+    if not ragged:
+        return chunk  # type: ignore[return-value]  # no Ragged in it: all numpy
+    length = padded_length(max(int(r.lengths.max(initial=0)) for r in ragged), multiple)
+    out: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        if feed.mask_of is not None:
+            out[feed.name] = chunk[feed.mask_of].mask(length, tt.numpy_dtype(feed.spec.dtype))  # [m, length]
+            continue
+        v = chunk[feed.name]
+        out[feed.name] = v.padded(length, feed.pad) if isinstance(v, Ragged) else v  # [m, length, *inner]
+    return out
+
+
 def batch_to_inputs(
     batch: pa.RecordBatch, feeds: tuple[InputFeed, ...], columns: list[str]
 ) -> tuple[dict[str, np.ndarray], RowFlags]:
@@ -51,16 +127,23 @@ def batch_to_inputs(
         columns: names used for `RowFlags.column` indices (the required columns).
 
     Returns:
-        (inputs of the good rows, each `[n_good, *shape]`; per-row flags).
+        (inputs of the good rows, each `[n_good, *shape]`, or `Ragged` rows of a
+        padded input (masks are made when a chunk is padded); per-row flags).
     """
     n = batch.num_rows
     flags = RowFlags(n)
     # values: one entry per row (scalars, stacked) or per leaf element (lists),
     # with row_of mapping leaf elements to rows.
     raw: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    variable: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for feed in feeds:
         spec = feed.spec
-        if feed.stacked and feed.packed:
+        if feed.mask_of is not None:
+            continue
+        if feed.padded:
+            c = feed.columns[0]
+            variable[spec.name] = _variable_values(batch.column(c), feed, flags, columns.index(c))
+        elif feed.stacked and feed.packed:
             cols = [columns.index(c) for c in feed.columns]
             raw[spec.name] = (_packed_values(batch.column(feed.packed), spec, flags, cols), None)  # [n, D]
         elif feed.stacked:
@@ -75,8 +158,16 @@ def batch_to_inputs(
     good = flags.good
     all_good = bool(good.all())
     n_good = n if all_good else int(good.sum())
-    inputs = {}
+    inputs: dict[str, Any] = {}
     for feed in feeds:
+        if feed.name in variable:
+            values, row_of, lengths = variable[feed.name]
+            if not all_good:
+                values, lengths = values[good[row_of]], lengths[good]
+            inputs[feed.name] = Ragged(values.reshape(-1, *feed.spec.shape[1:]), lengths)  # [positions, *inner]
+    for feed in feeds:
+        if feed.name not in raw:
+            continue
         values, row_of = raw[feed.name]
         if not all_good:
             # Good rows hold exactly `size` leaf values each, in row order.
@@ -189,6 +280,46 @@ def _list_values(
         idx = np.flatnonzero(bad)
         flags.mark(row_of[idx] if row_of is not None else idx // per_row, NON_FINITE, col)
     return values, row_of
+
+
+def _variable_values(
+    arr: pa.Array, feed: InputFeed, flags: RowFlags, col: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A padded input's rows: (values `[positions, *inner]`, the row of each leaf value,
+    positions per row), flagging null lists, null elements, wrong fixed inner lengths
+    and non-finite values as `_list_values` does.
+
+    A flat (depth-1) column holds each row's positions back to back; its length must be a
+    multiple of the fixed inner size. A nested column is checked level by level.
+    """
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    spec = feed.spec
+    dims = (None,) if feed.depth == 1 else spec.shape  # None: the variable level
+    row_of = np.arange(len(arr))
+    level, per_row = arr, None
+    for d in dims:
+        lengths = pc.list_value_length(level)
+        if lengths.null_count:
+            flags.mark(row_of[np.asarray(lengths.is_null())], NULL_FEATURE, col)
+        # flatten() leaves out null lists' values: they count as empty
+        lengths = pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        if d is not None:
+            flags.mark(row_of[lengths != d], BAD_SHAPE, col)  # null inner lists are flagged already
+        if per_row is None:
+            per_row = lengths
+        row_of = np.repeat(row_of, lengths)
+        level = level.flatten()
+    if level.null_count:
+        flags.mark(row_of[np.asarray(level.is_null())], NULL_FEATURE, col)
+    if feed.depth == 1 and spec.position_size != 1:
+        flags.mark(per_row % spec.position_size != 0, BAD_SHAPE, col)
+        per_row = per_row // spec.position_size
+    values = _to_numpy(level, spec)
+    bad = _non_finite(values, spec)
+    if bad is not None:
+        flags.mark(row_of[np.flatnonzero(bad)], NON_FINITE, col)
+    return values, row_of, per_row
 
 
 def outputs_to_arrow(

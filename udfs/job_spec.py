@@ -96,11 +96,13 @@ _EXPECTED = {
     "input.ignore_corrupt_files": "must be true or false",
     "output.partition_by": "must be a list of column names",
     "output.keep_columns": "must be a list of column names",
+    "input.pad": "must be a mapping (input name -> padding value)",
+    "input.mask": "must be a mapping (mask input -> the padded input it masks)",
 }
 # ... and for one entry of a mapping key (`output.rename.<output>`).
 _ENTRY_EXPECTED = {
-    "input.pad": "must be a number or a string (the pad value)",
-    "input.mask": "must be a string (a column name)",
+    "input.pad": "must be a scalar padding value (a number or a string)",
+    "input.mask": "must name the padded input it masks",
     "output.rename": "must be a string (a column name)",
 }
 

@@ -64,8 +64,9 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
 
 def sample_array_columns(df: Any, plan: ScoringPlan, arrow_plan: ArrowPlan | None, rows: int = 100) -> pa.Table:
     """The first rows of the array feature columns, as Arrow (for the early length check):
-    read with pyarrow on the driver for the Arrow lane, else through a small Spark job."""
-    cols = [f.columns[0] for f in plan.feeds if not f.stacked and f.depth > 0]
+    read with pyarrow on the driver for the Arrow lane, else through a small Spark job.
+    Padded (variable-length) inputs have no length to check and are not read."""
+    cols = [f.columns[0] for f in plan.feeds if not f.stacked and f.depth > 0 and not f.padded]
     if not cols:
         return pa.table({})
     if arrow_plan is not None:

@@ -147,7 +147,8 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
     source = make_model_source(spark.sparkContext, signature.path, signature.fingerprint, spec.model.distribution)
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
                            batch_size=spec.model.batch_size, keep_columns=keep,
-                           rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows)
+                           rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
+                           pad=spec.input.pad, pad_multiple=spec.input.pad_multiple, mask=spec.input.mask)
     corrupt: list[str] = []
     if spec.input.ignore_corrupt_files and spec.input.format == "parquet":
         corrupt = corrupt_parquet_files(spark, spec.input.path)

@@ -16,7 +16,7 @@ from batchscore.udfs import tensor_types as tt
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import InputFeed, bind_inputs, required_columns
 from batchscore.udfs.distribution import ModelSource
-from batchscore.udfs.errors import BadRowsError, ConfigError, SchemaError
+from batchscore.udfs.errors import BadRowsError, ConfigError, ModelError, SchemaError
 from batchscore.udfs.signature import ModelSignature
 from batchscore.udfs.worker_tuning import keep_spark_zip_directories
 
@@ -31,6 +31,7 @@ class ScoringPlan:
     keep_columns: tuple[str, ...]
     output_names: tuple[str, ...]
     on_bad_rows: Literal["quarantine", "fail"] = "quarantine"
+    pad_multiple: int = 1  # padded inputs: each call's length rounded up to a multiple of this
 
     @property
     def input_columns(self) -> list[str]:
@@ -50,17 +51,29 @@ def plan_scoring(
     keep_columns: Iterable[str] = (),
     rename: dict[str, str] | None = None,
     on_bad_rows: Literal["quarantine", "fail"] = "quarantine",
+    pad: dict[str, Any] | None = None,
+    pad_multiple: int = 1,
+    mask: dict[str, str] | None = None,
 ) -> ScoringPlan:
     """Bind and check everything on the driver, before any task runs.
 
-    `batch_size` and `on_bad_rows` come validated from the JobSpec (udfs.job_spec).
+    `batch_size`, `on_bad_rows` and `pad_multiple` come validated from the JobSpec
+    (udfs.job_spec).
+
+    Args:
+        pad: variable-length input -> padding value (`input.pad`).
+        pad_multiple: round each call's padded length up to a multiple of this.
+        mask: mask input -> the padded input whose row lengths fill it (`input.mask`).
 
     Raises:
         SchemaError: a feature or keep column is missing or of the wrong type, or
             an output name clashes with a kept column.
-        ConfigError: `output.rename` names something that is not a model output.
+        ConfigError: `output.rename` names something that is not a model output, or a
+            bad pad or mask value.
+        ModelError: an input of unknown inner dimension that `pad`/`mask` leave out.
     """
-    feeds = bind_inputs(signature, schema, columns)
+    feeds = bind_inputs(signature, schema, columns, pad=pad, mask=mask)
+    _check_padded_outputs(signature, feeds)
     keep = tuple(keep_columns)
     for c in keep:
         if schema.get_field_index(c) < 0:
@@ -78,7 +91,21 @@ def plan_scoring(
             f"output column '{clash[0]}' would appear twice (model output and keep column); "
             "use output.rename"
         )
-    return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows)
+    return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows, pad_multiple)
+
+
+def _check_padded_outputs(signature: ModelSignature, feeds: tuple[InputFeed, ...]) -> None:
+    """With padding, each call has its own length: outputs of unknown width cannot be joined across calls."""
+    padded = [f.name for f in feeds if f.padded]
+    if not padded:
+        return
+    for o in signature.outputs:
+        if any(d is None for d in o.shape):
+            raise ModelError(
+                f"model output '{o.name}' has shape {[None, *o.shape]}: with input.pad.{padded[0]} its width "
+                "would follow each call's padded length; per-position outputs are not supported, "
+                "return outputs of fixed inner dimensions (e.g. pooled over positions)"
+            )
 
 
 def scored_schema(plan: ScoringPlan, schema: pa.Schema) -> pa.Schema:
@@ -134,7 +161,8 @@ def score_batches(
     loads_before = model_cache.load_count()
     predict = model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature, _load(plan))
     scorer = StreamScorer(
-        plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names)
+        plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names),
+        pad_multiple=plan.pad_multiple,
     )
     try:
         for out in scorer.score(batches):

@@ -26,6 +26,19 @@ class TensorSpec:
             n *= d or 0
         return n
 
+    @property
+    def variable(self) -> bool:
+        """Whether the first inner dimension is unknown (`[None, None, ...]`: token ids, masks)."""
+        return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def position_size(self) -> int:
+        """Values per position of a variable input: the product of the fixed dims after the first."""
+        n = 1
+        for d in self.shape[1:]:
+            n *= d or 0
+        return n
+
 
 @dataclass(frozen=True)
 class ModelSignature:
@@ -88,7 +101,9 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
 
     Raises:
         ModelError: the path is not a SavedModel, or has no such signature, or the
-            signature uses a dtype or shape the engine cannot feed.
+            signature uses a dtype or shape the engine cannot feed. An input whose
+            first inner dimension is unknown is returned as is: binding refuses it
+            unless `input.pad` (or `input.mask`) names it.
     """
     if not os.path.exists(path):
         raise ModelError(f"model.path '{path}' does not exist")
@@ -126,10 +141,13 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
         inner = tuple(None if d < 0 else d for d in dims[1:])
         if not tensor_types.supported(dtype):
             raise ModelError(f"signature {role} '{key}' has dtype {dtype}, which cannot be fed from Spark")
-        if role == "input" and any(d is None for d in inner):
+        # An unknown first inner dimension is fed by padding (input.pad; checked when the
+        # inputs are bound); unknown dimensions after it cannot be fed.
+        if role == "input" and any(d is None for d in inner[1:]):
             raise ModelError(
-                f"signature input '{key}' has shape {[None, *inner]} with an unknown inner dimension; "
-                "export the model with fixed inner dimensions"
+                f"signature input '{key}' has shape {[None, *inner]} with an unknown inner dimension "
+                "after the first; only the first inner dimension may vary (input.pad), "
+                "export the model with fixed dimensions after it"
             )
         return TensorSpec(key, dtype, inner)
 
