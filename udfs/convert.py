@@ -267,7 +267,10 @@ def _list_values(
             row_of = np.arange(len(level)) // per_row
         if row_of is not None:
             flags.mark(row_of[wrong], BAD_SHAPE, col)
-            row_of = row_of[pc.list_parent_indices(level).to_numpy()]
+            parents = pc.list_parent_indices(level).to_numpy()
+            if has_null:  # flatten() leaves out values stored behind null lists; so must the parents
+                parents = parents[np.asarray(level.is_valid())[parents]]
+            row_of = row_of[parents]
         level = level.flatten()
         per_row *= d
         if level.null_count:
