@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from batchscore.jobs.config import load_config
-from batchscore.jobs.session import build_session
+from batchscore.jobs.session import build_session, session_is_shared
 from batchscore.udfs.errors import BatchscoreError
 from batchscore.udfs.manifest import RunManifest
 from batchscore.udfs.run import run_scoring
@@ -47,15 +47,16 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     Args:
         argv: command-line arguments (default: sys.argv[1:]).
         spark: a session to use (and leave running); by default one is built from the
-            config's `spark:` section and stopped at the end.
+            config's `spark:` section and stopped at the end, unless it is shared
+            (Databricks, or a session already running in this process).
     """
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    own_session = spark is None
+    own_session = spark is None and not session_is_shared()
     try:
         spec = load_config(args.config, args.overrides)
-        if own_session:
+        if spark is None:
             spark = build_session(spec.spark, app_name="batchscore-score")
             spark.sparkContext.setLogLevel("WARN")
         print(summary(run_scoring(spark, spec)))

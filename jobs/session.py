@@ -24,6 +24,15 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def session_is_shared() -> bool:
+    """True when the session a job gets is not the job's to stop: on Databricks (the
+    cluster's session, shared by every notebook and job task on it) or when a SparkContext
+    is already running in this process (a notebook or pipeline called the job)."""
+    from pyspark import SparkContext  # noqa: PLC0415 - pyspark is the job's optional extra
+
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ or SparkContext._active_spark_context is not None
+
+
 def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "batchscore") -> Any:
     """Build (or get) the SparkSession for a job.
 

@@ -654,9 +654,9 @@ def test_load_config_set_parses_yaml_values() -> None:
 
 def test_load_config_accepts_the_padding_keys() -> None:
     cfg = load_config(None, [*PATHS, "input.pad.tokens=0", "input.pad.scale=0.5", "input.pad.word=''",
-                             "input.pad_multiple=8", "input.mask.tokens=tokens_mask"])
+                             "input.pad_multiple=8", "input.mask.tokens_mask=tokens"])
     assert cfg.input.pad == {"tokens": 0, "scale": 0.5, "word": ""}
-    assert cfg.input.pad_multiple == 8 and cfg.input.mask == {"tokens": "tokens_mask"}
+    assert cfg.input.pad_multiple == 8 and cfg.input.mask == {"tokens_mask": "tokens"}
 
 
 def test_load_config_file_then_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -691,8 +691,8 @@ def test_load_config_file_then_overrides(tmp_path) -> None:  # type: ignore[no-u
         (["input.colums=[a]"], r"^unknown config key 'input.colums' \(known here: columns, filter, format, "
                                r"ignore_corrupt_files, lane, mask, pad, pad_multiple, path\)$"),
         (["input.pad_multiple=0"], r"^config key 'input.pad_multiple' must be a positive integer, got 0$"),
-        (["input.pad.tokens=[0]"], r"^config key 'input.pad.tokens' must be a number or a string"),
-        (["input.mask.tokens=1"], r"^config key 'input.mask.tokens' must be a string"),
+        (["input.pad.tokens=[0]"], r"^config key 'input.pad.tokens' must be a scalar padding value"),
+        (["input.mask.tokens=1"], r"^config key 'input.mask.tokens' must name the padded input it masks"),
         (["input.lane=fast"], r"^config key 'input.lane' must be one of auto, dataframe, arrow, got 'fast'$"),
         (["input.ignore_corrupt_files=maybe"], r"^config key 'input.ignore_corrupt_files' must be true or false$"),
         (["input.columns=3"], r"^config key 'input.columns' must be a mapping"),

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from batchscore.jobs.config import load_config
-from batchscore.jobs.score import main, run_scoring
+from batchscore.jobs.score import main
+from batchscore.udfs.run import run_scoring
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import bind_inputs, check_sample
 from batchscore.udfs.distribution import ModelSource
@@ -355,7 +356,7 @@ def test_job_pads_token_ids_and_fills_the_mask(spark, token_model, token_input, 
                              f"input.lane={lane}", "input.pad={tokens: 0}", "input.mask={mask: tokens}",
                              "input.pad_multiple=4", "model.batch_size=16", "output.keep_columns=[id]"])
     manifest = run_scoring(spark, cfg)
-    assert manifest["lane"] == lane
+    assert manifest.lane == lane
     good = [i for i, r in enumerate(rows) if r is not None and None not in r]
     t = support.read_output(out)
     assert t.column("id").to_pylist() == good
@@ -378,23 +379,21 @@ def test_job_pads_token_ids_and_fills_the_mask(spark, token_model, token_input, 
     assert lengths.max() == 12  # the longest row (12 ids) pads its batch to 12
 
 
-@pytest.mark.usefixtures("spark")
-def test_job_without_input_pad_exits_2_naming_the_key(monkeypatch, capsys, token_model, token_input, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_job_without_input_pad_exits_2_naming_the_key(spark, capsys, token_model, token_input, tmp_path) -> None:  # type: ignore[no-untyped-def]
     job = tmp_path / "job.yaml"
     job.write_text("spark:\n  spark.master: local[2]\n")
-    monkeypatch.setenv("BATCHSCORE_KEEP_SESSION", "1")
     args = ["--config", str(job), "--quiet", "--set", f"input.path={token_input[0]}", "--set",
             f"model.path={token_model}", "--set", f"output.path={tmp_path / 'out'}"]
-    code = main(args)
+    code = main(args, spark=spark)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: signature input 'mask' has shape [None, None]"), err
     assert "input.pad.mask" in err[0] and "input.mask.mask" in err[0], err
     assert not (tmp_path / "out").exists()
-    code = main([*args, "--set", "input.pad={tokens: 0}"])
+    code = main([*args, "--set", "input.pad={tokens: 0}"], spark=spark)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "set input.pad.mask" in err[0], err
-    code = main([*args, "--set", "input.pad={tokens: 0}", "--set", "input.mask={mask: tokenz}"])
+    code = main([*args, "--set", "input.pad={tokens: 0}", "--set", "input.mask={mask: tokenz}"], spark=spark)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [("error: input.mask.mask: its source 'tokenz' must be a padded input "
                                  "(set input.pad.tokenz)")], err

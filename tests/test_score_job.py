@@ -345,3 +345,13 @@ def test_subprocess_bad_set_exits_2_without_traceback(job_file):  # type: ignore
     lines = proc.stderr.strip().splitlines()
     assert lines == ["error: --set 'model.batch_size' must look like dotted.key=value"], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_main_leaves_a_session_it_did_not_start_running(spark, capsys, job_file, demo_input, demo_model,  # type: ignore[no-untyped-def]
+                                                         tmp_path) -> None:
+    # A notebook or pipeline that already runs a session calls the job's main(): the job
+    # scores on that session and must not stop it (on Databricks it is the cluster's).
+    code = main(["--config", job_file, "--quiet", "--set", f"input.path={demo_input}", "--set",
+                 f"model.path={demo_model}", "--set", f"output.path={tmp_path / 'out'}", "--set", DEMO_COLUMNS])
+    assert code == 0, capsys.readouterr().err
+    assert spark.range(3).count() == 3
