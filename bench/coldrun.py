@@ -322,3 +322,9 @@ def _check_output(key: str, w: Workload, out: str, loads_dir: str, rc: int, run_
     res["ok"] = not problems
     res["problems"] = problems
     return res
+
+
+def ray_version() -> str | None:
+    p = subprocess.run([ray_python(), "-c", "import ray; print(ray.__version__)"], capture_output=True,
+                       text=True, env=run_env(), timeout=120)
+    return p.stdout.strip() or None if p.returncode == 0 else None

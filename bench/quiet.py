@@ -165,7 +165,7 @@ class Thresholds:
     max_pre_busy: float = 0.15  # share of all cores busy in the quiet sample before the run
     max_foreign_cores: float = 0.15  # foreign CPU seconds per wall second during the run
     settle_s: float = 2.0  # length of the quiet sample
-    settle_max_s: float = 30.0  # how long to wait for load1 to fall under max_load1
+    settle_max_s: float = 15.0  # how long to wait for load1 to fall under max_load1
 
 
 @dataclass
