@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from bench import coldrun, quiet
-from bench.coldrun import CONTENDERS, LABELS, LANES, PROJECT_ROOT
+from bench.coldrun import CONTENDERS, LANES, PROJECT_ROOT
 from bench.workloads import IMAGE_SHAPE, MLP_FEATURES, Workload
 
 WORK = str(PROJECT_ROOT / "bench" / "work")
@@ -273,15 +273,23 @@ def dry_run(p: Profile, contenders: list[str], th: quiet.Thresholds, work: str) 
           "(bench/cold.py PRIORS), plus data generation on the first run")
 
 
+def machine_summary() -> dict[str, Any]:
+    """bench.report.machine_info, with the Spark every Spark contender runs (pyspark's, `local[2]`)."""
+    from bench.report import machine_info
+
+    m = machine_info()
+    m["spark"] = {"version": m["versions"].get("pyspark"), "master": coldrun.SPARK_CONF["spark.master"]}
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     p, contenders, th, unchanged = resolve(a)
     if a.dry_run:
         dry_run(p, contenders, th, a.work)
         return 0
-    from bench.coldstats import summarize
     from bench.cold_report import write_all
-    from bench.report import machine_info
+    from bench.coldstats import summarize
 
     unavailable = {}
     ray_version = None
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     name += "" if unchanged else "-custom"
     res: dict[str, Any] = {
         "benchmark": "cold", "settings": asdict(p), "contenders": contenders, "unavailable": unavailable,
-        "thresholds": asdict(th), "machine": machine_info(), "ray_version": ray_version,
+        "thresholds": asdict(th), "machine": machine_summary(), "ray_version": ray_version,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "loadavg_start": list(os.getloadavg()), "estimate_s": round(estimate_seconds(p, contenders)),
     }

@@ -66,7 +66,7 @@ def summarize(slots: list[dict[str, Any]], *, contenders: list[str], points: tup
         out[key] = {"points": per_point, "fit": fit, "failed_runs": len(failed),
                     "failures": sorted({"; ".join(a["problems"]) for a in failed})[:5]}
     bare = out.get("bare_tf")
-    for key, c in out.items():
+    for c in out.values():
         c["ratios_vs_bare_tf"] = {}
         if bare is None:
             continue

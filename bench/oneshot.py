@@ -66,7 +66,7 @@ def run_bare_tf(a: argparse.Namespace) -> dict[str, Any]:
 
 def _record_load(loads_dir: str) -> None:
     os.makedirs(loads_dir, exist_ok=True)
-    open(os.path.join(loads_dir, f"{os.getpid()}-{time.time_ns()}"), "w").close()  # noqa: SIM115 - empty marker
+    open(os.path.join(loads_dir, f"{os.getpid()}-{time.time_ns()}"), "w").close()
 
 
 def _spark(a: argparse.Namespace) -> Any:
@@ -92,7 +92,7 @@ def run_spark_peer(a: argparse.Namespace) -> dict[str, Any]:
     """predict_batch_udf or a plain iterator pandas UDF: read.parquet -> select -> write.parquet."""
     from functools import partial
 
-    from pyspark.sql import functions as F  # noqa: N812 - pyspark's convention
+    from pyspark.sql import functions as F
 
     from bench.contenders import make_pandas_udf, make_pbu_predict_fn
     from bench.workloads import Workload

@@ -2,8 +2,9 @@
 
 Local Ray on `num_cpus=2`, bound to 127.0.0.1, no dashboard, no usage stats; an
 actor pool of 2 (`ActorPoolStrategy(size=2)`), each actor reserving one half
-logical CPU so the read and write tasks can run beside them. The actors hold the same SavedModel through bench.bare_tf.load_predict (TF default
-thread pools, as the other peers) and score `batch_size`-row batches. Run from
+logical CPU so the read and write tasks can run beside them. The actors hold the
+same SavedModel through bench.bare_tf.load_predict (TF default thread pools, as the
+other peers) and score `batch_size`-row batches. Run from
 bench/.venv-ray (make bench-ray-venv) by `python -m bench.oneshot ray ...`.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _scorer_class(model: str, input_name: str, columns: list[str], stacked: bool
             self.predict = load_predict(model, input_name)
             if loads_dir:
                 os.makedirs(loads_dir, exist_ok=True)
-                open(os.path.join(loads_dir, f"{os.getpid()}-{time.time_ns()}"), "w").close()  # noqa: SIM115
+                open(os.path.join(loads_dir, f"{os.getpid()}-{time.time_ns()}"), "w").close()
 
         def __call__(self, batch: pa.Table) -> pa.Table:
             if stacked:  # D scalar columns -> x: [n, D]
