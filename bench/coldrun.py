@@ -290,7 +290,7 @@ def timed_run(key: str, w: Workload, *, run_dir: str, own_sessions: set[int], th
     quiet.after_run(c, th, wall_s=seconds, own_cpu_s=sampler.own_cpu_s(), foreign_cpu_s=foreign,
                     run_busy=quiet.busy_fraction(stat0, stat1))
     rec: dict[str, Any] = {"key": key, "workload": w.name, "rows": w.rows, "seconds": round(seconds, 3),
-                           "rc": rc, "command": argv, "run_dir": run_dir, "contention": c.to_json(),
+                           "rc": rc, "pid": proc.pid, "command": argv, "run_dir": run_dir, "contention": c.to_json(),
                            **sampler.summary()}
     if series:
         rec["series"] = sampler.series

@@ -74,11 +74,19 @@ def stray_processes(own_sessions: set[int], *, exclude: set[int] | None = None) 
     return found
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def clear_own_leftovers(own_sessions: set[int], *, wait_s: float = 10.0) -> list[Stray]:
-    """Wait up to `wait_s` for the harness's leftovers to exit, then end them by pid.
+    """Wait up to `wait_s` for the harness's leftovers to exit, then end them by pid
+    (SIGTERM, then SIGKILL after 2 s).
 
     Returns:
-        The leftovers that had to be ended (empty when everything had exited).
+        The leftovers that had to be ended (empty when everything had exited by itself).
     """
     deadline = time.monotonic() + wait_s
     while True:
@@ -87,14 +95,15 @@ def clear_own_leftovers(own_sessions: set[int], *, wait_s: float = 10.0) -> list
             break
         time.sleep(0.25)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for s in own:
+        alive = [s for s in own if _alive(s.pid) and _sid(s.pid) in own_sessions]
+        for s in alive:
             try:
                 os.kill(s.pid, sig)
             except ProcessLookupError:
                 pass
-        if own:
-            time.sleep(2.0)
-        own = [s for s in own if psutil.pid_exists(s.pid) and _sid(s.pid) in own_sessions]
+        end = time.monotonic() + 2.0
+        while alive and time.monotonic() < end and any(_alive(s.pid) for s in alive):
+            time.sleep(0.1)
     return own
 
 
