@@ -155,7 +155,8 @@ def chart(res: dict[str, Any], path: str) -> None:
     for a in (ax, ax2):
         a.xaxis.set_major_formatter(FuncFormatter(_compact))
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

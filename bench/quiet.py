@@ -189,6 +189,9 @@ class Contention:
     own_cpu_s: float = 0.0
     foreign_cpu_s: float = 0.0
     foreign_cores: float = 0.0
+    # machine busy minus the run's own CPU, in cores: information only (the run's processes that
+    # exit between two samples, e.g. Hadoop's chmod calls, are missing from own_cpu_s)
+    foreign_cores_machine: float = 0.0
     foreign_strays: list[str] = field(default_factory=list)
     killed_leftovers: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
@@ -230,6 +233,8 @@ def after_run(c: Contention, th: Thresholds, *, wall_s: float, own_cpu_s: float,
     c.load1_after = os.getloadavg()[0]
     c.run_busy, c.own_cpu_s, c.foreign_cpu_s = run_busy, own_cpu_s, foreign_cpu_s
     c.foreign_cores = foreign_cpu_s / wall_s if wall_s > 0 else 0.0
+    if wall_s > 0:
+        c.foreign_cores_machine = max(0.0, run_busy * (os.cpu_count() or 1) - own_cpu_s / wall_s)
     if c.foreign_cores > th.max_foreign_cores:
         c.reasons.append(f"foreign CPU {c.foreign_cores:.2f} cores during the run")
     return c
