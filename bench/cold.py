@@ -172,7 +172,8 @@ def check_predictions(slots: list[Slot], *, tolerance: float = 1e-4) -> dict[str
                        "ok": same and diff is not None and diff <= tolerance}
     for s in slots:
         for a in s.attempts:
-            shutil.rmtree(a["run_dir"], ignore_errors=True)
+            if a["ok"]:  # a failed run's logs stay
+                shutil.rmtree(a["run_dir"], ignore_errors=True)
     return checks
 
 

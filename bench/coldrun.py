@@ -160,22 +160,28 @@ class TreeSampler:
         self._thread.start()
 
     def _scan(self) -> None:
-        for p in psutil.process_iter(["pid", "cmdline", "ppid"]):
-            known = self.procs.get(p.pid)
-            if known is not None and p.pid in self._handles:
-                if not known.worker and self.key == "ray_data":  # a Ray worker renames itself ray::... later
-                    known.worker = " ".join(p.info["cmdline"] or []).startswith("ray::")
+        """Find the run's new processes: same session id as the command (getsid is one cheap syscall)."""
+        for pid in psutil.pids():
+            known = self.procs.get(pid)
+            if known is not None:
+                if not known.worker and self.key == "ray_data" and pid in self._handles:
+                    try:  # a Ray worker renames itself ray::<actor> once it has started
+                        known.worker = " ".join(self._handles[pid].cmdline()).startswith("ray::")
+                    except psutil.Error:
+                        pass
                 continue
             try:
-                if os.getsid(p.pid) != self.root_pid:
+                if os.getsid(pid) != self.root_pid:
                     continue
-                parent = psutil.Process(p.info["ppid"]).cmdline() if p.info["ppid"] else []
+                p = psutil.Process(pid)
+                cmd = p.cmdline()
+                parent = p.parent()
+                parent_cmd = parent.cmdline() if parent is not None else []
             except (OSError, psutil.Error):
                 continue
-            cmd = p.info["cmdline"] or []
-            self._handles[p.pid] = p
-            self.procs[p.pid] = ProcInfo(p.pid, " ".join(cmd)[:160],
-                                         _is_worker(cmd, parent, root=p.pid == self.root_pid, key=self.key))
+            self._handles[pid] = p
+            self.procs[pid] = ProcInfo(pid, " ".join(cmd)[:160],
+                                       _is_worker(cmd, parent_cmd, root=pid == self.root_pid, key=self.key))
 
     def _sample(self) -> None:
         now = time.perf_counter()
