@@ -130,8 +130,8 @@ def _is_worker(cmd: list[str], parent_cmd: list[str], *, root: bool, key: str) -
     text = " ".join(cmd)
     if "pyspark.daemon" in text or "pyspark.worker" in text:
         return "pyspark.daemon" in " ".join(parent_cmd) or "pyspark.worker" in text
-    if text.startswith("ray::"):
-        return True
+    if text.startswith("ray::"):  # only the actors of the model's map (not Ray's idle or read workers)
+        return "Scorer" in text
     return root and key == "bare_tf"
 
 
@@ -166,7 +166,8 @@ class TreeSampler:
             if known is not None:
                 if not known.worker and self.key == "ray_data" and pid in self._handles:
                     try:  # a Ray worker renames itself ray::<actor> once it has started
-                        known.worker = " ".join(self._handles[pid].cmdline()).startswith("ray::")
+                        cmd = " ".join(self._handles[pid].cmdline())
+                        known.worker = cmd.startswith("ray::") and "Scorer" in cmd
                     except psutil.Error:
                         pass
                 continue
