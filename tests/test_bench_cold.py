@@ -278,3 +278,19 @@ def test_tiny_cold_run_of_two_contenders_end_to_end(tmp_path: Any) -> None:
     assert res["output_checks"]["arrow_lane"]["ok"], res["output_checks"]
     assert not [s for s in quiet.stray_processes({a["pid"] for a in runs}) if s.own]  # nothing left behind
     assert os.path.isfile(tmp_path / "res" / "cold-tiny-custom.png")
+
+
+def test_soak_checks_row_accounting_exactly_and_rss_within_ten_percent() -> None:
+    from bench.soak import rows_check, rss_check
+
+    m = {"rows_in": 50_000_000, "rows_scored": 49_999_990, "rows_quarantined": 10, "peak_worker_rss_mb": 700.0}
+    good = rows_check({"manifest": m, "rows_written": 49_999_990}, 50_000_000)
+    assert good["balanced"] and good["all_read"] and good["written_equals_scored"]
+    off = rows_check({"manifest": {**m, "rows_quarantined": 9}, "rows_written": 49_999_990}, 50_000_000)
+    assert off["balanced"] is False
+    assert rows_check({"manifest": None, "rows_written": None}, 10)["balanced"] is None
+    base = {"peak_worker_rss_mb": 700.0, "manifest": {"peak_worker_rss_mb": 690.0}}
+    ok = rss_check({"peak_worker_rss_mb": 769.0, "manifest": {"peak_worker_rss_mb": 700.0}}, base)
+    assert ok["sampled"]["within"] and ok["manifest"]["within"]
+    high = rss_check({"peak_worker_rss_mb": 771.0, "manifest": {"peak_worker_rss_mb": 760.0}}, base)
+    assert high["sampled"]["within"] is False and high["manifest"]["within"] is False
