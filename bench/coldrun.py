@@ -198,6 +198,8 @@ class TreeSampler:
             except psutil.Error:
                 del self._handles[pid]
                 continue
+            if rss == 0.0:  # a zombie (exited, not yet reaped) reports no memory
+                continue
             info = self.procs[pid]
             info.peak_rss_mb = max(info.peak_rss_mb, rss)
             info.cpu_s = max(info.cpu_s, t.user + t.system)
