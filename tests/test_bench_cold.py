@@ -156,16 +156,17 @@ def test_foreign_cpu_is_attributed_to_the_busy_process(spinner: Any) -> None:
     s1 = quiet.cpu_snapshot()
     foreign = quiet.foreign_cpu_seconds(s0, s1, set())
     without_spinner = quiet.foreign_cpu_seconds(s0, s1, {spinner.pid})
-    assert foreign - without_spinner >= 0.3  # the spinner's CPU is foreign unless its session is ours
+    assert foreign - without_spinner >= 0.15  # the spinner's CPU is foreign unless its session is ours
     c = quiet.after_run(quiet.Contention(), quiet.Thresholds(), wall_s=1.5, own_cpu_s=0.0,
                         foreign_cpu_s=foreign, run_busy=0.5)
     assert c.contended and any("foreign CPU" in r for r in c.reasons)
 
 
 def test_before_run_marks_a_busy_machine(spinner: Any) -> None:
-    th = quiet.Thresholds(max_load1=1000.0, settle_s=1.0, settle_max_s=0.0)
+    cores = os.cpu_count() or 1
+    th = quiet.Thresholds(max_load1=1000.0, max_pre_busy=0.5 / cores, settle_s=1.0, settle_max_s=0.0)
     c = quiet.before_run(set(), th, leftover_wait_s=0.0)
-    assert c.pre_busy >= 0.2  # one spinning process on <= 2 usable cores... or more, if shared
+    assert c.pre_busy >= 0.6 / cores  # one spinning process: about one core of `cores`
     assert c.contended and any("busy before" in r for r in c.reasons)
     assert c.to_json()["contended"] is True
 
