@@ -1,7 +1,7 @@
 """The soak (issue part 6): `python -m bench.soak` (make bench-soak).
 
 One cold run of the Arrow lane (`--lanes arrow_lane,dataframe_lane` adds the
-DataFrame lane) over 50M MLP rows (200 files of 250k rows, ~6.4 GB, made once into
+DataFrame lane) over 50M MLP rows (200 files of 250k rows, ~6.6 GB, made once into
 bench/work/ from the same file pool as the cold benchmark), with the RSS of every
 Spark Python worker sampled through the run; before it a cold 1M-row run of the
 same lane gives the baseline. Checked: `rows_in = rows_scored + rows_quarantined`
@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--rows and --baseline-rows must be multiples of --rows-per-file")
     th = quiet.Thresholds(max_load1=float(len(os.sched_getaffinity(0))))
     if a.dry_run:
-        gb = a.rows * (8 + 32 * 4) / 1e9
+        gb = a.rows * (8 + 32 * 4) / 1e9  # plain-encoded Parquet is about the raw size
         print(f"soak: {', '.join(lanes)}; baseline {a.baseline_rows:,} rows then {a.rows:,} rows "
-              f"({a.rows // a.rows_per_file} files of {a.rows_per_file:,}, ~{gb:.1f} GB raw) from "
+              f"({a.rows // a.rows_per_file} files of {a.rows_per_file:,}, ~{gb:.1f} GB) from "
               f"{os.path.join(a.work, 'data')}; thresholds {asdict(th)}")
         return 0
     default = a.rows == SOAK_ROWS and a.baseline_rows == BASELINE_ROWS
