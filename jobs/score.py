@@ -22,6 +22,7 @@ from batchscore.jobs.inputs import read_input
 from batchscore.jobs.manifest import to_json
 from batchscore.jobs.session import build_session, temporary_conf
 from batchscore.udfs import errors as udfs_errors
+from batchscore.udfs.arrow_filter import filter_failure
 from batchscore.udfs.batching import REASON_COLUMN
 from batchscore.udfs.errors import BadRowsError, BatchscoreError, ConfigError, InputError
 
@@ -130,11 +131,11 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
         for f in corrupt:
             log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
     arrow_plan = choose_arrow_plan(spark, cfg["input"], schema, plan.input_columns,
-                                   exclude=frozenset(corrupt))
+                                   exclude=frozenset(corrupt), df=df)
     try:
         sample = _sample(df, plan, arrow_plan)
     except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
-        raise translate_spark_error(e) from None
+        raise filter_failure(e, cfg["input"]["filter"]) or translate_spark_error(e) from None
     check_sample(plan.feeds, sample)
     acc = make_stats_accumulator(spark.sparkContext)
     phase("read_and_check")
@@ -157,7 +158,7 @@ def run_scoring(spark: Any, cfg: dict[str, Any], *, run_id: str | None = None) -
             with temporary_conf(spark, write_conf):
                 scored.write.mode("overwrite").partitionBy(REASON_COLUMN, "bs__column", *parts).parquet(staging)
         except Exception as e:  # noqa: BLE001
-            raise translate_spark_error(e) from None
+            raise filter_failure(e, cfg["input"]["filter"]) or translate_spark_error(e) from None
         phase("score_and_write")
         counts = _staged_counts(fs, staging)
         rows_in = _count_input(fs, df, cfg["input"], corrupt)
@@ -243,11 +244,11 @@ def _sample(df: Any, plan: Any, arrow_plan: Any, rows: int = 100) -> Any:
 
 
 def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, columns: list[str],
-                      *, exclude: frozenset[str] = frozenset()) -> Any:
+                      *, exclude: frozenset[str] = frozenset(), df: Any = None) -> Any:
     """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged)."""
     import pyarrow as pa  # noqa: PLC0415
 
-    from batchscore.udfs.arrow_filter import UnsupportedFilter  # noqa: PLC0415
+    from batchscore.udfs.arrow_filter import UnsupportedFilter, arrow_filter  # noqa: PLC0415
     from batchscore.udfs.arrow_lane import plan_arrow_input  # noqa: PLC0415
 
     lane = cfg_input["lane"]
@@ -260,7 +261,7 @@ def choose_arrow_plan(spark: Any, cfg_input: dict[str, Any], schema: Any, column
         return None
     try:
         return plan_arrow_input(
-            cfg_input["path"], schema, columns, filter_sql=cfg_input["filter"],
+            cfg_input["path"], schema, columns, row_filter=arrow_filter(df, schema) if cfg_input["filter"] else None,
             target_tasks=2 * spark.sparkContext.defaultParallelism,
             ignore_corrupt_files=cfg_input["ignore_corrupt_files"], exclude=exclude)
     except UnsupportedFilter as e:

@@ -3,8 +3,10 @@
 Spark never converts the input rows: the driver plans fragments (files, or row
 groups of few large files) after partition pruning, each task opens its
 fragments with a pyarrow filesystem, reads only the needed columns as Arrow
-batches, scores them, and hands back only keep columns and predictions, which
-Spark writes with its own committers.
+batches, keeps the rows Spark's filter keeps (a pyarrow expression compiled
+from Spark's optimised plan on the driver, udfs.arrow_filter), scores them,
+and hands back only keep columns and predictions, which Spark writes with its
+own committers.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from batchscore.udfs.arrow_filter import sql_to_arrow
 from batchscore.udfs.errors import InputError
 
 READ_BATCH_ROWS = 65_536
@@ -33,7 +34,7 @@ class ArrowSource:
     schema_ipc: bytes  # Spark-typed Arrow schema of data + partition columns
     partition_names: tuple[str, ...]
     columns: tuple[str, ...]  # columns a task returns, in order
-    filter_sql: str | None
+    row_filter: ds.Expression | None  # Spark's filter as pyarrow (udfs.arrow_filter), made on the driver
     ignore_corrupt_files: bool
 
     @property
@@ -105,7 +106,7 @@ def plan_arrow_input(
     schema: pa.Schema,
     columns: list[str],
     *,
-    filter_sql: str | None,
+    row_filter: ds.Expression | None = None,
     target_tasks: int,
     ignore_corrupt_files: bool = False,
     exclude: frozenset[str] = frozenset(),
@@ -116,12 +117,11 @@ def plan_arrow_input(
         root: dataset path or URI.
         schema: the Spark-typed Arrow schema of the dataset (partition columns included).
         columns: the columns tasks must return.
-        filter_sql: `input.filter`; must be translatable (see udfs.arrow_filter).
+        row_filter: the rows to keep (`udfs.arrow_filter.arrow_filter`); prunes partitions and row groups too.
         target_tasks: about how many tasks to make (e.g. 2× the cluster's cores).
         exclude: files to leave out (corrupt files found beforehand).
 
     Raises:
-        UnsupportedFilter: the filter cannot be evaluated by pyarrow.
         InputError: the path is missing, or a file is corrupt and not ignored.
     """
     uri = normalize_uri(root)
@@ -134,8 +134,7 @@ def plan_arrow_input(
                 names.append(part.split("=", 1)[0])
     partition_names = tuple(n for n in names if n in schema.names)
     source = ArrowSource(uri, schema.serialize().to_pybytes(), partition_names, tuple(columns),
-                         filter_sql, ignore_corrupt_files)
-    expr = sql_to_arrow(filter_sql, schema)[0] if filter_sql else None
+                         row_filter, ignore_corrupt_files)
     partitioning = _partitioning(schema, partition_names)
     fmt = ds.ParquetFileFormat()
     frags = [
@@ -144,7 +143,7 @@ def plan_arrow_input(
     ]
     sizes = {i.path: i.size for i in infos}
     dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
-    kept = list(dataset.get_fragments(filter=expr)) if expr is not None else frags  # partition pruning
+    kept = list(dataset.get_fragments(filter=row_filter)) if row_filter is not None else frags  # partition pruning
     corrupt: list[str] = []
     units: list[tuple[int, dict[str, Any]]] = []  # (weight, {"path", "row_groups"})
     if len(kept) >= target_tasks:
@@ -159,7 +158,7 @@ def plan_arrow_input(
                 corrupt.append(f.path)
                 continue
             try:  # row-group statistics prune with the filter too
-                pieces = f.split_by_row_group(filter=expr, schema=schema)
+                pieces = f.split_by_row_group(filter=row_filter, schema=schema)
             except pa.ArrowInvalid as e:
                 raise InputError(f"input.filter cannot be applied to {f.path}: {str(e).splitlines()[0]}") from None
             for p in pieces:
@@ -205,7 +204,7 @@ class _UnitReader:
         self.fs, self.base = _filesystem(source.root)
         self.schema = source.schema
         self.partitioning = _partitioning(self.schema, source.partition_names)
-        self.filter = sql_to_arrow(source.filter_sql, self.schema)[0] if source.filter_sql else None
+        self.filter = source.row_filter
         self.fmt = ds.ParquetFileFormat()
 
     def open(self, unit: dict[str, Any]) -> ds.FileSystemDataset:
