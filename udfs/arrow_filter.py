@@ -16,9 +16,10 @@ the driver and shipped to the tasks:
 - literals of boolean, integer, float, double, decimal, string (Spark's default
   UTF8_BINARY collation: byte order), binary, date, timestamp (a UTC instant)
   and timestamp_ntz;
-- casts that pyarrow computes exactly as Spark does: integer widening,
-  integer/float to float/double, integer and decimal to a decimal that holds
-  every value, date to timestamp in a UTC session zone.
+- casts whose every result is exact, so pyarrow computes them as Spark does:
+  integer widening, float to double, int/smallint/tinyint to double (and
+  smallint/tinyint to float), integer and decimal to a decimal that holds every
+  value, date to timestamp in a UTC session zone.
 
 Anything else raises UnsupportedFilter: under `input.lane: auto` the job then
 uses the DataFrame lane (Spark evaluates the filter itself) and logs why; under
@@ -84,7 +85,7 @@ def apply_filter(df: Any, filter_sql: str | None) -> Any:
     if not filter_sql:
         return df
     try:
-        out = df.where(filter_sql)
+        out = _without_float_pushdown(df).where(filter_sql)
         out.schema  # noqa: B018 - analyse now, so a bad filter fails before any task
         jdf = getattr(out, "_jdf", None)  # absent under Spark Connect: run-time errors still name it
         if jdf is not None:
@@ -94,6 +95,23 @@ def apply_filter(df: Any, filter_sql: str | None) -> Any:
             raise
         raise ConfigError(f"input.filter {filter_sql!r} is not valid: {_first_line(e)}") from None
     return out
+
+
+def _without_float_pushdown(df: Any) -> Any:
+    """`df` with each float/double column `x` as `nanvl(x, x)`: the same values, but predicates on
+    them are evaluated by Spark, not pushed down to the Parquet reader.
+
+    Parquet readers skip row groups by min/max statistics that leave NaN out (as pyarrow and the
+    Parquet spec write them) and by dictionaries that tell -0.0 from 0.0, so a pushed-down
+    `x > 100` or `x = 0` loses NaN or -0.0 rows depending on how rows fall into row groups.
+    """
+    from pyspark.sql import functions as F  # noqa: N812, PLC0415 - pyspark's own spelling
+
+    names = [f.name for f in df.schema.fields if f.dataType.typeName() in ("double", "float")]
+    if not names:
+        return df
+    cols = {n: F.col("`" + n.replace("`", "``") + "`") for n in names}
+    return df.withColumns({n: F.nanvl(c, c) for n, c in cols.items()})
 
 
 def filter_failure(e: BaseException, filter_sql: str | None) -> ConfigError | None:
@@ -124,17 +142,17 @@ def arrow_filter(df: Any, schema: pa.Schema) -> ds.Expression | None:
     """
     jdf = getattr(df, "_jdf", None)
     if jdf is None:
-        raise UnsupportedFilter("the filter's Spark plan is not reachable here (Spark Connect)")
+        raise UnsupportedFilter("input.filter: its Spark plan is not reachable here (Spark Connect)")
     try:
         plan = jdf.queryExecution().optimizedPlan()
         conditions = _filter_conditions(plan)
         if conditions is None:
             return ds.scalar(False)  # Spark proved that no row passes
         exprs = [_Translator(schema).predicate(c) for c in conditions]
-    except UnsupportedFilter:
-        raise
+    except UnsupportedFilter as e:
+        raise UnsupportedFilter(f"input.filter: {e}") from None
     except Exception as e:  # noqa: BLE001 - a py4j or JVM surprise: never guess, fall back
-        raise UnsupportedFilter(f"the filter's plan cannot be read ({_first_line(e)})") from None
+        raise UnsupportedFilter(f"input.filter: its Spark plan cannot be read ({_first_line(e)})") from None
     if not exprs:
         return None
     out = exprs[0]
@@ -162,7 +180,7 @@ def _filter_conditions(plan: Any) -> list[Any] | None:
         if kind == "Filter":
             conditions.append(node.condition())
         elif kind == "Project":
-            if any(_name(e) != "AttributeReference" for e in _seq(node.projectList())):
+            if not all(_name(e) == "AttributeReference" or _is_same_value(e) for e in _seq(node.projectList())):
                 raise UnsupportedFilter("the input plan computes columns")
         elif kind == "LogicalRelation":
             return conditions
@@ -174,6 +192,14 @@ def _filter_conditions(plan: Any) -> list[Any] | None:
         if len(kids) != 1:
             raise UnsupportedFilter(f"the filtered input plan holds a {kind} of {len(kids)} inputs")
         node = kids[0]
+
+
+def _is_same_value(node: Any) -> bool:
+    """`nanvl(x, x)` (see `_without_float_pushdown`), possibly under an alias: the value of x."""
+    if _name(node) == "Alias":
+        node = node.child()
+    return _name(node) == "NaNvl" and _name(node.left()) == "AttributeReference" and node.left().semanticEquals(
+        node.right())
 
 
 def _seq(seq: Any) -> list[Any]:
@@ -212,7 +238,8 @@ def _literal(value: Any, t: pa.DataType) -> pa.Scalar:
     if pa.types.is_timestamp(t):
         return pa.scalar(int(value), t)  # micros since the epoch (a UTC instant, or wall clock for ntz)
     if pa.types.is_decimal(t):
-        return pa.scalar(decimal.Decimal(str(value.toJavaBigDecimal().toPlainString())), t)
+        big = value.toJavaBigDecimal()  # py4j hands java.math.BigDecimal over as decimal.Decimal
+        return pa.scalar(big if isinstance(big, decimal.Decimal) else decimal.Decimal(str(big.toPlainString())), t)
     if pa.types.is_string(t):
         return pa.scalar(str(value.toString()), t)
     if pa.types.is_binary(t):
@@ -284,10 +311,11 @@ def _in(value: _Value, items: list[pa.Scalar]) -> ds.Expression:
     x = value.expr
     if _is_float(value.type):
         numbers = [v for v in values if v == v]
+        has_nan = len(numbers) != len(values)
         if any(v == 0 for v in numbers):
             numbers += [0.0, -0.0]  # pyarrow's hash set tells the zeros apart; Spark does not
         core = x.isin(pa.array(numbers, value.type))
-        if len(numbers) != len(values) or any(v != v for v in values):
+        if has_nan:
             core = core | pc.is_nan(x)
     else:
         core = x.isin(pa.array(values, value.type))
@@ -362,6 +390,8 @@ class _Translator:
             t = _arrow_type(node.dataType())
             s = _literal(node.value(), t)
             return _Value(pc.scalar(s), t, s)
+        if _is_same_value(node):
+            return self.value(node.left())
         if kind == "Cast":
             child = self.value(node.child())
             to = _arrow_type(node.dataType())
@@ -370,7 +400,7 @@ class _Translator:
 
 
 def _text(node: Any) -> str:
-    return str(node.sql())[:120]
+    return re.sub(r"nanvl\(([^,()]+), \1\)", r"\1", str(node.sql()))[:120]  # as the user wrote it
 
 
 def _cast(child: _Value, to: pa.DataType, node: Any) -> ds.Expression:
@@ -380,9 +410,10 @@ def _cast(child: _Value, to: pa.DataType, node: Any) -> ds.Expression:
         return child.expr
     if pa.types.is_integer(frm) and pa.types.is_integer(to) and to.bit_width >= frm.bit_width:
         return child.expr.cast(to)
-    if (pa.types.is_integer(frm) or frm == pa.float32()) and _is_float(to) and (frm, to) != (pa.float32(), pa.float32()):
-        # round to nearest, as Java's int-to-float conversions; float widening is exact
-        return child.expr.cast(to, safe=False)
+    if pa.types.is_integer(frm) and _is_float(to) and frm.bit_width < (53 if to == pa.float64() else 24):
+        return child.expr.cast(to)  # every value exact (bigint to double rounds: refused)
+    if frm == pa.float32() and to == pa.float64():
+        return child.expr.cast(to)  # exact, NaN stays NaN
     if pa.types.is_decimal(to) and (pa.types.is_integer(frm) or pa.types.is_decimal(frm)):
         digits, scale = (_INT_DIGITS[frm], 0) if pa.types.is_integer(frm) else (frm.precision - frm.scale, frm.scale)
         if to.precision - to.scale >= digits and to.scale >= scale:
