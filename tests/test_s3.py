@@ -15,6 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
 
 BUCKET = "batchscore-test"
@@ -71,7 +72,9 @@ def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:  # t
     _put_parquet(s3_endpoint, "features/_SUCCESS", t.slice(0, 0))  # hidden: not data
     schema = pa.schema([("id", pa.int64()), ("x", pa.float32()), ("d", pa.date32())])
     # what udfs.arrow_filter makes of "d >= '2026-01-02' AND x < 10" (tests/test_filter_semantics.py)
-    row_filter = (ds.field("d") >= dt.date(2026, 1, 2)) & (ds.field("x") < pa.scalar(10, pa.float32()))
+    by_date = ds.field("d") >= dt.date(2026, 1, 2)
+    row_filter = RowFilter(exact=by_date & (ds.field("x") < pa.scalar(10, pa.float32())), prune=by_date,
+                           columns=("d", "x"))
     plan = plan_arrow_input(f"s3a://{BUCKET}/features", schema, ["id", "d", "x"],
                             row_filter=row_filter, target_tasks=4)
     assert plan.files == 3

@@ -36,6 +36,7 @@ from __future__ import annotations
 import decimal
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -127,11 +128,29 @@ def filter_failure(e: BaseException, filter_sql: str | None) -> ConfigError | No
 # --- the plan ---
 
 
-def arrow_filter(df: Any, schema: pa.Schema) -> ds.Expression | None:
-    """The pyarrow expression that selects exactly the rows Spark's filter on `df` keeps.
+@dataclass(frozen=True)
+class RowFilter:
+    """Spark's filter for the Arrow lane (picklable: made on the driver, used by the tasks)."""
+
+    exact: ds.Expression  # the rows Spark keeps
+    prune: ds.Expression | None  # the conjuncts Parquet statistics may prune row groups by
+    columns: tuple[str, ...]  # the columns `exact` reads
+
+    @property
+    def after_read(self) -> bool:
+        """`exact` must be applied to the rows read (it holds more than `prune`)."""
+        return self.prune is not self.exact
+
+
+def arrow_filter(df: Any, schema: pa.Schema) -> RowFilter | None:
+    """The pyarrow filter that keeps exactly the rows Spark's filter on `df` keeps.
+
+    Conjuncts that read a float or double column do not prune: Parquet writers leave
+    NaN out of row-group statistics (a group of [100.0, NaN] has min = max = 100.0, and
+    pyarrow would then drop it for `isnan(x)`), so they are applied to the rows read.
 
     Args:
-        df: the filtered DataFrame (`spark.read.parquet(path).where(...)`), JVM-backed.
+        df: the filtered DataFrame (`apply_filter(spark.read.parquet(path), ...)`), JVM-backed.
         schema: the Arrow schema the lane reads (pyspark's `to_arrow_schema(df.schema)`).
 
     Returns:
@@ -144,21 +163,33 @@ def arrow_filter(df: Any, schema: pa.Schema) -> ds.Expression | None:
     if jdf is None:
         raise UnsupportedFilter("input.filter: its Spark plan is not reachable here (Spark Connect)")
     try:
-        plan = jdf.queryExecution().optimizedPlan()
-        conditions = _filter_conditions(plan)
-        if conditions is None:
-            return ds.scalar(False)  # Spark proved that no row passes
-        exprs = [_Translator(schema).predicate(c) for c in conditions]
+        conditions = _filter_conditions(jdf.queryExecution().optimizedPlan())
+        if conditions is None:  # Spark proved that no row passes
+            return RowFilter(ds.scalar(False), ds.scalar(False), ())
+        translated = [_Translator(schema).conjunct(c) for cond in conditions for c in _conjuncts(cond)]
     except UnsupportedFilter as e:
         raise UnsupportedFilter(f"input.filter: {e}") from None
     except Exception as e:  # noqa: BLE001 - a py4j or JVM surprise: never guess, fall back
         raise UnsupportedFilter(f"input.filter: its Spark plan cannot be read ({_first_line(e)})") from None
-    if not exprs:
+    if not translated:
         return None
+    exact = _all([e for e, _, _ in translated])
+    safe = [e for e, _, floats in translated if not floats]
+    prune = exact if len(safe) == len(translated) else (_all(safe) if safe else None)
+    return RowFilter(exact, prune, tuple(sorted({c for _, cols, _ in translated for c in cols})))
+
+
+def _all(exprs: list[ds.Expression]) -> ds.Expression:
     out = exprs[0]
     for e in exprs[1:]:
         out = out & e
     return out
+
+
+def _conjuncts(node: Any) -> list[Any]:
+    if _name(node) == "And":
+        return _conjuncts(node.left()) + _conjuncts(node.right())
+    return [node]
 
 
 def _name(node: Any) -> str:
@@ -329,6 +360,14 @@ class _Translator:
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
+        self.columns: set[str] = set()
+        self.reads_floats = False
+
+    def conjunct(self, node: Any) -> tuple[ds.Expression, set[str], bool]:
+        """(expression, columns it reads, whether one of them is float or double)."""
+        self.columns, self.reads_floats = set(), False
+        expr = self.predicate(node)
+        return expr, self.columns, self.reads_floats
 
     def predicate(self, node: Any) -> ds.Expression:
         kind = _name(node)
@@ -385,6 +424,8 @@ class _Translator:
             t = self.schema.field(name).type
             if t != _arrow_type(node.dataType()):
                 raise UnsupportedFilter(f"column {name!r} is {t} in Arrow, {node.dataType().simpleString()} in Spark")
+            self.columns.add(name)
+            self.reads_floats = self.reads_floats or _is_float(t)
             return _Value(ds.field(name), t)
         if kind == "Literal":
             t = _arrow_type(node.dataType())

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.errors import InputError
 
 READ_BATCH_ROWS = 65_536
@@ -34,7 +35,7 @@ class ArrowSource:
     schema_ipc: bytes  # Spark-typed Arrow schema of data + partition columns
     partition_names: tuple[str, ...]
     columns: tuple[str, ...]  # columns a task returns, in order
-    row_filter: ds.Expression | None  # Spark's filter as pyarrow (udfs.arrow_filter), made on the driver
+    row_filter: RowFilter | None  # Spark's filter as pyarrow (udfs.arrow_filter), made on the driver
     ignore_corrupt_files: bool
 
     @property
@@ -106,7 +107,7 @@ def plan_arrow_input(
     schema: pa.Schema,
     columns: list[str],
     *,
-    row_filter: ds.Expression | None = None,
+    row_filter: RowFilter | None = None,
     target_tasks: int,
     ignore_corrupt_files: bool = False,
     exclude: frozenset[str] = frozenset(),
@@ -143,7 +144,8 @@ def plan_arrow_input(
     ]
     sizes = {i.path: i.size for i in infos}
     dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
-    kept = list(dataset.get_fragments(filter=row_filter)) if row_filter is not None else frags  # partition pruning
+    prune = row_filter.prune if row_filter is not None else None
+    kept = list(dataset.get_fragments(filter=prune)) if prune is not None else frags  # partition pruning
     corrupt: list[str] = []
     units: list[tuple[int, dict[str, Any]]] = []  # (weight, {"path", "row_groups"})
     if len(kept) >= target_tasks:
@@ -158,7 +160,7 @@ def plan_arrow_input(
                 corrupt.append(f.path)
                 continue
             try:  # row-group statistics prune with the filter too
-                pieces = f.split_by_row_group(filter=row_filter, schema=schema)
+                pieces = f.split_by_row_group(filter=prune, schema=schema)
             except pa.ArrowInvalid as e:
                 raise InputError(f"input.filter cannot be applied to {f.path}: {str(e).splitlines()[0]}") from None
             for p in pieces:
@@ -215,6 +217,17 @@ class _UnitReader:
         frag.physical_schema  # noqa: B018 - opens the file and reads its footer
         return ds.FileSystemDataset([frag], self.schema, self.fmt, self.fs)
 
+    def batches(self, dataset: ds.FileSystemDataset, columns: list[str], **scan: Any) -> Iterator[pa.RecordBatch]:
+        """The rows of `columns` the filter keeps: pruned by statistics where they can be trusted,
+        then filtered exactly (reading the filter's own columns too)."""
+        f = self.filter
+        if f is None or not f.after_read:
+            yield from dataset.to_batches(columns=columns, filter=f.prune if f else None, **scan)
+            return
+        read = list(dict.fromkeys([*columns, *f.columns]))
+        for batch in dataset.to_batches(columns=read, filter=f.prune, **scan):
+            yield batch.filter(f.exact).select(columns)
+
 
 def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, int]) -> Iterator[pa.RecordBatch]:
     """On an executor: the task's rows as Arrow batches of `source.columns`, Spark-typed."""
@@ -228,8 +241,8 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
                 raise InputError(_corrupt_message(unit["path"], e)) from None
             counters["corrupt_files"] = counters.get("corrupt_files", 0) + 1
             continue
-        for batch in dataset.to_batches(columns=list(source.columns), filter=reader.filter,
-                                        batch_size=READ_BATCH_ROWS, batch_readahead=2, fragment_readahead=1):
+        for batch in reader.batches(dataset, list(source.columns), batch_size=READ_BATCH_ROWS,
+                                    batch_readahead=2, fragment_readahead=1):
             if batch.num_rows:
                 yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
 
@@ -241,9 +254,14 @@ def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
         return out.empty_table()
     reader = _UnitReader(plan.source)
     try:
+        dataset = reader.open(plan.tasks[0][0])
         # batches of `rows`, no read-ahead: decode the first pages, not the whole row group
-        table = reader.open(plan.tasks[0][0]).head(rows, columns=columns, filter=reader.filter, batch_size=rows,
-                                                   batch_readahead=0, fragment_readahead=0)
+        got: list[pa.RecordBatch] = []
+        for batch in reader.batches(dataset, columns, batch_size=rows, batch_readahead=0, fragment_readahead=0):
+            got.append(batch)
+            if sum(b.num_rows for b in got) >= rows:
+                break
+        table = pa.Table.from_batches(got, schema=got[0].schema if got else out).slice(0, rows)
     except (pa.ArrowInvalid, OSError):
         return out.empty_table()  # an unreadable file is reported by its task, with its name
     return table if table.schema.equals(out) else table.cast(out)
