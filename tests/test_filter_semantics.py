@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 import os
 from collections import Counter
 from typing import Any
@@ -198,7 +199,7 @@ def _assert_meaningful(counts: Counter[str]) -> None:
 
 
 def test_lanes_choose_the_same_rows(spark, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
-    _assert_meaningful(_run(spark, tmp_path_factory, examples=4, predicates=30))
+    _assert_meaningful(_run(spark, tmp_path_factory, examples=3, predicates=15))
 
 
 @pytest.mark.slow
@@ -209,7 +210,7 @@ def test_lanes_choose_the_same_rows_many(spark, tmp_path_factory) -> None:  # ty
 # --- fixed cases: every special value in one dataset, each rule named ---
 
 SPECIAL_ROWS = [
-    {"x": v, "f": None if v is None else float(v) if abs(v) < 1e30 or v != v or abs(v) == INF else None,
+    {"x": v, "f": v if v is None or not math.isfinite(v) or abs(v) < 1e30 else None,  # fits a float
      "i": [0, 5, None, -(2**31), 2**31 - 1][k % 5], "l": LONGS[k % len(LONGS)],
      "s": (STRINGS + [None])[k % (len(STRINGS) + 1)], "b": [True, False, None][k % 3],
      "d": DATES[k % len(DATES)], "ts": INSTANTS[k % len(INSTANTS)],
@@ -242,7 +243,7 @@ def special_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     return root
 
 
-@pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
+@pytest.mark.parametrize("zone", ["UTC", pytest.param("America/New_York", marks=pytest.mark.slow)])
 def test_special_values_filter_like_spark(spark, special_root, zone) -> None:  # type: ignore[no-untyped-def]
     counts: Counter[str] = Counter()
     with temporary_conf(spark, {"spark.sql.session.timeZone": zone}):
@@ -273,4 +274,4 @@ def test_compiled_filter_is_shipped_not_reparsed(spark, special_root) -> None:  
     source = pickle.loads(pickle.dumps(plan.source))  # what a task receives
     ids = sorted(i for t in plan.tasks for b in read_task(t, source, {}) for i in b.column("id").to_pylist())
     assert ids == sorted(r.id for r in df.select("id").collect())
-    assert any(SPECIAL_ROWS[i]["x"] != SPECIAL_ROWS[i]["x"] for i in ids)  # NaN rows are kept, as Spark keeps them
+    assert any(SPECIAL_ROWS[i]["x"] is not None and math.isnan(SPECIAL_ROWS[i]["x"]) for i in ids)  # NaN kept

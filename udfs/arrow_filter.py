@@ -30,10 +30,17 @@ A filter Spark itself rejects (parse or analysis error, or a literal that
 cannot be cast, found when the optimiser folds it) is a ConfigError naming the
 filter (`apply_filter`); so is a filter that fails on the data at run time on
 the DataFrame lane, e.g. CAST_INVALID_INPUT (`filter_failure`).
+
+Parquet writers leave NaN out of row-group statistics, so predicates on float
+and double columns never prune by them: on the DataFrame lane they are not
+pushed down to Spark's Parquet reader (`apply_filter` compares `nanvl(x, x)`,
+the same value), and on the Arrow lane they are applied to the rows read
+(`RowFilter.prune` holds only the other conjuncts).
 """
 from __future__ import annotations
 
 import decimal
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -295,10 +302,6 @@ class _Value:
     def __init__(self, expr: ds.Expression, type_: pa.DataType, literal: pa.Scalar | None = None) -> None:
         self.expr, self.type, self.literal = expr, type_, literal
 
-    @property
-    def is_nan_literal(self) -> bool:
-        return self.literal is not None and self.literal.is_valid and self.literal.as_py() != self.literal.as_py()
-
 
 def _float_equal(a: ds.Expression, b: ds.Expression) -> ds.Expression:
     # Spark: NaN = NaN; IEEE already has -0.0 = 0.0. Kleene logic keeps NULL when a side is NULL.
@@ -341,7 +344,7 @@ def _in(value: _Value, items: list[pa.Scalar]) -> ds.Expression:
     values = [s.as_py() for s in items if s.is_valid]
     x = value.expr
     if _is_float(value.type):
-        numbers = [v for v in values if v == v]
+        numbers = [v for v in values if not math.isnan(v)]
         has_nan = len(numbers) != len(values)
         if any(v == 0 for v in numbers):
             numbers += [0.0, -0.0]  # pyarrow's hash set tells the zeros apart; Spark does not
