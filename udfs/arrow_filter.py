@@ -109,9 +109,10 @@ def _without_float_pushdown(df: Any) -> Any:
     """`df` with each float/double column `x` as `nanvl(x, x)`: the same values, but predicates on
     them are evaluated by Spark, not pushed down to the Parquet reader.
 
-    Parquet readers skip row groups by min/max statistics that leave NaN out (as pyarrow and the
-    Parquet spec write them) and by dictionaries that tell -0.0 from 0.0, so a pushed-down
-    `x > 100` or `x = 0` loses NaN or -0.0 rows depending on how rows fall into row groups.
+    Spark's Parquet reader skips row groups by min/max statistics, which leave NaN out (as
+    pyarrow and the Parquet spec write them) and which it compares with -0.0 below 0.0, so a
+    pushed-down `x > 100` or `x = 0` loses NaN or -0.0 rows depending on how rows fall into
+    row groups (seen with Spark 4.1).
     """
     from pyspark.sql import functions as F  # noqa: N812, PLC0415 - pyspark's own spelling
 
