@@ -275,3 +275,17 @@ def test_compiled_filter_is_shipped_not_reparsed(spark, special_root) -> None:  
     ids = sorted(i for t in plan.tasks for b in read_task(t, source, {}) for i in b.column("id").to_pylist())
     assert ids == sorted(r.id for r in df.select("id").collect())
     assert any(SPECIAL_ROWS[i]["x"] is not None and math.isnan(SPECIAL_ROWS[i]["x"]) for i in ids)  # NaN kept
+
+
+@pytest.mark.parametrize(("f", "want"), [("x = 0", [0, 1, 2]), ("x > 100", [4, 6]), ("x >= double('NaN')", [4])])
+def test_float_predicates_do_not_skip_row_groups_by_statistics(spark, tmp_path, f, want) -> None:  # type: ignore[no-untyped-def]
+    # row groups of 3: [-0.0, -0.0, -0.0] has min = max = -0.0, [5.0, NaN, NULL] min = max = 5.0 (NaN
+    # is left out): Spark's pushdown would skip the first for x = 0 and the second for the others,
+    # pyarrow's statistics the second
+    root = str(tmp_path / "data")
+    os.makedirs(root)
+    pq.write_table(pa.table({"id": list(range(8)), "x": [-0.0, -0.0, -0.0, 5.0, NAN, None, INF, 6.0]}),
+                   os.path.join(root, "part-0.parquet"), row_group_size=3)
+    df = apply_filter(spark.read.parquet(root), f)
+    assert sorted(r.id for r in df.select("id").collect()) == want
+    assert _arrow_ids(root, df) == want

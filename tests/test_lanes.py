@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -191,7 +192,7 @@ def test_filter_spark_rejects_is_a_config_error_on_every_lane(spark, nan_input, 
                                                               lane, filter_sql) -> None:
     # 'abc' fails when Spark folds the cast; region > 5 fails on the first row ('north' is no number),
     # which the Arrow lane refuses to evaluate (it cannot cast strings as Spark does)
-    named = "input.filter" if (lane, filter_sql) == ("arrow", "region > 5") else f"input.filter '{filter_sql}'"
-    with pytest.raises(ConfigError, match=named):
+    named = "input.filter" if (lane, filter_sql) == ("arrow", "region > 5") else f"input.filter {filter_sql!r}"
+    with pytest.raises(ConfigError, match=re.escape(named)):
         run_scoring(spark, _cfg(nan_input, demo_model, str(tmp_path / "out"), f"input.lane={lane}",
                                 f"input.filter={filter_sql}"))
