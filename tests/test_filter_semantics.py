@@ -199,7 +199,7 @@ def _assert_meaningful(counts: Counter[str]) -> None:
 
 
 def test_lanes_choose_the_same_rows(spark, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
-    _assert_meaningful(_run(spark, tmp_path_factory, examples=3, predicates=15))
+    _assert_meaningful(_run(spark, tmp_path_factory, examples=2, predicates=12))
 
 
 @pytest.mark.slow
