@@ -143,11 +143,7 @@ class RowFilter:
     exact: ds.Expression  # the rows Spark keeps
     prune: ds.Expression | None  # the conjuncts Parquet statistics may prune row groups by
     columns: tuple[str, ...]  # the columns `exact` reads
-
-    @property
-    def after_read(self) -> bool:
-        """`exact` must be applied to the rows read (it holds more than `prune`)."""
-        return self.prune is not self.exact
+    after_read: bool = True  # `exact` holds more than `prune`: apply it to the rows read
 
 
 def arrow_filter(df: Any, schema: pa.Schema) -> RowFilter | None:
@@ -173,7 +169,7 @@ def arrow_filter(df: Any, schema: pa.Schema) -> RowFilter | None:
     try:
         conditions = _filter_conditions(jdf.queryExecution().optimizedPlan())
         if conditions is None:  # Spark proved that no row passes
-            return RowFilter(ds.scalar(False), ds.scalar(False), ())
+            return RowFilter(ds.scalar(False), ds.scalar(False), (), after_read=False)
         translated = [_Translator(schema).conjunct(c) for cond in conditions for c in _conjuncts(cond)]
     except UnsupportedFilter as e:
         raise UnsupportedFilter(f"input.filter: {e}") from None
@@ -183,8 +179,10 @@ def arrow_filter(df: Any, schema: pa.Schema) -> RowFilter | None:
         return None
     exact = _all([e for e, _, _ in translated])
     safe = [e for e, _, floats in translated if not floats]
-    prune = exact if len(safe) == len(translated) else (_all(safe) if safe else None)
-    return RowFilter(exact, prune, tuple(sorted({c for _, cols, _ in translated for c in cols})))
+    columns = tuple(sorted({c for _, cols, _ in translated for c in cols}))
+    if len(safe) == len(translated):
+        return RowFilter(exact, exact, columns, after_read=False)
+    return RowFilter(exact, _all(safe) if safe else None, columns)
 
 
 def _all(exprs: list[ds.Expression]) -> ds.Expression:
