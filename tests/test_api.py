@@ -130,7 +130,7 @@ def test_predict_udf_gives_null_for_bad_rows_or_fails(spark, image_model) -> Non
                                                               dtype=np.float32).reshape(2, *support.IMAGE_SHAPE)})
     assert support.max_abs_diff([got[0], got[4]], bare["score"]) <= TOL
     strict = batchscore.predict_udf(image_model, bad_rows="fail")
-    with pytest.raises(PythonException, match="null_feature|bad_shape|non_finite"):
+    with pytest.raises(PythonException, match=r"null_feature|bad_shape|non_finite"):
         df.select(strict("pixels")).collect()
 
 
@@ -177,7 +177,8 @@ def test_predict_udf_wrong_column_type_names_the_column(spark, image_model) -> N
         df.select(batchscore.predict_udf(image_model)("pixels")).collect()
 
 
-def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(spark, multi_model, multi_table, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(  # type: ignore[no-untyped-def]
+        spark, multi_model, multi_table, tmp_path) -> None:
     from batchscore.udfs.stats import make_stats_accumulator
 
     table = multi_table.set_column(multi_table.schema.get_field_index("f1"), "f1",
@@ -206,7 +207,7 @@ def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(spark, m
 
 
 def test_score_dataframe_refuses_on_the_driver(spark, multi_df, multi_model) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(SchemaError, match="column 'category' .* not found"):
+    with pytest.raises(SchemaError, match=r"column 'category' .* not found"):
         batchscore.score_dataframe(multi_df, multi_model)
     with pytest.raises(ConfigError, match="bad_rows must be one of keep, drop, fail"):
         batchscore.score_dataframe(multi_df, multi_model, bad_rows="null")  # type: ignore[arg-type]

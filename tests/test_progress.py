@@ -21,7 +21,8 @@ TF_CHATTER = re.compile(r"^[IWE]\d{4} \d\d:|absl::InitializeLog|oneDNN custom op
 
 
 def test_progress_line_reads_rows_tasks_rate_and_eta() -> None:
-    assert Progress(3, 10, 3_000, 10_000, 2.0).line() == "scoring: 3,000 of 10,000 rows (3/10 tasks), 1,500 rows/s, ETA 0:00:05"
+    assert Progress(3, 10, 3_000, 10_000, 2.0).line() == (
+        "scoring: 3,000 of 10,000 rows (3/10 tasks), 1,500 rows/s, ETA 0:00:05")
     assert Progress(2, 8, 500, None, 10.0).line() == "scoring: 500 of ~2,000 rows (2/8 tasks), 50 rows/s, ETA 0:00:30"
     assert Progress(0, 0, 0, None, 1.0).line() == "scoring: 0 rows (waiting for tasks), 0 rows/s, ETA ?"
     assert Progress(1, 4, None, None, 3600.0).line() == "scoring: 1/4 tasks, 3600s, ETA 3:00:00"

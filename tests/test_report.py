@@ -56,7 +56,7 @@ def test_report_renders_the_manifest_figures_phases_and_reasons(tmp_path, capsys
     assert f"report written to {run}/_report.html" in capsys.readouterr().out
     p = _Cells()
     p.feed(page)
-    pairs = dict(zip(p.cells[::2], p.cells[1::2]))
+    pairs = dict(zip(p.cells[::2], p.cells[1::2], strict=True))
     assert pairs["rows in"] == "12,345" and pairs["rows scored"] == "12,000" and pairs["rows quarantined"] == "345"
     assert pairs["rows per second"] == "676" and pairs["lane"] == "arrow" and pairs["model loads"] == "2"
     assert pairs["null_feature"] == "300" and pairs["bad_shape"] == "45"

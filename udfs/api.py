@@ -209,7 +209,7 @@ def _feed_columns(
         if len(cols) > len(inputs):
             raise SchemaError(f"predict_udf: {len(cols)} columns given for {len(inputs)} model inputs "
                               f"({', '.join(inputs)}); stack scalar columns with a list, e.g. name=[...]")
-        wanted.update(zip(inputs, cols))
+        wanted.update(zip(inputs, cols, strict=False))  # fewer columns: the rest come by name
     twice = sorted(set(wanted) & set(named))
     if twice:
         raise SchemaError(f"predict_udf: model input '{twice[0]}' is given both by position and by name")
@@ -223,7 +223,7 @@ def _feed_columns(
         given = wanted[name]
         many = isinstance(given, (list, tuple))
         names = [_arg_name(c, len(args) + i, args) for i, c in enumerate(given if many else [given])]
-        args.extend(zip(names, given if many else [given]))
+        args.extend(zip(names, given if many else [given], strict=True))
         columns[name] = names if many else names[0]
     return args, columns
 
