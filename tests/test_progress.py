@@ -105,3 +105,11 @@ def test_job_quiet_has_no_progress_and_verbose_keeps_tensorflow_logs(tmp_path, d
     assert not TF_CHATTER.search(quiet.stderr), quiet.stderr[-3000:]
     verbose = _run_job(tmp_path, demo_input, demo_model, "verbose", "--verbose", "--quiet")
     assert TF_CHATTER.search(verbose.stderr), verbose.stderr[-3000:]  # the same run shows them when asked
+
+
+def test_known_rows_from_the_plan_when_spark_states_them(spark, demo_input) -> None:  # type: ignore[no-untyped-def]
+    from batchscore.udfs.progress import known_rows
+
+    assert known_rows(spark.range(1234)) == 1234
+    assert known_rows(spark.read.parquet(demo_input)) is None  # file sources state bytes, not rows
+    assert known_rows(object()) is None

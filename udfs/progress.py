@@ -69,7 +69,7 @@ def known_rows(df: Any) -> int | None:
     """The row count Spark's optimized plan states (tables with statistics), else None."""
     try:
         count = df._jdf.queryExecution().optimizedPlan().stats().rowCount()
-        return int(count.get().toString()) if count.isDefined() else None
+        return int(str(count.get())) if count.isDefined() else None  # a Scala BigInt, or an int via py4j
     except Exception:  # noqa: BLE001 - Spark Connect, or a plan without statistics
         return None
 
