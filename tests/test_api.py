@@ -146,12 +146,14 @@ def test_predict_udf_struct_is_null_for_a_bad_row(spark, multi_model) -> None:  
 def test_predict_udf_loads_the_model_once_per_worker(spark, multi_df, image_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = support.fresh_copy(image_model, str(tmp_path))  # no worker has it cached yet
     score = batchscore.predict_udf(model, batch_size=32)
-    df = multi_df.repartition(8)
+    df = multi_df.repartition(12)
     assert len(df.select(score("pixels")).collect()) == 500  # collected: a count() would prune the UDF
     stats = score.stats.value
-    loads = stats["loads"]  # worker -> loads in this UDF's tasks
-    assert stats["rows"] == 500 and 1 <= len(loads) <= 2  # local[2]: at most two Python workers
-    assert sorted(loads.values()) == [1] * len(loads)  # eight tasks, one load per worker
+    loads = stats["loads"]  # worker process -> loads in this UDF's tasks
+    assert stats["rows"] == 500
+    # twelve tasks on local[2]: Spark's reused workers (idle ones kept from earlier jobs may join)
+    # each load the model once
+    assert sorted(loads.values()) == [1] * len(loads) and 1 <= len(loads) < 12
     # a second action reuses the workers' cached model
     df.select(score("pixels")).collect()
     assert sum(score.stats.value["loads"].values()) == len(loads)
