@@ -28,7 +28,7 @@ import pyarrow as pa
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN
 from batchscore.udfs.binding import bind_inputs
 from batchscore.udfs.distribution import DISTRIBUTIONS, ModelSource, make_model_source
-from batchscore.udfs.errors import ConfigError, SchemaError
+from batchscore.udfs.errors import BadRowsError, ConfigError, SchemaError
 from batchscore.udfs.scoring import ScoringPlan, arrow_schema_of, plan_scoring, score_batches, with_predictions
 from batchscore.udfs.signature import ModelSignature, read_signature
 from batchscore.udfs.storage import absolute
@@ -249,8 +249,12 @@ def _udf_function(
             return
         feeds = bind_inputs(plan.signature, first.schema, columns, pad=pad, mask=mask)
         task_stats: dict[str, Any] = {}
-        for out in score_batches(replace(plan, feeds=feeds), itertools.chain([first], batches), task_stats):
-            yield _result_column(out, plan)
+        try:
+            for out in score_batches(replace(plan, feeds=feeds), itertools.chain([first], batches), task_stats):
+                yield _result_column(out, plan)
+        except BadRowsError as e:  # the engine words it for the job's config
+            message = str(e).replace(" (add a key to output.keep_columns to name it)", "")
+            raise BadRowsError(message.replace("quarantine.on_bad_rows: fail", "predict_udf bad_rows='fail'")) from None
         if stats is not None and task_stats:
             stats.add(task_stats)
 
