@@ -31,3 +31,20 @@ def conf_dir() -> str:
     """The shipped `conf/` examples and profiles: `<checkout>/conf`, or `batchscore/conf` when installed."""
     inside = _os.path.join(_here, "conf")
     return inside if _os.path.isdir(inside) else _os.path.join(_checkout, "conf")
+
+
+_API = ("score_dataframe", "predict_udf")
+
+
+def __getattr__(name: str) -> object:
+    """`batchscore.score_dataframe` and `batchscore.predict_udf`, imported on first use, so
+    `import batchscore` stays light (no pyspark, no TensorFlow)."""
+    if name in _API:
+        from batchscore.udfs import api  # noqa: PLC0415 - on first use: pyspark and TF stay unloaded
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'batchscore' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

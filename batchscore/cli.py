@@ -1,7 +1,8 @@
 """`batchscore <command> ...`: one command with subcommands, each the job's own `main`.
 
-    batchscore score --config FILE [--set key=value ...] [--quiet]
+    batchscore score --config FILE [--set key=value ...] [--quiet | --verbose]
     batchscore check-manifest PATH [--min-rows N]
+    batchscore report PATH [--out FILE]
     batchscore evaluate --predictions DIR --label COL --score COL
     batchscore demo [--out DIR] [--rows N] [--config FILE]
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("batchscore.jobs.score", "score a dataset with a TensorFlow model on Spark"),
     "check-manifest": ("batchscore.jobs.check_manifest", "check a scoring run's _manifest.json"),
+    "report": ("batchscore.jobs.report", "write an HTML report of a scoring run (figures, phases, quarantine)"),
     "evaluate": ("batchscore.jobs.evaluate", "evaluate scored output against labels"),
     "demo": ("batchscore.jobs.demo", "make the demo data and model if missing, then score them"),
 }

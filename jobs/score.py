@@ -13,6 +13,7 @@ from typing import Any
 
 from batchscore.jobs.config import load_config
 from batchscore.jobs.session import build_session, session_is_shared
+from batchscore.jobs.tf_logs import tensorflow_logs
 from batchscore.udfs.errors import BatchscoreError
 from batchscore.udfs.manifest import RunManifest
 from batchscore.udfs.run import run_scoring
@@ -26,7 +27,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML job config (see conf/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.batch_size=2048 (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--quiet", action="store_true", help="print only the summary (no progress, no info logs)")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep TensorFlow's start-up and C++ logs in the driver's and the workers' output")
     return p.parse_args(argv)
 
 
@@ -53,11 +56,13 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tf_conf = tensorflow_logs(verbose=args.verbose)  # before anything imports TensorFlow
     own_session = spark is None and not session_is_shared()
     try:
         spec = load_config(args.config, args.overrides)
         if spark is None:
-            spark = build_session(spec.spark, app_name="batchscore-score")
+            conf = {**spec.spark, **tf_conf} if args.verbose else {**tf_conf, **spec.spark}
+            spark = build_session(conf, app_name="batchscore-score")
             spark.sparkContext.setLogLevel("WARN")
         print(summary(run_scoring(spark, spec)))
         return 0

@@ -30,6 +30,7 @@ from batchscore.udfs.lanes import (
     temporary_conf,
 )
 from batchscore.udfs.manifest import MANIFEST_NAME, InputInfo, ModelInfo, OutputInfo, RunManifest, SparkInfo
+from batchscore.udfs.progress import scoring_progress
 from batchscore.udfs.scoring import ScoringPlan, arrow_schema_of, fixed_row_bytes, plan_scoring, with_predictions
 from batchscore.udfs.signature import ModelSignature, read_signature
 from batchscore.udfs.spark_errors import translate_spark_error
@@ -215,7 +216,7 @@ def score_into_staging(spark: Any, plan: RunPlan, staging: str, accumulator: Any
     log.info("scoring with the %s lane", plan.lane)
     clock.phase("plan")
     try:
-        with temporary_conf(spark, write_conf):
+        with temporary_conf(spark, write_conf), scoring_progress(spark, plan.df, accumulator):
             scored.write.mode("overwrite").partitionBy(
                 REASON_COLUMN, BAD_COLUMN, *plan.spec.output.partition_by).parquet(staging)
     except Exception as e:  # noqa: BLE001 - a failed task: a user's bad filter or rows, or a real failure
