@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscore.jobs.session import temporary_conf
 from batchscore.udfs.arrow_filter import UnsupportedFilter, apply_filter, arrow_filter
 from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
 from batchscore.udfs.errors import ConfigError
+from batchscore.udfs.lanes import temporary_conf
 from batchscore.udfs.scoring import arrow_schema_of
 
 UTC = dt.timezone.utc
