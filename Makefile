@@ -83,7 +83,7 @@ $(AIRFLOW_VENV)/.installed: requirements-airflow.txt
 	touch $@
 
 test-airflow: venv $(AIRFLOW_VENV)/.installed
-	$(AIRFLOW_PY) -m pytest -q -p no:cacheprovider tests/test_dag_airflow.py
+	$(AIRFLOW_PY) -m pytest -q -p no:cacheprovider --noconftest tests/test_dag_airflow.py
 
 clean:
 	rm -rf build data/demo/predictions data/demo/predictions_quarantine
