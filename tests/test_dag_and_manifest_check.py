@@ -19,7 +19,6 @@ from batchscore.udfs.manifest import RunManifest
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-DS = "2026-06-30"
 
 
 def _good_manifest(**changes: Any) -> dict[str, Any]:
