@@ -76,10 +76,11 @@ $(JARS_LIB)/.fetched: jars/pom.xml
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_PY := $(AIRFLOW_VENV)/bin/python
 
-$(AIRFLOW_VENV)/.installed: requirements-airflow.txt
+# requirements-airflow.lock: the whole resolved set (pip freeze), so every install is the same.
+$(AIRFLOW_VENV)/.installed: requirements-airflow.txt requirements-airflow.lock
 	test -x $(AIRFLOW_PY) || $(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_PY) -m pip install --quiet --upgrade pip
-	$(AIRFLOW_PY) -m pip install --quiet -r requirements-airflow.txt
+	$(AIRFLOW_PY) -m pip install --quiet -r requirements-airflow.txt -c requirements-airflow.lock
 	touch $@
 
 test-airflow: venv $(AIRFLOW_VENV)/.installed
