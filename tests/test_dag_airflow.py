@@ -135,7 +135,7 @@ def test_dag_folder_imports_with_no_errors(airflow_env: dict[str, str]) -> None:
                           "tasks": sorted(dag.task_dict) if dag else [],
                           "downstream": sorted(score.downstream_task_ids) if score else [],
                           "operator": type(score).__mro__[1].__name__ if score else None,
-                          "conn_id": score.conn_id if score else None,
+                          "conn_id": score._conn_id if score else None,  # the provider keeps it private
                           "retries": score.retries if score else None,
                           "backoff": bool(score.retry_exponential_backoff) if score else None,
                           "args": score.application_args if score else None}))
