@@ -123,6 +123,38 @@ def test_spark_submit_sh_puts_the_jars_on_the_classpath(tmp_path: Path) -> None:
     assert json.loads(line[6:]) == dict.fromkeys(CLASSES, False)
 
 
+DELTA_PROBE = """
+import json, sys
+from batchscore.jobs.session import build_session
+spark = build_session({"spark.master": "local[1]", "spark.ui.enabled": False,
+                       "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+                       "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog"})
+df = spark.createDataFrame([(i, i * 0.25) for i in range(20)], "id long, score double")
+df.write.format("delta").mode("overwrite").save(sys.argv[1])
+df.where("id >= 10").write.format("delta").mode("overwrite").save(sys.argv[1])  # version 1
+back = spark.read.format("delta").load(sys.argv[1])
+v0 = spark.read.format("delta").option("versionAsOf", 0).load(sys.argv[1])
+print("PROBE " + json.dumps({"now": sorted(tuple(r) for r in back.collect()),
+                             "v0": sorted(tuple(r) for r in v0.collect())}))
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+@needs_jars
+def test_delta_round_trip_in_a_session_with_the_extension(tmp_path: Path) -> None:
+    """Delta's extension and catalog are static settings: a session of its own (a subprocess)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("BATCHSCORE_JARS", None)
+    run = subprocess.run([sys.executable, "-c", DELTA_PROBE, str(tmp_path / "delta")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (line,) = [x for x in run.stdout.splitlines() if x.startswith("PROBE ")]
+    rows = [[i, i * 0.25] for i in range(20)]
+    assert json.loads(line[6:]) == {"now": rows[10:], "v0": rows}
+    assert (tmp_path / "delta" / "_delta_log" / "00000000000000000001.json").is_file()
+
+
 def test_spark_writes_and_reads_parquet_on_minidfs(spark: Any, hdfs_uri: str) -> None:
     from pyspark.testing import assertDataFrameEqual
 
