@@ -1,5 +1,7 @@
 # make demo  -- set up, make the demo data and model, score them with spark-submit
-# make test  -- set up, run the test suite (make test-fast: without the slow tests; make lint)
+# make test  -- set up, fetch the connector jars, run the test suite (make test-fast: without the slow tests; make lint)
+# make jars  -- Spark's connectors (hadoop-aws + AWS SDK, delta-spark) and a test HDFS, from Maven Central
+# make test-airflow -- Airflow 3 in its own .venv-airflow: the DAG imports, and runs end to end on local Spark
 # make bench -- the cold whole-command benchmark (bench/README.md; make bench-plan shows what it runs)
 PYTHON ?= python3
 VENV := .venv
@@ -8,8 +10,8 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan bench-ray-venv \
-	bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
+.PHONY: demo test test-fast test-airflow jars lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan \
+	bench-ray-venv bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
 
 venv: $(VENV)/.installed
 
@@ -27,7 +29,7 @@ demo: venv data/demo/features data/demo/model
 	./spark-submit.sh --driver-memory 4g jobs/score.py --config conf/demo.yaml --quiet
 	$(PY) -m jobs.evaluate --predictions data/demo/predictions --label defaulted --score default_probability
 
-test: venv
+test: venv jars
 	$(PY) -m pytest -q tests
 
 test-fast: venv
@@ -89,6 +91,36 @@ bench-cpu: venv
 	$(PY) -m bench.cpu --warm 2
 	$(PY) -m bench.cpu --warm 12
 	$(PY) -m bench.cpu --workload cnn --warm 3
+
+# Connector jars: resolved by Maven from jars/pom.xml (one profile per folder) into jars/lib/.
+# Cached: re-fetched only when the pom changes (Maven's own cache: build/m2).
+JARS_LIB := jars/lib
+MVN := mvn -B -q -f jars/pom.xml -Dmaven.repo.local=$(abspath build/m2)
+
+jars: $(JARS_LIB)/.fetched
+
+$(JARS_LIB)/.fetched: jars/pom.xml
+	rm -rf $(JARS_LIB).tmp && mkdir -p $(JARS_LIB).tmp
+	$(MVN) -P spark dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS_LIB).tmp/spark)
+	$(MVN) -P hdfs dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS_LIB).tmp/hdfs)
+	rm -rf $(JARS_LIB) && mv $(JARS_LIB).tmp $(JARS_LIB)
+	ls $(JARS_LIB)/spark $(JARS_LIB)/hdfs
+	touch $@
+
+# Airflow 3 lives in its own virtualenv: its pins clash with the job's. The DAG's Spark job
+# still runs in .venv (through ./spark-submit.sh), so both venvs and the jars are needed.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_PY := $(AIRFLOW_VENV)/bin/python
+
+# requirements-airflow.lock: the whole resolved set (pip freeze), so every install is the same.
+$(AIRFLOW_VENV)/.installed: requirements-airflow.txt requirements-airflow.lock
+	test -x $(AIRFLOW_PY) || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_PY) -m pip install --quiet --upgrade pip
+	$(AIRFLOW_PY) -m pip install --quiet -r requirements-airflow.txt -c requirements-airflow.lock
+	touch $@
+
+test-airflow: venv $(AIRFLOW_VENV)/.installed
+	$(AIRFLOW_PY) -m pytest -q -p no:cacheprovider --noconftest tests/test_dag_airflow.py
 
 clean:
 	rm -rf build data/demo/predictions data/demo/predictions_quarantine

@@ -14,6 +14,9 @@ and passes every other option to spark-submit unchanged (quoting preserved).
                    one inside the installed pyspark (.venv first, then python3)
   --master         defaults to local[*] when not given
   PYSPARK_PYTHON   the workers' Python; defaults to this checkout's .venv python
+  BATCHSCORE_JARS  connector jars (hadoop-aws, AWS SDK, delta-spark) added to the classpath:
+                   default jars/lib/spark/*.jar when `make jars` made them; a folder of jars;
+                   or `none` when the cluster already has them
 
 Examples:
   ./spark-submit.sh jobs/score.py --config conf/demo.yaml
@@ -62,11 +65,13 @@ export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 # Options before the application file go to spark-submit; merge ours in.
-opts=() app=() have_master=0 have_log=0 py_files="$BUILD/batchscore.zip" archives="$BUILD/conf.zip#conf"
+opts=() app=() master="local[*]" have_master=0 have_log=0 jars="" driver_cp="" py_files="$BUILD/batchscore.zip" archives="$BUILD/conf.zip#conf"
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --master) have_master=1; opts+=("$1" "$2"); shift 2 ;;
-    --master=*) have_master=1; opts+=("$1"); shift ;;
+    --master) have_master=1; master="$2"; opts+=("$1" "$2"); shift 2 ;;
+    --master=*) have_master=1; master="${1#--master=}"; opts+=("$1"); shift ;;
+    --jars) jars="$2"; shift 2 ;;
+    --driver-class-path) driver_cp="$2"; shift 2 ;;
     --driver-java-options|--driver-java-options=*) have_log=1; opts+=("$1"); [[ "$1" == *=* ]] || { opts+=("$2"); shift; }; shift ;;
     --py-files) py_files="$py_files,$2"; shift 2 ;;
     --archives) archives="$archives,$2"; shift 2 ;;
@@ -81,6 +86,24 @@ while [[ $# -gt 0 ]]; do
 done
 [[ ${#app[@]} -gt 0 ]] || { echo "error: no application given (e.g. jobs/score.py)" >&2; usage >&2; exit 2; }
 [[ $have_master -eq 1 ]] || opts+=(--master "local[*]")
+# Spark's connectors (`make jars`). Local masters: straight onto the JVMs' classpath (nothing
+# copied per run; the AWS SDK bundle is ~640 MB); other masters: shipped with --jars.
+jar_dir="${BATCHSCORE_JARS:-$ROOT/jars/lib/spark}"
+connector_jars=()
+if [[ "$jar_dir" != none && -d "$jar_dir" ]]; then
+  shopt -s nullglob; connector_jars=("$jar_dir"/*.jar); shopt -u nullglob
+fi
+if [[ ${#connector_jars[@]} -gt 0 ]]; then
+  if [[ "$master" == local* ]]; then
+    classpath="$(IFS=:; echo "${connector_jars[*]}")"
+    driver_cp="${driver_cp:+$driver_cp:}$classpath"
+    opts+=(--conf "spark.executor.extraClassPath=$classpath")
+  else
+    jars="${jars:+$jars,}$(IFS=,; echo "${connector_jars[*]}")"
+  fi
+fi
+[[ -z "$jars" ]] || opts+=(--jars "$jars")
+[[ -z "$driver_cp" ]] || opts+=(--driver-class-path "$driver_cp")
 # Quiet driver logs (WARN) unless the caller brings its own driver Java options.
 [[ $have_log -eq 1 ]] || opts+=(--driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
 

@@ -17,6 +17,38 @@ ENGINE_DEFAULTS = {
     "spark.ui.showConsoleProgress": "false",
 }
 LOG_CONFIG = os.path.join(conf_dir(), "log4j2.properties")
+# `make jars` puts Spark's connectors (hadoop-aws + AWS SDK, delta-spark) here.
+CONNECTOR_JARS_DIR = os.path.join(PROJECT_ROOT, "jars", "lib", "spark")
+JARS_ENV = "BATCHSCORE_JARS"  # "none": add no jars (the cluster has them); or a folder of jars
+
+
+def connector_jars() -> list[str]:
+    """The connector jars a session built here puts on its classpath (sorted paths).
+
+    Those of `make jars` (`jars/lib/spark/*.jar` in a checkout), or of the folder in
+    $BATCHSCORE_JARS; none when that is `none` or the folder holds no jars.
+    """
+    folder = os.environ.get(JARS_ENV, "").strip() or CONNECTOR_JARS_DIR
+    if folder.lower() == "none" or not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jar"))
+
+
+def _with_connector_jars(conf: dict[str, str], master: str) -> None:
+    """Add `connector_jars()` to `conf` (in place), after any classpath the config sets.
+
+    Local masters (`local[...]`, `local-cluster[...]`) put the jars straight on the driver's
+    and executors' JVM classpath: nothing is copied per session (the AWS SDK bundle alone is
+    ~640 MB). Other masters ship them with `spark.jars`.
+    """
+    jars = connector_jars()
+    if not jars:
+        return
+    if master.startswith("local"):
+        for key in ("spark.driver.extraClassPath", "spark.executor.extraClassPath"):
+            conf[key] = os.pathsep.join(p for p in (conf.get(key, ""), *jars) if p)
+    else:
+        conf["spark.jars"] = ",".join(p for p in (conf.get("spark.jars", ""), *jars) if p)
 
 
 def under_spark_submit() -> bool:
@@ -37,7 +69,8 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
     """Build (or get) the SparkSession for a job.
 
     `spark.master` from the config is honoured only when not run by spark-submit;
-    Python workers use this interpreter unless PYSPARK_PYTHON says otherwise.
+    Python workers use this interpreter unless PYSPARK_PYTHON says otherwise;
+    `connector_jars()` go on the classpath (not under spark-submit: ./spark-submit.sh adds them).
     """
     from pyspark.sql import SparkSession  # noqa: PLC0415
 
@@ -50,6 +83,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.master(master)
+        _with_connector_jars(conf, master)
         if os.path.isfile(LOG_CONFIG):  # quiet driver logs, as ./spark-submit.sh does
             conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}")
         # The workers' interpreter is read from the driver's environment.

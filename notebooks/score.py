@@ -2,17 +2,17 @@
 # MAGIC %md
 # MAGIC # Score a dataset with a TensorFlow model (batchscore)
 # MAGIC
-# MAGIC Runs the same scoring job as `python -m jobs.score` through the package: reads the job
-# MAGIC config, applies the paths from the widgets as `--set`-style overrides, scores, and shows
-# MAGIC the run manifest and a sample of the predictions.
+# MAGIC Runs the same scoring job as `batchscore score` through the package: reads the job
+# MAGIC config, applies the widgets as `--set`-style overrides, scores, and shows the run
+# MAGIC manifest and a sample of the predictions. `notebooks/evaluate.py` then measures them.
 # MAGIC
 # MAGIC * **On Databricks**: open this file from a Git folder holding the repository (or install
 # MAGIC   the `batchscore` wheel on the cluster). Use a cluster in *Dedicated* access mode with a
 # MAGIC   Databricks Runtime ML, and see `conf/databricks.yaml` for the paths and the cluster's
 # MAGIC   Spark config. Set the widgets, then *Run all*.
-# MAGIC * **Anywhere else**: `python notebooks/score_demo.py` from the repository root after
-# MAGIC   `make demo` (or `python -m jobs.demo_data --out data/demo`). The widgets become
-# MAGIC   environment variables `BATCHSCORE_WIDGET_<NAME>` (e.g. `BATCHSCORE_WIDGET_OUTPUT_PATH`).
+# MAGIC * **Anywhere else**: `python notebooks/score.py` from the repository root after
+# MAGIC   `make demo`. The widgets keep their defaults, or take environment variables
+# MAGIC   `BATCHSCORE_WIDGET_<NAME>` (e.g. `BATCHSCORE_WIDGET_OUTPUT_PATH`).
 
 # COMMAND ----------
 
@@ -97,7 +97,7 @@ print(json.dumps(cfg.model_dump(include={"input", "model", "output", "quarantine
 # MAGIC ## Session
 # MAGIC On Databricks the cluster's session is used: executor settings come from the cluster's Spark
 # MAGIC config, and only session-level SQL settings from the config's `spark:` section are applied.
-# MAGIC Elsewhere the session is built from the `spark:` section, as `python -m jobs.score` does.
+# MAGIC Elsewhere the session is built from the `spark:` section, as `batchscore score` does.
 
 # COMMAND ----------
 
