@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,12 +48,27 @@ def demo_table() -> pa.Table:
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) -> str:
+def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Callable[[str], object]], str]:
+    """The one model fixture: `saved_model(name, build)` returns the path of test model `name`,
+    built once per session by `build(path)` (a SavedModel directory or a .keras file)."""
+    root = tmp_path_factory.mktemp("models")
+
+    def get(name: str, build: Callable[[str], object]) -> str:
+        path = str(root / name)
+        if not os.path.exists(path):
+            tmp = str(root / f".{name}.tmp")
+            build(tmp)
+            os.replace(tmp, path)  # a half-built model is never handed out
+        return path
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def demo_model(saved_model: Callable[..., str], demo_table: pa.Table) -> str:
     from batchscore.jobs.demo_data import train_model
 
-    path = str(tmp_path_factory.mktemp("demo") / "demo_model")
-    train_model(demo_table, path, epochs=1, sample=DEMO_ROWS)
-    return path
+    return saved_model("demo_model", lambda path: train_model(demo_table, path, epochs=1, sample=DEMO_ROWS))
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +92,25 @@ def demo_input(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) -
 
 
 @pytest.fixture(scope="session")
-def multi_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return support.build_multi_model(str(tmp_path_factory.mktemp("multi") / "multi_model"))
+def multi_model(saved_model: Callable[..., str]) -> str:
+    return saved_model("multi_model", support.build_multi_model)
+
+
+# --- the reliability models (tests/reliability_support.py): every quarantine reason, unfeedable signatures ---
+
+
+@pytest.fixture(scope="session")
+def rel_model(saved_model: Callable[..., str]) -> str:
+    from tests import reliability_support as rs
+
+    return saved_model("rel_model", rs.build_rel_model)
+
+
+@pytest.fixture(scope="session")
+def odd_model(saved_model: Callable[..., str]) -> str:
+    from tests import reliability_support as rs
+
+    return saved_model("odd_model", rs.build_unfeedable_model)
 
 
 @pytest.fixture(scope="session")

@@ -82,16 +82,6 @@ def build_unfeedable_model(path: str) -> str:
     return path
 
 
-def cached_model(basetemp: Any, name: str, build: Any) -> str:
-    """Build a model once per pytest session, shared by every module that asks."""
-    path = os.path.join(str(basetemp), name)
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        tmp = path + ".tmp"
-        build(tmp)
-        os.replace(tmp, path)
-    return path
-
-
 # --- tables ---
 
 

@@ -115,6 +115,14 @@ def tf_predict(model_dir: str, inputs: dict[str, np.ndarray], signature: str = "
     return {k: v.numpy() for k, v in out.items()}
 
 
+def job_spec(input_path: str, model_path: str, output_path: str, *overrides: str) -> Any:
+    """A validated JobSpec, made the way a user's job is: the three paths, then `--set` overrides."""
+    from batchscore.jobs.config import load_config
+
+    return load_config(None, [f"input.path={input_path}", f"model.path={model_path}",
+                              f"output.path={output_path}", *overrides])
+
+
 def write_parquet(table: pa.Table, path: str, *, files: int = 1) -> str:
     """Write `table` as `files` Parquet files (contiguous row ranges) under directory `path`."""
     os.makedirs(path, exist_ok=True)

@@ -36,8 +36,8 @@ def _tf_image_model(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def image_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return _tf_image_model(str(tmp_path_factory.mktemp("api") / "image_model"))
+def image_model(saved_model) -> str:  # type: ignore[no-untyped-def]
+    return saved_model("api_image_model", _tf_image_model)
 
 
 @pytest.fixture(scope="module")

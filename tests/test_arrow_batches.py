@@ -5,13 +5,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.jobs.config import load_config
+from batchscore.udfs.binding import InputFeed
 from batchscore.udfs.lanes import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, temporary_conf
 from batchscore.udfs.run import run_scoring
-from tests import support
-from batchscore.udfs.binding import InputFeed
 from batchscore.udfs.scoring import ScoringPlan, fixed_row_bytes
 from batchscore.udfs.signature import TensorSpec
+from tests import support
 
 INT_MAX = str(2**31 - 1)
 
@@ -72,9 +71,8 @@ def test_dataframe_lane_batches_follow_the_byte_bound(spark, sum_model, tmp_path
     x = rng.normal(size=(n, 4)).astype(np.float32)
     table = pa.table({"id": pa.array(np.arange(n, dtype=np.int64)), **{f"f{i}": pa.array(x[:, i]) for i in range(4)}})
     inp = support.write_parquet(table, str(tmp_path / "in"), files=1)
-    cfg = load_config(None, [f"input.path={inp}", f"model.path={sum_model}", "input.lane=dataframe",
-                             "input.columns={x: [f0, f1, f2, f3]}", f"output.path={tmp_path / 'out'}",
-                             "output.keep_columns=[id]"])
+    cfg = support.job_spec(inp, sum_model, str(tmp_path / "out"), "input.lane=dataframe",
+                           "input.columns={x: [f0, f1, f2, f3]}", "output.keep_columns=[id]")
     keys = (MAX_BYTES_KEY, MAX_RECORDS_KEY)
     before = {k: spark.conf.get(k) for k in keys}
     with temporary_conf(spark, {MAX_BYTES_KEY: "2k", MAX_RECORDS_KEY: "10000"}):

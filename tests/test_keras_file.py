@@ -5,7 +5,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.jobs.config import load_config
 from batchscore.udfs.run import run_scoring
 from tests import support
 
@@ -33,9 +32,8 @@ def test_keras_file_scores_like_keras(spark, keras_file, tmp_path, lane) -> None
     table = pa.table({"id": pa.array(np.arange(ROWS, dtype=np.int64)),
                       **{f"f{i}": pa.array(x[:, i]) for i in range(4)}})
     inp = support.write_parquet(table, str(tmp_path / "in"), files=2)
-    cfg = load_config(None, [f"input.path={inp}", f"model.path={path}", f"input.lane={lane}",
-                             "input.columns={x: [f0, f1, f2, f3]}", f"output.path={tmp_path / 'out'}",
-                             "output.keep_columns=[id]", "model.batch_size=64"])
+    cfg = support.job_spec(inp, path, str(tmp_path / "out"), f"input.lane={lane}",
+                           "input.columns={x: [f0, f1, f2, f3]}", "output.keep_columns=[id]", "model.batch_size=64")
     manifest = run_scoring(spark, cfg)
     assert manifest.lane == lane
     assert manifest.rows_scored == ROWS and manifest.rows_quarantined == 0

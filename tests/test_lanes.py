@@ -13,21 +13,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.jobs.config import load_config
 from batchscore.jobs.demo_data import NUMERIC
+from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.run import run_scoring
 from tests import support
-from batchscore.udfs.errors import ConfigError
 
 NUMERIC_COLUMNS = "input.columns={numeric: [" + ", ".join(NUMERIC) + "]}"
 FLOAT_TOL = 1e-6  # same model, batches cut at other rows: float32 rounding may differ in the last bit
 
 
 def _cfg(inp: str, model: str, out: str, *extra: str) -> dict:
-    return load_config(None, [
-        f"input.path={inp}", f"model.path={model}", f"output.path={out}", NUMERIC_COLUMNS,
-        "output.keep_columns=[id, as_of_date]", "model.batch_size=128", *extra,
-    ])
+    return support.job_spec(inp, model, out, NUMERIC_COLUMNS, "output.keep_columns=[id, as_of_date]",
+                            "model.batch_size=128", *extra)
 
 
 @pytest.fixture(scope="module")

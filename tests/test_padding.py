@@ -13,19 +13,19 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from batchscore.jobs.config import load_config
 from batchscore.jobs.score import main
-from batchscore.udfs.run import run_scoring
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import bind_inputs, check_sample
 from batchscore.udfs.distribution import ModelSource
 from batchscore.udfs.errors import ConfigError, ModelError, SchemaError
 from batchscore.udfs.model_cache import load_saved_model
+from batchscore.udfs.run import run_scoring
 from batchscore.udfs.scoring import fixed_row_bytes, plan_scoring
 from batchscore.udfs.signature import ModelSignature, TensorSpec, read_signature
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests import support
 
 TOKENS_SIG = ModelSignature(
@@ -300,8 +300,8 @@ def build_token_model(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def token_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return build_token_model(str(tmp_path_factory.mktemp("tokens") / "token_model"))
+def token_model(saved_model) -> str:  # type: ignore[no-untyped-def]
+    return saved_model("token_model", build_token_model)
 
 
 def token_rows(n: int, seed: int = 9) -> list[list | None]:
@@ -352,9 +352,9 @@ def token_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list]:
 def test_job_pads_token_ids_and_fills_the_mask(spark, token_model, token_input, tmp_path, lane) -> None:  # type: ignore[no-untyped-def]
     in_path, rows = token_input
     out = str(tmp_path / "out")
-    cfg = load_config(None, [f"input.path={in_path}", f"model.path={token_model}", f"output.path={out}",
-                             f"input.lane={lane}", "input.pad={tokens: 0}", "input.mask={mask: tokens}",
-                             "input.pad_multiple=4", "model.batch_size=16", "output.keep_columns=[id]"])
+    cfg = support.job_spec(in_path, token_model, out, f"input.lane={lane}", "input.pad={tokens: 0}",
+                           "input.mask={mask: tokens}", "input.pad_multiple=4", "model.batch_size=16",
+                           "output.keep_columns=[id]")
     manifest = run_scoring(spark, cfg)
     assert manifest.lane == lane
     good = [i for i, r in enumerate(rows) if r is not None and None not in r]

@@ -17,14 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscore.jobs.config import load_config
-from batchscore.udfs.run import run_scoring
-from tests import reliability_support as rs
-from tests.support import tf_predict
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import bind_inputs
 from batchscore.udfs.model_cache import load_saved_model
+from batchscore.udfs.run import run_scoring
 from batchscore.udfs.signature import read_signature
+from tests import reliability_support as rs
+from tests import support
+from tests.support import tf_predict
 
 TOL = 1e-5
 COLUMNS = {"x": ["a", "b", "c"], "img": "pix", "code": "code"}
@@ -111,11 +111,6 @@ def model_is_judged_broken(faults: list[tuple], batch_size: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def rel_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return rs.cached_model(tmp_path_factory.getbasetemp(), "rel_model", rs.build_rel_model)
-
-
-@pytest.fixture(scope="module")
 def engine(rel_model: str) -> dict[str, Any]:
     """The engine's predict function and, separately loaded, the bare TF signature."""
     import tensorflow as tf
@@ -183,8 +178,8 @@ def test_scoring_job_property_on_both_lanes(spark, rel_model, tmp_path_factory, 
     results = {}
     for lane in ("arrow", "dataframe"):
         out = str(base / f"out_{lane}")
-        cfg = load_config(None, [f"input.path={in_path}", f"model.path={rel_model}", f"output.path={out}",
-                                 *rs.REL_COLUMNS, "output.keep_columns=[id]", f"input.lane={lane}", "model.batch_size=8"])
+        cfg = support.job_spec(in_path, rel_model, out, *rs.REL_COLUMNS, "output.keep_columns=[id]",
+                               f"input.lane={lane}", "model.batch_size=8")
         manifest = run_scoring(spark, cfg)
         scored = spark.read.parquet(out).toArrow().sort_by("id")
         q = spark.read.parquet(out + "_quarantine").toArrow().sort_by("id") if os.path.exists(out + "_quarantine") else None

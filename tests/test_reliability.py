@@ -24,13 +24,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.jobs.config import load_config
+from batchscore.udfs.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
+from batchscore.udfs.manifest import RunManifest
 from batchscore.udfs.run import run_scoring
+from batchscore.udfs.signature import model_fingerprint
 from tests import reliability_support as rs
 from tests import support
-from batchscore.udfs.manifest import RunManifest
-from batchscore.udfs.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
-from batchscore.udfs.signature import model_fingerprint
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -41,21 +40,8 @@ OUTPUTS = ["parts", "score"]
 # --- fixtures and helpers ---
 
 
-@pytest.fixture(scope="session")
-def rel_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return rs.cached_model(tmp_path_factory.getbasetemp(), "rel_model", rs.build_rel_model)
-
-
-@pytest.fixture(scope="session")
-def odd_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return rs.cached_model(tmp_path_factory.getbasetemp(), "odd_model", rs.build_unfeedable_model)
-
-
 def config(input_path: str, model_path: str, output_path: str, *overrides: str, columns=rs.REL_COLUMNS) -> dict:  # type: ignore[no-untyped-def]
-    return load_config(None, [
-        f"input.path={input_path}", f"model.path={model_path}", f"output.path={output_path}",
-        *columns, "output.keep_columns=[id]", *overrides,
-    ])
+    return support.job_spec(input_path, model_path, output_path, *columns, "output.keep_columns=[id]", *overrides)
 
 
 def read_spark(spark, path: str) -> pa.Table:  # type: ignore[no-untyped-def]

@@ -12,14 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from batchscore.jobs.config import load_config
 from batchscore.jobs.demo_data import NUMERIC
 from batchscore.jobs.score import main
-from batchscore.udfs.run import run_scoring
-from tests import support
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.manifest import RunManifest, SparkInfo
+from batchscore.udfs.run import run_scoring
 from batchscore.udfs.signature import model_fingerprint
+from tests import support
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -27,9 +26,7 @@ DEMO_COLUMNS = "input.columns.numeric=[" + ", ".join(NUMERIC) + "]"
 
 
 def config(input_path: str, model_path: str, output_path: str, *overrides: str) -> dict:
-    return load_config(None, [
-        f"input.path={input_path}", f"model.path={model_path}", f"output.path={output_path}", *overrides,
-    ])
+    return support.job_spec(input_path, model_path, output_path, *overrides)
 
 
 def sql_conf(spark, **settings: str):  # type: ignore[no-untyped-def]
