@@ -17,6 +17,7 @@ from batchscore.udfs import publish
 from batchscore.udfs.arrow_lane import ArrowPlan, corrupt_parquet_files, with_predictions_from_files
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN
 from batchscore.udfs.binding import check_sample
+from batchscore.udfs.clock import Clock, iso
 from batchscore.udfs.distribution import make_model_source
 from batchscore.udfs.errors import BatchscoreError, ConfigError, InputError
 from batchscore.udfs.inputs import read_input
@@ -36,28 +37,6 @@ from batchscore.udfs.stats import make_stats_accumulator, model_loads
 from batchscore.udfs.storage import HadoopFs, absolute, inside, pyarrow_uri
 
 log = logging.getLogger("batchscore")
-
-
-@dataclass
-class Clock:
-    """Wall times of a run: the whole run, the scoring part, and each phase."""
-
-    started_at: str = field(default_factory=lambda: _now())
-    t_start: float = field(default_factory=time.monotonic)
-    t_score: float = 0.0  # seconds_scoring: from the first read to the committed write
-    phases: dict[str, float] = field(default_factory=dict)
-    _t_phase: float = 0.0
-
-    def start_scoring(self) -> None:
-        self.t_score = time.monotonic()
-
-    def start_phases(self) -> None:
-        self._t_phase = time.monotonic()
-
-    def phase(self, name: str) -> None:
-        now = time.monotonic()
-        self.phases[name] = round(now - self._t_phase, 3)
-        self._t_phase = now
 
 
 @dataclass(frozen=True)
@@ -96,16 +75,20 @@ class Counts:
     reasons: dict[str, int]  # quarantined rows by reason
 
 
-def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None) -> RunManifest:
+def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: Clock | None = None) -> RunManifest:
     """Score `spec.input` with `spec.model` into the output and its quarantine; returns the manifest.
+
+    Args:
+        clock: the run's clock, when its accounting starts before this call (a job starts it
+            at the process start, `Clock.from_process_start()`); by default it starts here.
 
     Raises:
         BatchscoreError: a user error (config, input, model, schema, bad rows with on_bad_rows=fail).
     """
-    clock = Clock()
+    clock = clock or Clock()
     fs = HadoopFs(spark)
-    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock)
     acc = make_stats_accumulator(spark.sparkContext)
+    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock)
     staging = publish.staging_path(plan.out_path, plan.run_id)
     try:
         staged = score_into_staging(spark, plan, staging, acc, clock=clock)
@@ -125,7 +108,7 @@ def new_run_id() -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return iso(time.time())
 
 
 # --- plan ---
@@ -139,9 +122,10 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
     """
     out_path, q_path = output_paths(fs, spec)
     signature = read_signature(absolute(spec.model.path), spec.model.signature)
+    clock.phase("signature")
     clock.start_scoring()
     df = open_input(spark, fs, spec)
-    clock.start_phases()
+    clock.phase("input_and_schema")
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
     source = make_model_source(spark.sparkContext, signature.path, signature.fingerprint, spec.model.distribution)
@@ -160,7 +144,7 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
     except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
         raise translate_spark_error(e) from None
     check_sample(scoring.feeds, sample)
-    clock.phase("read_and_check")
+    clock.phase("sample_and_checks")
     return RunPlan(spec, run_id, out_path, q_path, keep, signature, df, scoring, arrow_plan, corrupt)
 
 
@@ -211,15 +195,32 @@ def score_into_staging(spark: Any, plan: RunPlan, staging: str, accumulator: Any
         scored = with_predictions(plan.df, plan.scoring, accumulator)
         write_conf.update(arrow_batch_conf(spark, fixed_row_bytes(arrow_schema_of(plan.df), plan.scoring)))
     log.info("scoring with the %s lane", plan.lane)
-    clock.phase("plan")
+    clock.phase("sample_and_checks")
     try:
         with temporary_conf(spark, write_conf):
             scored.write.mode("overwrite").partitionBy(
                 REASON_COLUMN, BAD_COLUMN, *plan.spec.output.partition_by).parquet(staging)
     except Exception as e:  # noqa: BLE001
         raise translate_spark_error(e) from None
-    clock.phase("score_and_write")
+    split_scoring_job(clock, accumulator.value)
     return Staged(staging, scored)
+
+
+def split_scoring_job(clock: Clock, stats: dict[str, Any]) -> None:
+    """Close the scoring job's time as phases, from what its tasks reported:
+
+    `python_worker_start` (submitted -> the first task's Python code runs), `tf_import_and_model_load`
+    (the slowest worker's, inside scoring tasks), `scoring` (-> the last task's end) and `commit`
+    (-> the write returned: Spark's job commit).
+    """
+    first, last = stats.get("first_task_at"), stats.get("last_task_end_at")
+    if first is None or last is None:  # no task ran Python (empty input)
+        clock.split([], name_rest="commit")
+        return
+    load = max((stats.get("tf_import_s", {}).get(w, 0.0) + stats.get("model_load_s", {}).get(w, 0.0)
+                for w in stats.get("loads", {})), default=0.0)
+    clock.split([("python_worker_start", first - clock.last_mark), ("tf_import_and_model_load", load),
+                 ("scoring", last - first - load)], name_rest="commit")
 
 
 # --- count and verify ---
@@ -297,7 +298,8 @@ def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run
 def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, Any], clock: Clock) -> RunManifest:
     """The run's manifest from its plan, counts, the tasks' stats and its clock."""
     spec, sig = plan.spec, plan.signature
-    seconds_scoring = time.monotonic() - clock.t_score
+    clock.phase("manifest")
+    seconds_scoring = time.time() - clock.t_score
     corrupt = set(plan.corrupt) | set(plan.arrow_plan.corrupt_files if plan.arrow_plan else [])
     return RunManifest(
         status="succeeded", run_id=plan.run_id,
@@ -309,9 +311,10 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         lane=plan.lane,
         started_at=clock.started_at,
         finished_at=_now(),
-        seconds_total=round(time.monotonic() - clock.t_start, 3),
+        seconds_total=clock.seconds_total(),
         seconds_scoring=round(seconds_scoring, 3),
         seconds_by_phase=clock.phases,
+        workers=worker_timings(stats, clock.origin),
         rows_per_second=round(counts.rows_in / seconds_scoring, 1) if seconds_scoring > 0 else None,
         model_loads=model_loads(stats),
         model_calls=stats.get("model_calls", 0),
@@ -322,3 +325,23 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         corrupt_files_skipped=len(corrupt) + int(stats.get("corrupt_files", 0)),
         spark=SparkInfo(spark.version, spark.sparkContext.master),
     )
+
+
+_WORKER_SECONDS = ("warmup_tf_import_s", "warmup_model_load_s", "tf_import_s", "model_load_s")
+
+
+def worker_timings(stats: dict[str, Any], origin: float) -> dict[str, dict[str, float]]:
+    """Per Python worker: `started_s` (its process start, seconds after the run's origin), model
+    `loads`, and the seconds it spent importing TF and loading the model, in the warm-up and in
+    scoring tasks."""
+    out: dict[str, dict[str, float]] = {}
+    for w in sorted(stats.get("loads", {})):
+        row: dict[str, float] = {"loads": stats["loads"][w]}
+        started = stats.get("worker_started_at", {}).get(w)
+        if started is not None:
+            row["started_s"] = round(started - origin, 3)
+        for k in _WORKER_SECONDS:
+            if w in stats.get(k, {}):
+                row[k] = round(stats[k][w], 3)
+        out[w] = row
+    return out
