@@ -35,6 +35,7 @@ from batchscore.udfs.signature import ModelSignature, read_signature
 from batchscore.udfs.spark_errors import translate_spark_error
 from batchscore.udfs.stats import make_stats_accumulator, model_loads
 from batchscore.udfs.storage import HadoopFs, absolute, inside, pyarrow_uri
+from batchscore.udfs.warmup import Warmup, start_warmup, warmup_tasks
 
 log = logging.getLogger("batchscore")
 
@@ -53,6 +54,7 @@ class RunPlan:
     scoring: ScoringPlan
     arrow_plan: ArrowPlan | None  # None: the DataFrame lane
     corrupt: list[str]  # input files skipped (input.ignore_corrupt_files)
+    warmup: Warmup | None = None  # the warm-up job started while planning (model.warmup)
 
     @property
     def lane(self) -> str:
@@ -88,7 +90,7 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: 
     clock = clock or Clock()
     fs = HadoopFs(spark)
     acc = make_stats_accumulator(spark.sparkContext)
-    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock)
+    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock, accumulator=acc)
     staging = publish.staging_path(plan.out_path, plan.run_id)
     try:
         staged = score_into_staging(spark, plan, staging, acc, clock=clock)
@@ -97,6 +99,8 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: 
         publish_run(spark, fs, plan, staged)
     finally:
         publish.cleanup(fs, staging)
+        if plan.warmup is not None:  # ended before the scoring tasks got its slots; cancelled if a run fails early
+            plan.warmup.cancel()
     clock.phase("publish")
     manifest = build_manifest(spark, plan, counts, acc.value, clock)
     fs.write_bytes(f"{plan.out_path}/{MANIFEST_NAME}", manifest.to_json())
@@ -114,21 +118,39 @@ def _now() -> str:
 # --- plan ---
 
 
-def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock) -> RunPlan:
-    """Check paths, read the signature and the input, bind columns, choose the lane, check a sample.
+def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock,
+             accumulator: Any = None) -> RunPlan:
+    """Check paths, read the signature, start the warm-up, read the input, bind columns, choose
+    the lane, check a sample.
 
     Raises:
-        ConfigError, InputError, ModelError, SchemaError: before any scoring task runs.
+        ConfigError, InputError, ModelError, SchemaError: before any scoring task runs (the
+            warm-up, if started, is cancelled).
     """
     out_path, q_path = output_paths(fs, spec)
     signature = read_signature(absolute(spec.model.path), spec.model.signature)
+    sc = spark.sparkContext
+    source = make_model_source(sc, signature.path, signature.fingerprint, spec.model.distribution)
+    warmup = (start_warmup(spark, source, signature.signature, accumulator, tasks=warmup_tasks(sc))
+              if spec.model.warmup and accumulator is not None else None)
     clock.phase("signature")
+    try:
+        return _plan_input(spark, fs, spec, signature, source, clock=clock,
+                           ids=(run_id, out_path, q_path), warmup=warmup)
+    except BaseException:
+        if warmup is not None:
+            warmup.cancel()
+        raise
+
+
+def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignature, source: Any, *,
+                clock: Clock, ids: tuple[str, str, str], warmup: Warmup | None) -> RunPlan:
+    """The input, its binding to the signature, the lane and the sample check."""
     clock.start_scoring()
     df = open_input(spark, fs, spec)
     clock.phase("input_and_schema")
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
-    source = make_model_source(spark.sparkContext, signature.path, signature.fingerprint, spec.model.distribution)
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
                            batch_size=spec.model.batch_size, keep_columns=keep,
                            rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
@@ -145,7 +167,7 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
         raise translate_spark_error(e) from None
     check_sample(scoring.feeds, sample)
     clock.phase("sample_and_checks")
-    return RunPlan(spec, run_id, out_path, q_path, keep, signature, df, scoring, arrow_plan, corrupt)
+    return RunPlan(spec, *ids, keep, signature, df, scoring, arrow_plan, corrupt, warmup)
 
 
 def output_paths(fs: HadoopFs, spec: JobSpec) -> tuple[str, str]:
