@@ -87,7 +87,8 @@ def test_the_driver_reads_a_signature_without_importing_tensorflow(multi_model: 
 def test_read_signature_types_and_shapes(multi_model: str, token_model: str) -> None:
     sig = read_signature(multi_model)
     assert [(i.name, i.dtype, i.shape) for i in sig.inputs] == [
-        ("category", "string", ()), ("count", "int64", ()), ("image", "float32", (8, 8, 3)), ("numeric", "float32", (4,))]
+        ("category", "string", ()), ("count", "int64", ()), ("image", "float32", (8, 8, 3)),
+        ("numeric", "float32", (4,))]
     assert [(o.name, o.dtype, o.shape) for o in sig.outputs] == [
         ("doubled", "int64", ()), ("embedding", "float32", (4,)), ("grid", "float32", (2, 3)),
         ("label", "string", ()), ("score", "float32", ())]
@@ -209,3 +210,43 @@ def test_a_failing_warmup_does_not_fail_the_run(  # type: ignore[no-untyped-def]
     _assert_scored(out, demo_table, demo_reference)
     assert manifest.model_loads == manifest.python_workers >= 1
     assert all("warmup_model_load_s" not in w for w in manifest.workers.values())
+
+
+# --- the input's schema from its footer (no inference job) ---
+
+
+def test_footer_schema_equals_sparks_inference(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from batchscore.udfs.inputs import footer_schema
+    from batchscore.udfs.job_spec import InputSpec
+
+    t = pa.table({
+        "i8": pa.array([1, None], pa.int8()), "i16": pa.array([1, 2], pa.int16()), "i32": pa.array([1, 2], pa.int32()),
+        "i64": pa.array([1, 2], pa.int64()), "f": pa.array([1.0, None], pa.float32()), "d": pa.array([1.0, 2.0]),
+        "b": pa.array([True, False]), "s": pa.array(["a", None]), "bin": pa.array([b"x", b"y"]),
+        "fl": pa.array([[1.0, None], None], pa.list_(pa.float32())),
+        "nested": pa.array([[[1, 2]], []], pa.list_(pa.list_(pa.int64()))),
+        "strs": pa.array([["a"], ["b", None]], pa.list_(pa.string())),
+    })
+    t = t.cast(t.schema.set(3, pa.field("i64", pa.int64(), nullable=False)))  # Spark reads it as nullable
+    path = support.write_parquet(t, str(tmp_path / "plain"), files=2)
+    ours = footer_schema(spark, InputSpec(path=path))
+    assert ours is not None and ours == spark.read.parquet(path).schema
+    assert spark.read.schema(ours).parquet(path).collect() == spark.read.parquet(path).collect()
+
+
+def test_footer_schema_leaves_other_inputs_to_spark(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.dataset as ds
+
+    from batchscore.udfs.inputs import footer_schema
+    from batchscore.udfs.job_spec import InputSpec
+
+    part = str(tmp_path / "part")
+    ds.write_dataset(pa.table({"x": [1.0, 2.0], "k": [1, 2]}), part, format="parquet", partitioning=["k"],
+                     partitioning_flavor="hive")
+    assert footer_schema(spark, InputSpec(path=part)) is None  # partition column types are Spark's to infer
+    ts = support.write_parquet(pa.table({"t": pa.array([1, 2], pa.timestamp("us"))}), str(tmp_path / "ts"))
+    assert footer_schema(spark, InputSpec(path=ts)) is None
+    u = support.write_parquet(pa.table({"u": pa.array([1, 2], pa.uint32())}), str(tmp_path / "u"))
+    assert footer_schema(spark, InputSpec(path=u)) is None
+    plain = support.write_parquet(pa.table({"x": [1.0]}), str(tmp_path / "plain"))
+    assert footer_schema(spark, InputSpec(path=plain, ignore_corrupt_files=True)) is None
