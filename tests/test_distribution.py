@@ -1,0 +1,29 @@
+"""udfs.distribution: shipping the model to the workers."""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import pytest
+
+from batchscore.udfs.distribution import ModelSource, _unpack_once, make_model_source, pack_model
+from batchscore.udfs.errors import ConfigError
+from batchscore.udfs.signature import model_fingerprint
+
+
+def test_pack_and_unpack_model_round_trip(multi_model: str) -> None:
+    fingerprint = f"test-{uuid.uuid4().hex}"
+    target = _unpack_once(pack_model(multi_model), fingerprint, "multi_model")
+    try:
+        assert os.path.basename(target) == "multi_model"
+        assert model_fingerprint(target) == model_fingerprint(multi_model)
+        assert _unpack_once(b"not used: already unpacked", fingerprint, "multi_model") == target
+    finally:
+        shutil.rmtree(os.path.dirname(target), ignore_errors=True)
+
+
+def test_model_source_direct_and_bad_kind(multi_model: str) -> None:
+    assert ModelSource("direct", multi_model, "f" * 16).local_path() == multi_model
+    with pytest.raises(ConfigError, match="model.distribution must be one of broadcast, files, direct, got 'ftp'"):
+        make_model_source(None, multi_model, "f" * 16, "ftp")
