@@ -56,7 +56,7 @@ class ModelSpec(_Section):
     signature: str = "serving_default"
     batch_size: PositiveInt = 1024
     distribution: Literal["broadcast", "files", "direct"] = "broadcast"
-    warmup: bool = True  # load the model in every task slot's Python worker while the driver plans
+    warmup: bool = True  # start every task slot's Python worker and import TF while the driver plans
 
 
 class OutputSpec(_Section):

@@ -130,11 +130,11 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
     out_path, q_path = output_paths(fs, spec)
     signature = read_signature(absolute(spec.model.path), spec.model.signature)
     sc = spark.sparkContext
-    source = make_model_source(sc, signature.path, signature.fingerprint, spec.model.distribution)
-    warmup = (start_warmup(spark, source, signature.signature, accumulator, tasks=warmup_tasks(sc))
+    warmup = (start_warmup(spark, accumulator, tasks=warmup_tasks(sc))
               if spec.model.warmup and accumulator is not None else None)
-    clock.phase("signature")
     try:
+        source = make_model_source(sc, signature.path, signature.fingerprint, spec.model.distribution)
+        clock.phase("signature")
         return _plan_input(spark, fs, spec, signature, source, clock=clock,
                            ids=(run_id, out_path, q_path), warmup=warmup)
     except BaseException:
@@ -349,16 +349,16 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
     )
 
 
-_WORKER_SECONDS = ("warmup_tf_import_s", "warmup_model_load_s", "tf_import_s", "model_load_s")
+_WORKER_SECONDS = ("warmup_tf_import_s", "tf_import_s", "model_load_s")
 
 
 def worker_timings(stats: dict[str, Any], origin: float) -> dict[str, dict[str, float]]:
-    """Per Python worker: `started_s` (its process start, seconds after the run's origin), model
-    `loads`, and the seconds it spent importing TF and loading the model, in the warm-up and in
-    scoring tasks."""
+    """Per Python worker (warm-up or scoring): `started_s` (its process start, seconds after the
+    run's origin), model `loads`, and the seconds it spent importing TF in the warm-up and
+    importing TF and loading the model in scoring tasks."""
     out: dict[str, dict[str, float]] = {}
-    for w in sorted(stats.get("loads", {})):
-        row: dict[str, float] = {"loads": stats["loads"][w]}
+    for w in sorted(set(stats.get("loads", {})) | set(stats.get("warmup_tf_import_s", {}))):
+        row: dict[str, float] = {"loads": stats.get("loads", {}).get(w, 0)}
         started = stats.get("worker_started_at", {}).get(w)
         if started is not None:
             row["started_s"] = round(started - origin, 3)

@@ -183,13 +183,14 @@ def score_batches(
         stats["last_task_end_at"] = time.time()
 
 
-def worker_stats(loads: int, spent_before: dict[str, float], *, prefix: str = "") -> dict[str, Any]:
-    """This worker's part of the run's stats: model loads, seconds spent importing TF and loading
-    the model since `spent_before`, its start time and peak RSS (all keyed by worker)."""
+def worker_stats(loads: int | None, spent_before: dict[str, float], *, prefix: str = "") -> dict[str, Any]:
+    """This worker's part of the run's stats: model loads (None: not a scoring task, the worker
+    is not counted in python_workers), seconds spent importing TF and loading the model since
+    `spent_before`, its start time and peak RSS (all keyed by worker)."""
     wid, spent = worker_id(), model_cache.seconds_spent()
     started = process_start_time()
     return {
-        "loads": {wid: loads},
+        **({"loads": {wid: loads}} if loads is not None else {}),
         f"{prefix}tf_import_s": {wid: spent["tf_import"] - spent_before["tf_import"]},
         f"{prefix}model_load_s": {wid: spent["model_load"] - spent_before["model_load"]},
         "peak_rss_mb": {wid: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},

@@ -1,15 +1,19 @@
-"""Start the Python workers, import TensorFlow and load the model while the driver still plans.
+"""Start the Python workers and import TensorFlow while the driver still plans.
 
-A cold run otherwise pays for these in its scoring job: seconds of Python worker start,
-TensorFlow import and model load before the first row is scored. The warm-up is a Spark
-job of one task per task slot, submitted from a thread (its own job group) right after
-the model is ready to ship; each task loads the model into its worker's cache
-(`udfs.model_cache`), and the scoring tasks reuse those workers
-(`spark.python.worker.reuse`). Loads are counted in the run's stats, so `model_loads`
-still equals the number of Python workers.
+A cold run otherwise pays for these in its scoring job: seconds of Python worker start
+and TensorFlow import before the first row is scored. The warm-up is a Spark job of one
+task per task slot, submitted from a thread (its own job group) right after the
+signature is read; each task imports TensorFlow and sizes its thread pools for the
+task's cores, and the scoring tasks reuse those workers (`spark.python.worker.reuse`).
 
-A warm-up that fails (a worker dies, the load fails, the job is cancelled) only did not
-warm: it is logged, and the scoring tasks load the model themselves as without it.
+The model itself is not touched: its load (a fraction of a second per worker, against
+seconds for the TF import) stays in each worker's first scoring task, so a user error
+the driver finds while planning (a missing column, a wrong array length in the sample)
+still fails before any executor unpacks or loads the model, and `model_loads` still
+counts scoring workers only (one each).
+
+A warm-up that fails (a worker dies, the job is cancelled) only did not warm: it is
+logged, and the scoring tasks import TensorFlow themselves as without it.
 """
 from __future__ import annotations
 
@@ -22,22 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchscore.udfs import model_cache
-from batchscore.udfs.distribution import ModelSource
 
 log = logging.getLogger("batchscore")
 
 
-def warm_worker(source: ModelSource, signature: str, accumulator: Any) -> None:
-    """In a Python worker: size TF's pools for the task, load the model into the worker's cache,
-    and report the load and its seconds (`warmup_tf_import_s`, `warmup_model_load_s`)."""
-    from batchscore.udfs.scoring import model_loader, task_resources, worker_stats  # noqa: PLC0415
+def warm_worker(accumulator: Any) -> None:
+    """In a Python worker: import TensorFlow with its pools sized for the task (and the task's
+    GPUs visible), and report the seconds it took (`warmup_tf_import_s`)."""
+    from batchscore.udfs.scoring import task_resources, worker_stats  # noqa: PLC0415
 
-    spent_before, loads_before = model_cache.seconds_spent(), model_cache.load_count()
+    spent_before = model_cache.seconds_spent()
     cores, gpus = task_resources()
     model_cache.configure_gpus(gpus)
     model_cache.configure_threads(cores)
-    model_cache.get_predict_fn(source.fingerprint + "/" + signature, model_loader(source, signature))
-    accumulator.add(worker_stats(model_cache.load_count() - loads_before, spent_before, prefix="warmup_"))
+    model_cache.import_tensorflow()  # outside Spark (no task cores) the pools keep TF's sizes
+    accumulator.add(worker_stats(None, spent_before, prefix="warmup_"))
 
 
 @dataclass
@@ -62,7 +65,7 @@ class Warmup:
             self.thread.join(10)
 
 
-def start_warmup(spark: Any, source: ModelSource, signature: str, accumulator: Any, *, tasks: int) -> Warmup:
+def start_warmup(spark: Any, accumulator: Any, *, tasks: int) -> Warmup:
     """Submit the warm-up job (`tasks` tasks, one per task slot) from a thread; returns at once.
 
     The job is a `mapInArrow`, as both lanes' scoring jobs: Spark keeps one pool of idle
@@ -77,9 +80,9 @@ def start_warmup(spark: Any, source: ModelSource, signature: str, accumulator: A
         for _ in batches:
             pass
         try:
-            warm(source, signature, accumulator)
-        except Exception as e:  # noqa: BLE001 - a warm-up never fails a task: scoring loads the model itself
-            logging.getLogger("batchscore").warning("warm-up did not load the model: %s", e)
+            warm(accumulator)
+        except Exception as e:  # noqa: BLE001 - a warm-up never fails a task: scoring imports TF itself
+            logging.getLogger("batchscore").warning("warm-up did not import TensorFlow: %s", e)
         yield from ()
 
     def run() -> None:
@@ -90,7 +93,7 @@ def start_warmup(spark: Any, source: ModelSource, signature: str, accumulator: A
             warmup.outcome.update(ok=True)
         except Exception as e:  # noqa: BLE001 - a warm-up that fails only did not warm
             warmup.outcome.update(ok=False, error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
-            log.info("the warm-up job did not complete (scoring tasks load the model themselves): %s",
+            log.info("the warm-up job did not complete (scoring tasks import TensorFlow themselves): %s",
                      warmup.outcome["error"])
         finally:
             warmup.outcome["seconds"] = round(time.time() - t, 3)
