@@ -106,16 +106,25 @@ def ensure_mlp_data(root: str, rows: int, *, rows_per_file: int) -> str:
     """`rows` x (id, f0..f31) in files of `rows_per_file` rows; returns the directory."""
     path = os.path.join(root, "data", f"mlp-{rows}r-{rows_per_file}pf")
     spec = {"kind": "mlp", "rows": rows, "rows_per_file": rows_per_file, "version": DATA_VERSION}
+    return _write_dataset(path, spec, rows, rows_per_file, mlp_file_table,
+                          row_group_rows=mlp_row_group_rows(rows_per_file))
 
-    def make_file(first: int, n: int, i: int) -> pa.Table:
-        rng = np.random.default_rng(1000 + i)
-        x = rng.standard_normal((n, 32), dtype=np.float32)  # x: [n, 32]
-        cols = {"id": pa.array(np.arange(first, first + n, dtype=np.int64))}
-        cols.update({name: pa.array(x[:, j]) for j, name in enumerate(MLP_FEATURES)})
-        return pa.table(cols)
 
-    return _write_dataset(path, spec, rows, rows_per_file, make_file,
-                          row_group_rows=max(1, -(-rows_per_file // 4)))
+def mlp_file_table(first: int, n: int, i: int) -> pa.Table:
+    """File `i` of an MLP dataset: ids `first..first+n-1`, features from seed 1000 + i.
+
+    The same (first, n, i) always gives the same table, so file `i` of any two MLP
+    datasets with the same rows per file is identical (bench.cold links them).
+    """
+    rng = np.random.default_rng(1000 + i)
+    x = rng.standard_normal((n, 32), dtype=np.float32)  # x: [n, 32]
+    cols = {"id": pa.array(np.arange(first, first + n, dtype=np.int64))}
+    cols.update({name: pa.array(x[:, j]) for j, name in enumerate(MLP_FEATURES)})
+    return pa.table(cols)
+
+
+def mlp_row_group_rows(rows_per_file: int) -> int:
+    return max(1, -(-rows_per_file // 4))
 
 
 def ensure_cnn_data(root: str, rows: int, *, rows_per_file: int) -> str:
