@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -121,7 +122,7 @@ def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, dem
     cfg = _cfg(demo_input, demo_model, str(tmp_path / "out"), "input.filter=abs(age - 50) < 10")
     manifest = run_scoring(spark, cfg)
     assert manifest.lane == "dataframe"
-    assert any("abs()" in r.getMessage() for r in caplog.records)
+    assert any("DataFrame lane" in r.getMessage() and "abs(" in r.getMessage() for r in caplog.records)
     expected = spark.read.parquet(demo_input).where("abs(age - 50) < 10").count()
     assert manifest.rows_in == manifest.rows_scored == expected
     with pytest.raises(ConfigError, match="abs"):
@@ -144,3 +145,54 @@ def test_dataframe_lane_packs_same_typed_stacked_columns_only(spark) -> None:  #
     assert x.packed == "bs__packed_0" and y.packed is None  # y mixes int and double: left as columns
     row = df.select(*select).first().asDict()
     assert row == {"id": 1, "a": 1.0, "d": 4, "e": 5.0, "bs__packed_0": [1.0, 2.0, 3.0]}
+
+
+# --- input.filter on a column holding NaN (issue #10): both lanes keep the rows Spark keeps ---
+
+
+@pytest.fixture(scope="module")
+def nan_input(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) -> str:
+    """The demo rows with an `amount` double holding NaN, ±inf and -0.0, in small row groups
+    (a Parquet reader that skipped row groups by NaN-free statistics would lose NaN rows)."""
+    n = demo_table.num_rows
+    amount = np.random.default_rng(3).uniform(0, 200, n)
+    amount[::7] = np.nan
+    amount[1::50], amount[2::50], amount[3::50] = np.inf, -np.inf, -0.0
+    t = demo_table.append_column("amount", pa.array(amount))
+    root = str(tmp_path_factory.mktemp("nan") / "features")
+    ds.write_dataset(t, root, format="parquet", partitioning=["as_of_date"], partitioning_flavor="hive",
+                     max_rows_per_file=200, max_rows_per_group=20, basename_template="part-{i}.parquet")
+    return root
+
+
+@pytest.mark.parametrize("filter_sql", ["amount > 100", "NOT amount > 100"])
+def test_filter_on_nan_column_is_spark_semantics_on_both_lanes(spark, nan_input, demo_model, tmp_path,  # type: ignore[no-untyped-def]
+                                                               filter_sql) -> None:
+    results = {}
+    for lane in ("auto", "arrow", "dataframe"):
+        out = str(tmp_path / lane / "out")
+        manifest = run_scoring(spark, _cfg(nan_input, demo_model, out, f"input.lane={lane}",
+                                           f"input.filter={filter_sql}"))
+        results[lane] = (manifest, _read(out))
+    assert results["auto"][0].lane == "arrow"
+    amount = ds.dataset(nan_input, format="parquet", partitioning="hive").to_table(columns=["id", "amount"])
+    x = amount.column("amount").to_numpy()
+    above = np.isnan(x) | (x > 100)  # Spark: NaN is above every number
+    want = amount.column("id").to_numpy()[above if filter_sql.startswith("amount") else ~above]
+    for lane, (manifest, out) in results.items():
+        assert manifest.rows_in == manifest.rows_scored == len(want), lane
+        assert sorted(out.column("id").to_pylist()) == sorted(want.tolist()), lane
+    _assert_same(results["arrow"][1], results["dataframe"][1])
+    _assert_same(results["auto"][1], results["dataframe"][1])
+
+
+@pytest.mark.parametrize("lane", ["auto", "arrow", "dataframe"])
+@pytest.mark.parametrize("filter_sql", ["amount > 'abc'", "region > 5"])
+def test_filter_spark_rejects_is_a_config_error_on_every_lane(spark, nan_input, demo_model, tmp_path,  # type: ignore[no-untyped-def]
+                                                              lane, filter_sql) -> None:
+    # 'abc' fails when Spark folds the cast; region > 5 fails on the first row ('north' is no number),
+    # which the Arrow lane refuses to evaluate (it cannot cast strings as Spark does)
+    named = "input.filter" if (lane, filter_sql) == ("arrow", "region > 5") else f"input.filter {filter_sql!r}"
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        run_scoring(spark, _cfg(nan_input, demo_model, str(tmp_path / "out"), f"input.lane={lane}",
+                                f"input.filter={filter_sql}"))

@@ -1,6 +1,7 @@
 """The Arrow lane's reader against a real S3 endpoint on loopback (moto_server)."""
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import shutil
@@ -10,9 +11,11 @@ import sys
 import time
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
 
 BUCKET = "batchscore-test"
@@ -71,8 +74,12 @@ def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:  # t
         _put_parquet(s3_endpoint, f"features/d={d}/part-0.parquet", shifted)
     _put_parquet(s3_endpoint, "features/_SUCCESS", t.slice(0, 0))  # hidden: not data
     schema = pa.schema([("id", pa.int64()), ("x", pa.float32()), ("d", pa.date32())])
+    # what udfs.arrow_filter makes of "d >= '2026-01-02' AND x < 10" (tests/test_filter_semantics.py)
+    by_date = ds.field("d") >= dt.date(2026, 1, 2)
+    row_filter = RowFilter(exact=by_date & (ds.field("x") < pa.scalar(10, pa.float32())), prune=by_date,
+                           columns=("d", "x"))
     plan = plan_arrow_input(f"s3a://{BUCKET}/features", schema, ["id", "d", "x"],
-                            filter_sql="d >= '2026-01-02' AND x < 10", target_tasks=4)
+                            row_filter=row_filter, target_tasks=4)
     assert plan.files == 3
     paths = {u["path"] for task in plan.tasks for u in task}
     assert paths == {f"{BUCKET}/features/d=2026-01-02/part-0.parquet", f"{BUCKET}/features/d=2026-01-03/part-0.parquet"}
@@ -92,8 +99,8 @@ def test_corrupt_object_on_s3_is_named(s3_endpoint) -> None:  # type: ignore[no-
     s3_endpoint.put_object(Bucket=BUCKET, Key="mixed/part-1.parquet", Body=b"not parquet at all")
     schema = pa.schema([("id", pa.int64())])
     with pytest.raises(InputError, match="part-1.parquet"):
-        plan_arrow_input(f"s3://{BUCKET}/mixed", schema, ["id"], filter_sql=None, target_tasks=8)
-    plan = plan_arrow_input(f"s3://{BUCKET}/mixed", schema, ["id"], filter_sql=None, target_tasks=8,
+        plan_arrow_input(f"s3://{BUCKET}/mixed", schema, ["id"], target_tasks=8)
+    plan = plan_arrow_input(f"s3://{BUCKET}/mixed", schema, ["id"], target_tasks=8,
                             ignore_corrupt_files=True)
     assert plan.corrupt_files == [f"{BUCKET}/mixed/part-1.parquet"]
     assert sum(b.num_rows for task in plan.tasks for b in read_task(task, plan.source, {})) == 10

@@ -3,8 +3,10 @@
 Spark never converts the input rows: the driver plans fragments (files, or row
 groups of few large files) after partition pruning, each task opens its
 fragments with a pyarrow filesystem, reads only the needed columns as Arrow
-batches, scores them, and hands back only keep columns and predictions, which
-Spark writes with its own committers.
+batches, keeps the rows Spark's filter keeps (a pyarrow expression compiled
+from Spark's optimised plan on the driver, udfs.arrow_filter), scores them,
+and hands back only keep columns and predictions, which Spark writes with its
+own committers.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from batchscore.udfs.arrow_filter import sql_to_arrow
+from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.errors import InputError
 from batchscore.udfs.storage import list_input_files, parquet_footer_ok, pyarrow_fs, pyarrow_uri
 
@@ -31,7 +33,7 @@ class ArrowSource:
     schema_ipc: bytes  # Spark-typed Arrow schema of data + partition columns
     partition_names: tuple[str, ...]
     columns: tuple[str, ...]  # columns a task returns, in order
-    filter_sql: str | None
+    row_filter: RowFilter | None  # Spark's filter as pyarrow (udfs.arrow_filter), made on the driver
     ignore_corrupt_files: bool
 
     @property
@@ -64,7 +66,7 @@ def plan_arrow_input(
     schema: pa.Schema,
     columns: list[str],
     *,
-    filter_sql: str | None,
+    row_filter: RowFilter | None = None,
     target_tasks: int,
     ignore_corrupt_files: bool = False,
     exclude: frozenset[str] = frozenset(),
@@ -75,12 +77,11 @@ def plan_arrow_input(
         root: dataset path or URI.
         schema: the Spark-typed Arrow schema of the dataset (partition columns included).
         columns: the columns tasks must return.
-        filter_sql: `input.filter`; must be translatable (see udfs.arrow_filter).
+        row_filter: the rows to keep (`udfs.arrow_filter.arrow_filter`); prunes partitions and row groups too.
         target_tasks: about how many tasks to make (e.g. 2× the cluster's cores).
         exclude: files to leave out (corrupt files found beforehand).
 
     Raises:
-        UnsupportedFilter: the filter cannot be evaluated by pyarrow.
         InputError: the path is missing, or a file is corrupt and not ignored.
     """
     uri = pyarrow_uri(root)
@@ -93,8 +94,7 @@ def plan_arrow_input(
                 names.append(part.split("=", 1)[0])
     partition_names = tuple(n for n in names if n in schema.names)
     source = ArrowSource(uri, schema.serialize().to_pybytes(), partition_names, tuple(columns),
-                         filter_sql, ignore_corrupt_files)
-    expr = sql_to_arrow(filter_sql, schema)[0] if filter_sql else None
+                         row_filter, ignore_corrupt_files)
     partitioning = _partitioning(schema, partition_names)
     fmt = ds.ParquetFileFormat()
     frags = [
@@ -103,7 +103,8 @@ def plan_arrow_input(
     ]
     sizes = {i.path: i.size for i in infos}
     dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
-    kept = list(dataset.get_fragments(filter=expr)) if expr is not None else frags  # partition pruning
+    prune = row_filter.prune if row_filter is not None else None
+    kept = list(dataset.get_fragments(filter=prune)) if prune is not None else frags  # partition pruning
     corrupt: list[str] = []
     units: list[tuple[int, dict[str, Any]]] = []  # (weight, {"path", "row_groups"})
     if len(kept) >= target_tasks:
@@ -118,7 +119,7 @@ def plan_arrow_input(
                 corrupt.append(f.path)
                 continue
             try:  # row-group statistics prune with the filter too
-                pieces = f.split_by_row_group(filter=expr, schema=schema)
+                pieces = f.split_by_row_group(filter=prune, schema=schema)
             except pa.ArrowInvalid as e:
                 raise InputError(f"input.filter cannot be applied to {f.path}: {str(e).splitlines()[0]}") from None
             for p in pieces:
@@ -164,7 +165,7 @@ class _UnitReader:
         self.fs, self.base = pyarrow_fs(source.root)
         self.schema = source.schema
         self.partitioning = _partitioning(self.schema, source.partition_names)
-        self.filter = sql_to_arrow(source.filter_sql, self.schema)[0] if source.filter_sql else None
+        self.filter = source.row_filter
         self.fmt = ds.ParquetFileFormat()
 
     def open(self, unit: dict[str, Any]) -> ds.FileSystemDataset:
@@ -174,6 +175,17 @@ class _UnitReader:
                                       partition_expression=self.partitioning.parse(_rel_dir(path, self.base)))
         frag.physical_schema  # noqa: B018 - opens the file and reads its footer
         return ds.FileSystemDataset([frag], self.schema, self.fmt, self.fs)
+
+    def batches(self, dataset: ds.FileSystemDataset, columns: list[str], **scan: Any) -> Iterator[pa.RecordBatch]:
+        """The rows of `columns` the filter keeps: pruned by statistics where they can be trusted,
+        then filtered exactly (reading the filter's own columns too)."""
+        f = self.filter
+        if f is None or not f.after_read:
+            yield from dataset.to_batches(columns=columns, filter=f.prune if f else None, **scan)
+            return
+        read = list(dict.fromkeys([*columns, *f.columns]))
+        for batch in dataset.to_batches(columns=read, filter=f.prune, **scan):
+            yield batch.filter(f.exact).select(columns)
 
 
 def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, int]) -> Iterator[pa.RecordBatch]:
@@ -188,8 +200,8 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
                 raise InputError(_corrupt_message(unit["path"], e)) from None
             counters["corrupt_files"] = counters.get("corrupt_files", 0) + 1
             continue
-        for batch in dataset.to_batches(columns=list(source.columns), filter=reader.filter,
-                                        batch_size=READ_BATCH_ROWS, batch_readahead=2, fragment_readahead=1):
+        for batch in reader.batches(dataset, list(source.columns), batch_size=READ_BATCH_ROWS,
+                                    batch_readahead=2, fragment_readahead=1):
             if batch.num_rows:
                 yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
 
@@ -201,9 +213,14 @@ def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
         return out.empty_table()
     reader = _UnitReader(plan.source)
     try:
+        dataset = reader.open(plan.tasks[0][0])
         # batches of `rows`, no read-ahead: decode the first pages, not the whole row group
-        table = reader.open(plan.tasks[0][0]).head(rows, columns=columns, filter=reader.filter, batch_size=rows,
-                                                   batch_readahead=0, fragment_readahead=0)
+        got: list[pa.RecordBatch] = []
+        for batch in reader.batches(dataset, columns, batch_size=rows, batch_readahead=0, fragment_readahead=0):
+            got.append(batch)
+            if sum(b.num_rows for b in got) >= rows:
+                break
+        table = pa.Table.from_batches(got, schema=got[0].schema if got else out).slice(0, rows)
     except (pa.ArrowInvalid, OSError):
         return out.empty_table()  # an unreadable file is reported by its task, with its name
     return table if table.schema.equals(out) else table.cast(out)

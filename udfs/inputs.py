@@ -6,7 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchscore.udfs.errors import ConfigError, InputError
+from batchscore.udfs.arrow_filter import apply_filter
+from batchscore.udfs.errors import InputError
 from batchscore.udfs.job_spec import InputSpec
 
 
@@ -15,7 +16,7 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
 
     Raises:
         InputError: the path or table does not exist or cannot be read.
-        ConfigError: the filter is not a valid Spark SQL predicate on the input.
+        ConfigError: Spark rejects the filter (see udfs.arrow_filter.apply_filter).
     """
     from pyspark.errors import AnalysisException  # noqa: PLC0415
 
@@ -45,15 +46,7 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
         if "DATA_SOURCE_NOT_FOUND" in first or "delta" in first.lower():
             raise InputError(f"input.format '{fmt}' is not available in this Spark: {first[:200]}") from None
         raise
-    if spec.filter:
-        try:
-            df = df.where(spec.filter)
-            df.schema  # noqa: B018 - analyse now, so a bad filter fails before any task
-        except AnalysisException as e:
-            raise ConfigError(f"input.filter {spec.filter!r} is not valid: {str(e).splitlines()[0]}") from None
-        except Exception as e:  # noqa: BLE001 - ParseException
-            raise ConfigError(f"input.filter {spec.filter!r} is not valid: {str(e).splitlines()[0]}") from None
-    return df
+    return apply_filter(df, spec.filter)
 
 
 def footer_schema(spark: Any, spec: InputSpec) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from batchscore.udfs.arrow_filter import UnsupportedFilter
+from batchscore.udfs.arrow_filter import UnsupportedFilter, arrow_filter
 from batchscore.udfs.arrow_lane import ArrowPlan, plan_arrow_input, sample_rows
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.job_spec import InputSpec
@@ -33,8 +33,11 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 2
 
 
 def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: list[str],
-                      *, exclude: frozenset[str] = frozenset()) -> ArrowPlan | None:
+                      *, df: Any, exclude: frozenset[str] = frozenset()) -> ArrowPlan | None:
     """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged).
+
+    `df` is the filtered input DataFrame: Spark's optimised plan of it gives the filter
+    the Arrow lane applies (udfs.arrow_filter).
 
     Raises:
         ConfigError: `input.lane: arrow` where the Arrow lane cannot read the input.
@@ -48,7 +51,7 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
         return None
     try:
         return plan_arrow_input(
-            spec.path, schema, columns, filter_sql=spec.filter,
+            spec.path, schema, columns, row_filter=arrow_filter(df, schema) if spec.filter else None,
             target_tasks=2 * spark.sparkContext.defaultParallelism,
             ignore_corrupt_files=spec.ignore_corrupt_files, exclude=exclude)
     except UnsupportedFilter as e:

@@ -10,10 +10,11 @@ import datetime as dt
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from batchscore.udfs import publish
+from batchscore.udfs.arrow_filter import filter_failure
 from batchscore.udfs.arrow_lane import ArrowPlan, corrupt_parquet_files, with_predictions_from_files
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN
 from batchscore.udfs.binding import check_sample
@@ -160,11 +161,12 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
         corrupt = corrupt_parquet_files(spark, spec.input.path)
         for f in corrupt:
             log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
-    arrow_plan = choose_arrow_plan(spark, spec.input, schema, scoring.input_columns, exclude=frozenset(corrupt))
+    arrow_plan = choose_arrow_plan(spark, spec.input, schema, scoring.input_columns, df=df,
+                                   exclude=frozenset(corrupt))
     try:
         sample = sample_array_columns(df, scoring, arrow_plan)
     except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
-        raise translate_spark_error(e) from None
+        raise filter_failure(e, spec.input.filter) or translate_spark_error(e) from None
     check_sample(scoring.feeds, sample)
     clock.phase("sample_and_checks")
     return RunPlan(spec, *ids, keep, signature, df, scoring, arrow_plan, corrupt, warmup)
@@ -222,8 +224,8 @@ def score_into_staging(spark: Any, plan: RunPlan, staging: str, accumulator: Any
         with temporary_conf(spark, write_conf):
             scored.write.mode("overwrite").partitionBy(
                 REASON_COLUMN, BAD_COLUMN, *plan.spec.output.partition_by).parquet(staging)
-    except Exception as e:  # noqa: BLE001
-        raise translate_spark_error(e) from None
+    except Exception as e:  # noqa: BLE001 - a failed task: a user's bad filter or rows, or a real failure
+        raise filter_failure(e, plan.spec.input.filter) or translate_spark_error(e) from None
     split_scoring_job(clock, accumulator.value)
     return Staged(staging, scored)
 
