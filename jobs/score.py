@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from typing import Any
 
 from batchscore.jobs.config import load_config
 from batchscore.jobs.session import build_session, session_is_shared
 from batchscore.jobs.tf_logs import tensorflow_logs
+from batchscore.udfs.clock import Clock
 from batchscore.udfs.errors import BatchscoreError
 from batchscore.udfs.manifest import RunManifest
 from batchscore.udfs.run import run_scoring
@@ -53,18 +55,22 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
             config's `spark:` section and stopped at the end, unless it is shared
             (Databricks, or a session already running in this process).
     """
+    own_session = spark is None and not session_is_shared()
+    # A job that owns its process accounts for all of it (the manifest's seconds_by_phase);
+    # called in a notebook or pipeline, the accounting starts here.
+    clock = Clock.from_process_start() if own_session else Clock()
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tf_conf = tensorflow_logs(verbose=args.verbose)  # before anything imports TensorFlow
-    own_session = spark is None and not session_is_shared()
     try:
         spec = load_config(args.config, args.overrides)
         if spark is None:
             conf = {**spec.spark, **tf_conf} if args.verbose else {**tf_conf, **spec.spark}
             spark = build_session(conf, app_name="batchscore-score")
             spark.sparkContext.setLogLevel("WARN")
-        print(summary(run_scoring(spark, spec)))
+        clock.phase("session_start")
+        print(summary(run_scoring(spark, spec, clock=clock)))
         return 0
     except BatchscoreError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -79,7 +85,9 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
         return 1
     finally:
         if own_session and spark is not None:
-            spark.stop()
+            t = time.time()
+            spark.stop()  # after the manifest was written: its time is logged here instead
+            log.info("session stopped in %.2f s; process ran %.2f s", time.time() - t, time.time() - clock.origin)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,12 @@ ENGINE_DEFAULTS = {
     "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
     "spark.sql.sources.partitionOverwriteMode": "static",
     "spark.ui.showConsoleProgress": "false",
+    "spark.ui.enabled": "false",  # a batch job: the web UI's server costs start-up time (set true to keep it)
+}
+# Added for local masters only: one machine, so few shuffle partitions (the default 200
+# would be 200 tiny tasks for any shuffle a user's filter or table brings in).
+LOCAL_DEFAULTS = {
+    "spark.sql.shuffle.partitions": "8",
 }
 LOG_CONFIG = os.path.join(conf_dir(), "log4j2.properties")
 # `make jars` puts Spark's connectors (hadoop-aws + AWS SDK, delta-spark) here.
@@ -82,6 +88,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
         master = conf.pop("spark.master", "local[*]")
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            conf = {**LOCAL_DEFAULTS, **conf}
         builder = builder.master(master)
         _with_connector_jars(conf, master)
         if os.path.isfile(LOG_CONFIG):  # quiet driver logs, as ./spark-submit.sh does

@@ -1,7 +1,10 @@
 """Read the job's input as a DataFrame (the DataFrame lane's source)."""
 from __future__ import annotations
 
+import posixpath
 from typing import Any
+
+import pyarrow as pa
 
 from batchscore.udfs.arrow_filter import apply_filter
 from batchscore.udfs.errors import InputError
@@ -21,6 +24,9 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
     reader = spark.read
     if spec.ignore_corrupt_files:
         reader = reader.option("ignoreCorruptFiles", "true")
+    known = footer_schema(spark, spec) if fmt == "parquet" else None
+    if known is not None:  # Spark would run a job to read the same footer
+        reader = reader.schema(known)
     try:
         if fmt == "table":
             df = spark.table(path)
@@ -41,3 +47,59 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
             raise InputError(f"input.format '{fmt}' is not available in this Spark: {first[:200]}") from None
         raise
     return apply_filter(df, spec.filter)
+
+
+def footer_schema(spark: Any, spec: InputSpec) -> Any:
+    """The Spark schema of plain, unpartitioned Parquet input from its first file's footer, read
+    with pyarrow on the driver: what Spark's schema inference finds (it reads that footer in a
+    Spark job), for the types where the mapping is fixed. None where Spark might infer
+    differently: partition directories, schema merging, corrupt files allowed, other types,
+    a file pyarrow cannot open."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    from batchscore.udfs.storage import list_input_files, pyarrow_fs, pyarrow_uri  # noqa: PLC0415
+
+    conf = spark.conf
+    if spec.ignore_corrupt_files or any(conf.get(k, "false").lower() == "true" for k in _SCHEMA_CONFS):
+        return None
+    try:
+        fs, base = pyarrow_fs(pyarrow_uri(spec.path))
+        files = list_input_files(fs, base)
+        if not files or any("=" in posixpath.relpath(posixpath.dirname(f.path), base) for f in files):
+            return None
+        with fs.open_input_file(files[0].path) as fh:
+            schema = pq.read_schema(fh)
+    except (OSError, ValueError, InputError, pa.ArrowException):
+        return None
+    return spark_struct(schema)
+
+
+# Settings under which Spark's inference reads more than one footer or maps types otherwise.
+_SCHEMA_CONFS = ("spark.sql.parquet.mergeSchema", "spark.sql.parquet.binaryAsString")
+
+
+def spark_struct(schema: pa.Schema) -> Any:
+    """A Spark StructType (every field nullable, as Spark reads Parquet) or None for a type outside
+    the fixed mapping (integers, floats, booleans, strings, binary and lists of them)."""
+    from pyspark.sql import types as T  # noqa: N812, PLC0415
+
+    simple = {pa.int8(): T.ByteType(), pa.int16(): T.ShortType(), pa.int32(): T.IntegerType(),
+              pa.int64(): T.LongType(), pa.float32(): T.FloatType(), pa.float64(): T.DoubleType(),
+              pa.bool_(): T.BooleanType(), pa.string(): T.StringType(), pa.large_string(): T.StringType(),
+              pa.binary(): T.BinaryType(), pa.large_binary(): T.BinaryType()}
+
+    def convert(t: pa.DataType) -> Any:
+        if t in simple:
+            return simple[t]
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            inner = convert(t.value_type)
+            return None if inner is None else T.ArrayType(inner, True)
+        return None
+
+    fields = []
+    for f in schema:
+        t = convert(f.type)
+        if t is None:
+            return None
+        fields.append(T.StructField(f.name, t, True))
+    return T.StructType(fields)

@@ -78,6 +78,7 @@ class RunManifest:
     seconds_total: float | None = None
     seconds_scoring: float | None = None
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
+    workers: dict[str, dict[str, float]] = field(default_factory=dict)  # per Python worker: start, loads, seconds
     rows_per_second: float | None = None
     model_loads: int = 0
     model_calls: int = 0

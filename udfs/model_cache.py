@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +27,23 @@ _lock = threading.Lock()
 _cache: dict[str, tuple[object, PredictFn]] = {}
 _loads = 0
 _threads_set: int | None = None
+_seconds = {"tf_import": 0.0, "model_load": 0.0}  # spent in this process, for the run's phases
+
+
+def seconds_spent() -> dict[str, float]:
+    """Seconds this process has spent importing TensorFlow and loading models (a copy)."""
+    return dict(_seconds)
+
+
+def import_tensorflow() -> object:
+    """`import tensorflow`, timed the first time (the import costs seconds)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        t = time.time()
+        import tensorflow as tf  # noqa: PLC0415
+
+        _seconds["tf_import"] += time.time() - t
+    return tf
 
 
 def load_count() -> int:
@@ -48,7 +68,7 @@ def configure_threads(cores: int) -> None:
     global _threads_set
     if _threads_set is not None or cores < 1:
         return
-    import tensorflow as tf  # noqa: PLC0415
+    tf: Any = import_tensorflow()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(cores)
@@ -65,7 +85,7 @@ def configure_gpus(addresses: list[str]) -> None:
     """Make only the GPUs Spark assigned to the task visible to TF, memory growth on."""
     if not addresses:
         return
-    import tensorflow as tf  # noqa: PLC0415
+    tf: Any = import_tensorflow()
 
     gpus = tf.config.list_physical_devices("GPU")
     wanted = [g for g in gpus if g.name.rsplit(":", 1)[-1] in set(addresses)]
@@ -84,7 +104,10 @@ def get_predict_fn(key: str, load: Callable[[], tuple[object, PredictFn]]) -> Pr
     with _lock:
         hit = _cache.get(key)
         if hit is None:
+            t, tf_before = time.time(), _seconds["tf_import"]
             hit = load()
+            # the load's own TF import (outside Spark no task sized the pools first) is not a load
+            _seconds["model_load"] += time.time() - t - (_seconds["tf_import"] - tf_before)
             _cache[key] = hit
             _loads += 1
             freeze_long_lived_objects()
@@ -97,7 +120,7 @@ def load_saved_model(path: str, signature: str) -> tuple[object, PredictFn]:
     A concrete function has a fixed input signature (`[None, ...]`), so calls with
     any batch size, including a short last one, never retrace.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    tf: Any = import_tensorflow()
 
     try:
         loaded = tf.saved_model.load(path)
@@ -128,7 +151,7 @@ def load_keras_file(path: str) -> object:
 
 def load_keras_model(path: str) -> tuple[object, PredictFn]:
     """A `.keras` file called through one tf.function with a fixed input signature."""
-    import tensorflow as tf  # noqa: PLC0415
+    tf: Any = import_tensorflow()
 
     model = load_keras_file(path)
     names = [t.name.split(":")[0] for t in model.inputs]

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from batchscore.udfs import publish
@@ -18,6 +18,7 @@ from batchscore.udfs.arrow_filter import filter_failure
 from batchscore.udfs.arrow_lane import ArrowPlan, corrupt_parquet_files, with_predictions_from_files
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN
 from batchscore.udfs.binding import check_sample
+from batchscore.udfs.clock import Clock, iso
 from batchscore.udfs.distribution import make_model_source
 from batchscore.udfs.errors import BatchscoreError, ConfigError, InputError
 from batchscore.udfs.inputs import read_input
@@ -36,30 +37,9 @@ from batchscore.udfs.signature import ModelSignature, read_signature
 from batchscore.udfs.spark_errors import translate_spark_error
 from batchscore.udfs.stats import make_stats_accumulator, model_loads
 from batchscore.udfs.storage import HadoopFs, absolute, inside, pyarrow_uri
+from batchscore.udfs.warmup import Warmup, start_warmup, warmup_tasks
 
 log = logging.getLogger("batchscore")
-
-
-@dataclass
-class Clock:
-    """Wall times of a run: the whole run, the scoring part, and each phase."""
-
-    started_at: str = field(default_factory=lambda: _now())
-    t_start: float = field(default_factory=time.monotonic)
-    t_score: float = 0.0  # seconds_scoring: from the first read to the committed write
-    phases: dict[str, float] = field(default_factory=dict)
-    _t_phase: float = 0.0
-
-    def start_scoring(self) -> None:
-        self.t_score = time.monotonic()
-
-    def start_phases(self) -> None:
-        self._t_phase = time.monotonic()
-
-    def phase(self, name: str) -> None:
-        now = time.monotonic()
-        self.phases[name] = round(now - self._t_phase, 3)
-        self._t_phase = now
 
 
 @dataclass(frozen=True)
@@ -76,6 +56,7 @@ class RunPlan:
     scoring: ScoringPlan
     arrow_plan: ArrowPlan | None  # None: the DataFrame lane
     corrupt: list[str]  # input files skipped (input.ignore_corrupt_files)
+    warmup: Warmup | None = None  # the warm-up job started while planning (model.warmup)
 
     @property
     def lane(self) -> str:
@@ -98,16 +79,20 @@ class Counts:
     reasons: dict[str, int]  # quarantined rows by reason
 
 
-def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None) -> RunManifest:
+def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: Clock | None = None) -> RunManifest:
     """Score `spec.input` with `spec.model` into the output and its quarantine; returns the manifest.
+
+    Args:
+        clock: the run's clock, when its accounting starts before this call (a job starts it
+            at the process start, `Clock.from_process_start()`); by default it starts here.
 
     Raises:
         BatchscoreError: a user error (config, input, model, schema, bad rows with on_bad_rows=fail).
     """
-    clock = Clock()
+    clock = clock or Clock()
     fs = HadoopFs(spark)
-    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock)
     acc = make_stats_accumulator(spark.sparkContext)
+    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock, accumulator=acc)
     staging = publish.staging_path(plan.out_path, plan.run_id)
     try:
         staged = score_into_staging(spark, plan, staging, acc, clock=clock)
@@ -116,6 +101,8 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None) -> RunM
         publish_run(spark, fs, plan, staged)
     finally:
         publish.cleanup(fs, staging)
+        if plan.warmup is not None:  # ended before the scoring tasks got its slots; cancelled if a run fails early
+            plan.warmup.cancel()
     clock.phase("publish")
     manifest = build_manifest(spark, plan, counts, acc.value, clock)
     fs.write_bytes(f"{plan.out_path}/{MANIFEST_NAME}", manifest.to_json())
@@ -127,26 +114,45 @@ def new_run_id() -> str:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return iso(time.time())
 
 
 # --- plan ---
 
 
-def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock) -> RunPlan:
-    """Check paths, read the signature and the input, bind columns, choose the lane, check a sample.
+def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock,
+             accumulator: Any = None) -> RunPlan:
+    """Check paths, read the signature, start the warm-up, read the input, bind columns, choose
+    the lane, check a sample.
 
     Raises:
-        ConfigError, InputError, ModelError, SchemaError: before any scoring task runs.
+        ConfigError, InputError, ModelError, SchemaError: before any scoring task runs (the
+            warm-up, if started, is cancelled).
     """
     out_path, q_path = output_paths(fs, spec)
     signature = read_signature(absolute(spec.model.path), spec.model.signature)
+    sc = spark.sparkContext
+    warmup = (start_warmup(spark, accumulator, tasks=warmup_tasks(sc))
+              if spec.model.warmup and accumulator is not None else None)
+    try:
+        source = make_model_source(sc, signature.path, signature.fingerprint, spec.model.distribution)
+        clock.phase("signature")
+        return _plan_input(spark, fs, spec, signature, source, clock=clock,
+                           ids=(run_id, out_path, q_path), warmup=warmup)
+    except BaseException:
+        if warmup is not None:
+            warmup.cancel()
+        raise
+
+
+def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignature, source: Any, *,
+                clock: Clock, ids: tuple[str, str, str], warmup: Warmup | None) -> RunPlan:
+    """The input, its binding to the signature, the lane and the sample check."""
     clock.start_scoring()
     df = open_input(spark, fs, spec)
-    clock.start_phases()
+    clock.phase("input_and_schema")
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
-    source = make_model_source(spark.sparkContext, signature.path, signature.fingerprint, spec.model.distribution)
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
                            batch_size=spec.model.batch_size, keep_columns=keep,
                            rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
@@ -163,8 +169,8 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
     except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
         raise filter_failure(e, spec.input.filter) or translate_spark_error(e) from None
     check_sample(scoring.feeds, sample)
-    clock.phase("read_and_check")
-    return RunPlan(spec, run_id, out_path, q_path, keep, signature, df, scoring, arrow_plan, corrupt)
+    clock.phase("sample_and_checks")
+    return RunPlan(spec, *ids, keep, signature, df, scoring, arrow_plan, corrupt, warmup)
 
 
 def output_paths(fs: HadoopFs, spec: JobSpec) -> tuple[str, str]:
@@ -214,15 +220,32 @@ def score_into_staging(spark: Any, plan: RunPlan, staging: str, accumulator: Any
         scored = with_predictions(plan.df, plan.scoring, accumulator)
         write_conf.update(arrow_batch_conf(spark, fixed_row_bytes(arrow_schema_of(plan.df), plan.scoring)))
     log.info("scoring with the %s lane", plan.lane)
-    clock.phase("plan")
+    clock.phase("sample_and_checks")
     try:
         with temporary_conf(spark, write_conf), scoring_progress(spark, plan.df, accumulator):
             scored.write.mode("overwrite").partitionBy(
                 REASON_COLUMN, BAD_COLUMN, *plan.spec.output.partition_by).parquet(staging)
     except Exception as e:  # noqa: BLE001 - a failed task: a user's bad filter or rows, or a real failure
         raise filter_failure(e, plan.spec.input.filter) or translate_spark_error(e) from None
-    clock.phase("score_and_write")
+    split_scoring_job(clock, accumulator.value)
     return Staged(staging, scored)
+
+
+def split_scoring_job(clock: Clock, stats: dict[str, Any]) -> None:
+    """Close the scoring job's time as phases, from what its tasks reported:
+
+    `python_worker_start` (submitted -> the first task's Python code runs), `tf_import_and_model_load`
+    (the slowest worker's, inside scoring tasks), `scoring` (-> the last task's end) and `commit`
+    (-> the write returned: Spark's job commit).
+    """
+    first, last = stats.get("first_task_at"), stats.get("last_task_end_at")
+    if first is None or last is None:  # no task ran Python (empty input)
+        clock.split([], name_rest="commit")
+        return
+    load = max((stats.get("tf_import_s", {}).get(w, 0.0) + stats.get("model_load_s", {}).get(w, 0.0)
+                for w in stats.get("loads", {})), default=0.0)
+    clock.split([("python_worker_start", first - clock.last_mark), ("tf_import_and_model_load", load),
+                 ("scoring", last - first - load)], name_rest="commit")
 
 
 # --- count and verify ---
@@ -300,7 +323,8 @@ def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run
 def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, Any], clock: Clock) -> RunManifest:
     """The run's manifest from its plan, counts, the tasks' stats and its clock."""
     spec, sig = plan.spec, plan.signature
-    seconds_scoring = time.monotonic() - clock.t_score
+    clock.phase("manifest")
+    seconds_scoring = time.time() - clock.t_score
     corrupt = set(plan.corrupt) | set(plan.arrow_plan.corrupt_files if plan.arrow_plan else [])
     return RunManifest(
         status="succeeded", run_id=plan.run_id,
@@ -312,9 +336,10 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         lane=plan.lane,
         started_at=clock.started_at,
         finished_at=_now(),
-        seconds_total=round(time.monotonic() - clock.t_start, 3),
+        seconds_total=clock.seconds_total(),
         seconds_scoring=round(seconds_scoring, 3),
         seconds_by_phase=clock.phases,
+        workers=worker_timings(stats, clock.origin),
         rows_per_second=round(counts.rows_in / seconds_scoring, 1) if seconds_scoring > 0 else None,
         model_loads=model_loads(stats),
         model_calls=stats.get("model_calls", 0),
@@ -325,3 +350,23 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         corrupt_files_skipped=len(corrupt) + int(stats.get("corrupt_files", 0)),
         spark=SparkInfo(spark.version, spark.sparkContext.master),
     )
+
+
+_WORKER_SECONDS = ("warmup_tf_import_s", "tf_import_s", "model_load_s")
+
+
+def worker_timings(stats: dict[str, Any], origin: float) -> dict[str, dict[str, float]]:
+    """Per Python worker (warm-up or scoring): `started_s` (its process start, seconds after the
+    run's origin), model `loads`, and the seconds it spent importing TF in the warm-up and
+    importing TF and loading the model in scoring tasks."""
+    out: dict[str, dict[str, float]] = {}
+    for w in sorted(set(stats.get("loads", {})) | set(stats.get("warmup_tf_import_s", {}))):
+        row: dict[str, float] = {"loads": stats.get("loads", {}).get(w, 0)}
+        started = stats.get("worker_started_at", {}).get(w)
+        if started is not None:
+            row["started_s"] = round(started - origin, 3)
+        for k in _WORKER_SECONDS:
+            if w in stats.get(k, {}):
+                row[k] = round(stats[k][w], 3)
+        out[w] = row
+    return out

@@ -5,6 +5,7 @@ import dataclasses
 import os
 import resource
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from batchscore.udfs import model_cache
 from batchscore.udfs import tensor_types as tt
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import InputFeed, bind_inputs, required_columns
+from batchscore.udfs.clock import process_start_time
 from batchscore.udfs.distribution import ModelSource
 from batchscore.udfs.errors import BadRowsError, ConfigError, ModelError, SchemaError
 from batchscore.udfs.signature import ModelSignature
@@ -122,17 +124,18 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _load(plan: ScoringPlan) -> Callable[[], tuple[object, model_cache.PredictFn]]:
+def model_loader(source: ModelSource, signature: str) -> Callable[[], tuple[object, model_cache.PredictFn]]:
+    """What loads the model in a worker (from wherever `source` puts its files), for the model cache."""
     def load() -> tuple[object, model_cache.PredictFn]:
-        path = plan.source.local_path()
+        path = source.local_path()
         if path.endswith(".keras"):
             return model_cache.load_keras_model(path)
-        return model_cache.load_saved_model(path, plan.signature.signature)
+        return model_cache.load_saved_model(path, signature)
 
     return load
 
 
-def _task_resources() -> tuple[int, list[str]]:
+def task_resources() -> tuple[int, list[str]]:
     """(cores, GPU addresses) Spark gave the running task; (0, []) outside Spark."""
     try:
         from pyspark import TaskContext  # noqa: PLC0415
@@ -155,11 +158,13 @@ def score_batches(
         batches: batches holding at least `plan.input_columns`.
         stats: filled with this call's counters at the end of the stream.
     """
-    cores, gpus = _task_resources()
+    task_start, spent_before = time.time(), model_cache.seconds_spent()
+    cores, gpus = task_resources()
     model_cache.configure_gpus(gpus)
     model_cache.configure_threads(cores)
     loads_before = model_cache.load_count()
-    predict = model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature, _load(plan))
+    predict = model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature,
+                                       model_loader(plan.source, plan.signature.signature))
     scorer = StreamScorer(
         plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names),
         pad_multiple=plan.pad_multiple,
@@ -173,8 +178,24 @@ def score_batches(
         keep_spark_zip_directories()
     if stats is not None:
         stats.update(scorer.stats.as_dict())
-        stats["loads"] = {worker_id(): model_cache.load_count() - loads_before}
-        stats["peak_rss_mb"] = {worker_id(): resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        stats.update(worker_stats(model_cache.load_count() - loads_before, spent_before))
+        stats["first_task_at"] = task_start
+        stats["last_task_end_at"] = time.time()
+
+
+def worker_stats(loads: int | None, spent_before: dict[str, float], *, prefix: str = "") -> dict[str, Any]:
+    """This worker's part of the run's stats: model loads (None: not a scoring task, the worker
+    is not counted in python_workers), seconds spent importing TF and loading the model since
+    `spent_before`, its start time and peak RSS (all keyed by worker)."""
+    wid, spent = worker_id(), model_cache.seconds_spent()
+    started = process_start_time()
+    return {
+        **({"loads": {wid: loads}} if loads is not None else {}),
+        f"{prefix}tf_import_s": {wid: spent["tf_import"] - spent_before["tf_import"]},
+        f"{prefix}model_load_s": {wid: spent["model_load"] - spent_before["model_load"]},
+        "peak_rss_mb": {wid: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        **({"worker_started_at": {wid: started}} if started is not None else {}),
+    }
 
 
 def _first_bad(batch: pa.RecordBatch, plan: ScoringPlan) -> str:

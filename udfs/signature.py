@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from batchscore.udfs import tensor_types
 from batchscore.udfs.errors import ModelError
+from batchscore.udfs.saved_model_proto import dtype_name, parse_saved_model
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,9 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
         return _read_keras_signature(path, signature)
     if not is_saved_model(path):
         raise ModelError(f"model.path '{path}' is not a TensorFlow SavedModel (no saved_model.pb)")
-    from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415 - heavy import
-    from tensorflow.python.framework import dtypes  # noqa: PLC0415
-
-    sm = saved_model_pb2.SavedModel()
-    try:
+    try:  # the protobuf package alone: no TensorFlow import on the driver (seconds)
         with open(os.path.join(path, "saved_model.pb"), "rb") as fh:
-            sm.ParseFromString(fh.read())
+            sm = parse_saved_model(fh.read())
     except Exception as e:  # a truncated or foreign file
         raise ModelError(f"model.path '{path}': saved_model.pb cannot be parsed ({e})") from None
     defs = {}
@@ -131,7 +128,7 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
     sig = defs[signature]
 
     def spec(key: str, info: object, role: str) -> TensorSpec:
-        dtype = dtypes.as_dtype(info.dtype).name
+        dtype = dtype_name(info.dtype)
         dims = [d.size for d in info.tensor_shape.dim]
         if info.tensor_shape.unknown_rank or not dims:
             raise ModelError(

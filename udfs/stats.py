@@ -5,13 +5,15 @@ from typing import Any
 
 from pyspark.accumulators import AccumulatorParam
 
-_MAX_KEYS = {"max_call_rows", "max_batch_rows"}
-_DICT_MAX_KEYS = {"peak_rss_mb"}
+_MAX_KEYS = {"max_call_rows", "max_batch_rows", "last_task_end_at"}
+_MIN_KEYS = {"first_task_at"}
+_DICT_MAX_KEYS = {"peak_rss_mb", "worker_started_at"}
 
 
 class ScoringStatsParam(AccumulatorParam):
-    """Counters are summed; `max_call_rows` and per-worker peak RSS take the max;
-    per-worker model loads are summed per worker."""
+    """Counters are summed; `max_call_rows`, the last task's end and per-worker peak RSS
+    and start time take the max, the first task's start the min; per-worker model loads
+    and seconds are summed per worker."""
 
     def zero(self, value: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -24,6 +26,8 @@ class ScoringStatsParam(AccumulatorParam):
                     d[wk] = max(d.get(wk, 0), wv) if k in _DICT_MAX_KEYS else d.get(wk, 0) + wv
             elif k in _MAX_KEYS:
                 a[k] = max(a.get(k, 0), v)
+            elif k in _MIN_KEYS:
+                a[k] = min(a.get(k, v), v)
             else:
                 a[k] = a.get(k, 0) + v
         return a
