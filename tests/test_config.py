@@ -17,7 +17,7 @@ def test_load_config_defaults() -> None:
         "path": "/data/in", "format": "parquet", "filter": None, "columns": {}, "lane": "auto",
         "ignore_corrupt_files": False, "pad": {}, "pad_multiple": 1, "mask": {}}
     assert cfg.model.model_dump() == {"path": "/models/m", "signature": "serving_default", "batch_size": 1024,
-                                      "distribution": "broadcast", "warmup": True}
+                                      "distribution": "broadcast", "warmup": False}
     assert cfg.output.model_dump() == {"path": "/data/out", "mode": "error", "partition_by": [],
                                        "keep_columns": [], "rename": {}}
     assert cfg.quarantine.model_dump() == {"path": None, "on_bad_rows": "quarantine"}
