@@ -31,7 +31,7 @@ OUT_SCHEMA = pa.schema([pa.field("id", pa.int64()), pa.field("prediction", pa.fl
 
 def load_predict(model_path: str, input_name: str, signature: str = "serving_default") -> Predict:
     """The signature's concrete function as numpy -> numpy (fixed input signature: no retrace)."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     fn = tf.saved_model.load(model_path).signatures[signature]
 

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any, Tuple  # noqa: UP035 - pandas_udf resolves these hints at runtime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ _MODELS: dict[str, Predict] = {}
 def record_load(loads_dir: str) -> None:
     """One empty file per model load, named by the loading process."""
     os.makedirs(loads_dir, exist_ok=True)
-    open(os.path.join(loads_dir, f"{os.getpid()}-{time.time_ns()}"), "w").close()  # noqa: SIM115
+    open(os.path.join(loads_dir, f"{os.getpid()}-{time.time_ns()}"), "w").close()
 
 
 def count_loads(loads_dir: str) -> tuple[int, list[int]]:
@@ -51,7 +51,7 @@ def count_loads(loads_dir: str) -> tuple[int, list[int]]:
 
 
 def _load_predict(model_path: str, input_name: str) -> Predict:
-    from bench.bare_tf import load_predict  # noqa: PLC0415 - imports TF in the worker
+    from bench.bare_tf import load_predict
 
     return load_predict(model_path, input_name)
 
@@ -83,12 +83,12 @@ def _chunked(predict: Predict, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def make_pandas_udf(w: Workload, loads_dir: str) -> Any:
     """A plain SCALAR_ITER pandas UDF -> float prediction."""
-    from pyspark.sql.functions import pandas_udf  # noqa: PLC0415
+    from pyspark.sql.functions import pandas_udf
 
     model_path, input_name, bs, shape = w.model_path, w.input_name, w.batch_size, w.tensor_shape
     if w.stacked:
         @pandas_udf("float")  # type: ignore[call-overload]
-        def score_stacked(batches: Iterator[Tuple[pd.Series, ...]]) -> Iterator[pd.Series]:
+        def score_stacked(batches: Iterator[tuple[pd.Series, ...]]) -> Iterator[pd.Series]:
             predict = cached_predict(model_path, input_name, loads_dir)
             for cols in batches:
                 x = np.column_stack([c.to_numpy(np.float32) for c in cols])  # x: [n, D]
@@ -226,8 +226,8 @@ class PredictBatchUDF(_SparkPeer):
     label = "Spark predict_batch_udf"
 
     def prepare(self, w: Workload) -> None:
-        from pyspark.ml.functions import predict_batch_udf  # noqa: PLC0415
-        from pyspark.sql.types import FloatType  # noqa: PLC0415
+        from pyspark.ml.functions import predict_batch_udf
+        from pyspark.sql.types import FloatType
 
         super().prepare(w)
         shape = [len(w.columns)] if w.stacked else list(w.tensor_shape)
@@ -237,7 +237,7 @@ class PredictBatchUDF(_SparkPeer):
         )
 
     def _predict_column(self) -> Any:
-        from pyspark.sql import functions as F  # noqa: N812, PLC0415
+        from pyspark.sql import functions as F
 
         w = self.workload
         assert w is not None
@@ -273,7 +273,7 @@ class ProjectLane(Contender):
         self._loads = 0
 
     def config(self, out: str) -> Any:  # a JobSpec
-        from batchscore.jobs.config import load_config  # noqa: PLC0415
+        from batchscore.jobs.config import load_config
 
         w = self.workload
         assert w is not None
@@ -287,7 +287,7 @@ class ProjectLane(Contender):
         return load_config(None, sets)
 
     def run(self, out: str) -> dict[str, Any]:
-        from batchscore.udfs.run import run_scoring  # noqa: PLC0415
+        from batchscore.udfs.run import run_scoring
 
         cfg = self.config(out)
         t0 = time.perf_counter()

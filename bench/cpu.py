@@ -25,8 +25,8 @@ from collections import Counter
 import psutil
 
 from bench import contenders as cm
-from bench.run import BENCH_DIR, PROFILES, SPARK_CONF, jvm_pid, own_python_workers
 from bench.monitor import cpu_seconds, spark_python_workers
+from bench.run import BENCH_DIR, PROFILES, SPARK_CONF, jvm_pid, own_python_workers
 from bench.workloads import cnn_workload, mlp_workload
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(BENCH_DIR / "work"))
     args = p.parse_args(argv)
 
-    from batchscore.jobs.session import build_session  # noqa: PLC0415
+    from batchscore.jobs.session import build_session
 
     full = PROFILES["full"]
     if args.workload == "cnn":
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{used.get(g, 0.0):.2f}" for g in groups]
         lines.append(f"| {label} | {wall:.2f} | " + " | ".join(cells) + f" | {sum(used.values()):.2f} |")
     text = "\n".join(lines) + "\n"
-    path = BENCH_DIR / "results" / (f"cpu-warm{args.warm}.md" if w.name == "mlp" else f"cpu-{w.name}-warm{args.warm}.md")
+    name = f"cpu-warm{args.warm}.md" if w.name == "mlp" else f"cpu-{w.name}-warm{args.warm}.md"
+    path = BENCH_DIR / "results" / name
     path.write_text(text)
     print(text)
     return 0

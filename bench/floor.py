@@ -69,8 +69,8 @@ def _zeros_pandas(series: Iterator[pd.Series]) -> Iterator[pd.Series]:
 
 
 def variants(df: Any, features: list[str]) -> dict[str, Callable[[], Any]]:
-    from pyspark.sql import functions as F  # noqa: N812, PLC0415
-    from pyspark.sql.functions import arrow_udf, pandas_udf  # noqa: PLC0415
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import arrow_udf, pandas_udf
 
     schema = "id long, prediction float"
     vs = {
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jfr and not args.only:
         p.error("--jfr needs --only VARIANT: one variant per recording")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from batchscore.jobs.session import LOG_CONFIG, build_session  # noqa: PLC0415
-    from batchscore.udfs.lanes import arrow_batch_conf, temporary_conf  # noqa: PLC0415
+    from batchscore.jobs.session import LOG_CONFIG, build_session
+    from batchscore.udfs.lanes import arrow_batch_conf, temporary_conf
 
     work = str(BENCH_DIR / "work")
     w = mlp_workload(work, rows=1_000_000, rows_per_file=125_000, batch_size=4096)

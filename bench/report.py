@@ -250,7 +250,7 @@ def workload_table(w: dict[str, Any]) -> list[str]:
             notes.append(f"- {c.get('label') or key}: output ids differ from bare TF's")
         elif diff is not None and diff > 1e-4:
             notes.append(f"- {c.get('label') or key}: predictions differ from bare TF's by up to {diff:.2g}")
-    return lines + ([""] + notes if notes else [])
+    return lines + (["", *notes] if notes else [])
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -351,11 +351,11 @@ def _compact(v: float, _pos: Any = None) -> str:
 
 
 def chart(results: dict[str, Any], path: str) -> None:
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     for ax, name in zip(axes[0], ("mlp", "cnn"), strict=True):
@@ -378,7 +378,7 @@ def chart(results: dict[str, Any], path: str) -> None:
         ax.set_xlabel("rows/s (median)")
         ax.xaxis.set_major_formatter(FuncFormatter(_compact))
         ax.set_title(f"{name.upper()}: {w['rows']:,} rows", fontsize=10)
-        ax.set_xlim(0, max(vals + [1]) * 1.45)
+        ax.set_xlim(0, max([*vals, 1]) * 1.45)
     sweeps = results.get("sweeps") or {}
     ax = axes[1][0]
     bs = sweeps.get("batch_size")

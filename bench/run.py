@@ -87,15 +87,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def count_rows(path: str) -> int:
-    import pyarrow.dataset as ds  # noqa: PLC0415
+    import pyarrow.dataset as ds
 
     return ds.dataset(path, format="parquet").count_rows()
 
 
 def read_predictions(path: str) -> Any:
     """(ids, predictions) sorted by id."""
-    import numpy as np  # noqa: PLC0415
-    import pyarrow.dataset as ds  # noqa: PLC0415
+    import numpy as np
+    import pyarrow.dataset as ds
 
     t = ds.dataset(path, format="parquet").to_table(columns=["id", "prediction"])
     ids = t.column("id").to_numpy()
@@ -209,7 +209,7 @@ def own_python_workers(spark: Any, key: str) -> None:
     no contender finds TensorFlow already started (with thread pools sized by
     someone else) or another contender's models in its workers.
     """
-    from bench.monitor import POOL_VARIABLE  # noqa: PLC0415
+    from bench.monitor import POOL_VARIABLE
 
     spark.sparkContext.environment[POOL_VARIABLE] = key
 
@@ -302,7 +302,7 @@ def compare(bench: Bench, w: Any, contenders: list[Any], runs: int, warmup_round
                 if reference is None and c.key == "bare_tf":
                     reference = (ids, preds)
                 elif reference is not None:
-                    import numpy as np  # noqa: PLC0415
+                    import numpy as np
 
                     same_ids = len(ids) == len(reference[0]) and bool((ids == reference[0]).all())
                     rec["same_ids_as_bare_tf"] = same_ids
@@ -429,7 +429,7 @@ def jvm_pid(spark: Any) -> int:
     proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
     if proc is not None:
         return int(proc.pid)
-    import psutil  # noqa: PLC0415
+    import psutil
 
     for p in psutil.Process().children(recursive=True):
         if "java" in p.name().lower():
@@ -492,10 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), path) if p)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from bench import contenders as cm  # noqa: PLC0415
-    from bench import report  # noqa: PLC0415
-    from bench.monitor import WorkerMonitor  # noqa: PLC0415
-    from bench.workloads import cnn_workload, mlp_workload  # noqa: PLC0415
+    from bench import contenders as cm
+    from bench import report
+    from bench.monitor import WorkerMonitor
+    from bench.workloads import cnn_workload, mlp_workload
 
     started = dt.datetime.now(dt.timezone.utc)
     work = os.path.abspath(args.work)
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep_workloads.append(mlp_workload(work, n, rows_per_file=profile.mlp_rows_per_file,
                                                 batch_size=profile.mlp_batch))
 
-    from batchscore.jobs.session import build_session  # noqa: PLC0415
+    from batchscore.jobs.session import build_session
 
     spark_conf = {**SPARK_CONF, "spark.master": args.master}
     spark = build_session(spark_conf, app_name="batchscore-bench")

@@ -160,7 +160,7 @@ def ensure_model(root: str, kind: str) -> str:
 
 
 def _build_model(kind: str) -> Any:
-    import keras  # noqa: PLC0415
+    import keras
 
     keras.utils.set_random_seed(42)
     if kind == "mlp":

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score", required=True)
     args = p.parse_args(argv)
     try:
-        t = ds.dataset(args.predictions, format="parquet", partitioning="hive").to_table(columns=[args.label, args.score])
-    except Exception as e:  # noqa: BLE001
+        dataset = ds.dataset(args.predictions, format="parquet", partitioning="hive")
+        t = dataset.to_table(columns=[args.label, args.score])
+    except Exception as e:  # noqa: BLE001 - any unreadable input is the user's path: exit 2 with its message
         print(f"error: cannot read {args.predictions}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     y = t.column(args.label).to_numpy()

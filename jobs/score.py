@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     except BatchscoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - the exit code says what kind of failure it was
+    except Exception as e:
         user_error = translate_spark_error(e)
         if isinstance(user_error, BatchscoreError):
             print(f"error: {user_error}", file=sys.stderr)

@@ -7,10 +7,10 @@ from collections.abc import Callable
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pyarrow as pa  # noqa: E402
-import pytest  # noqa: E402
+import pyarrow as pa
+import pytest
 
-from tests import support  # noqa: E402
+from tests import support
 
 DEMO_ROWS = 1200
 

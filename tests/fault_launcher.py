@@ -36,7 +36,7 @@ def inject(fault: str) -> None:
 
     def score_batches_with_fault(plan: Any, batches: Iterable[Any], stats: dict[str, Any] | None = None
                                  ) -> Iterator[Any]:
-        from pyspark import TaskContext  # noqa: PLC0415 - on the executor
+        from pyspark import TaskContext
 
         ctx = TaskContext.get()
         armed = ctx is not None and ctx.attemptNumber() == 0 and ctx.partitionId() == partition

@@ -13,6 +13,7 @@ and its prediction is NaN when `a > 1000` (bad_prediction).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from typing import Any
 
@@ -143,7 +144,7 @@ def rel_inputs(table: pa.Table) -> dict[str, np.ndarray]:
 def write_files(table: pa.Table, path: str, files: int = 2, row_group_size: int | None = None) -> str:
     os.makedirs(path, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         pq.write_table(table.slice(lo, hi - lo), os.path.join(path, f"part-{i:05d}.parquet"),
                        row_group_size=row_group_size)
     return path

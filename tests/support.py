@@ -1,6 +1,7 @@
 """Models, data and bare-TensorFlow references shared by the tests."""
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import uuid
@@ -76,7 +77,7 @@ def multi_table(n: int, seed: int = 11, start_id: int = 0) -> pa.Table:
             "f1": pa.array(rng.normal(size=n)),  # double
             "f2": pa.array(rng.integers(-5, 5, n).astype(np.int32)),  # int feeding float32
             "f3": pa.array(rng.normal(size=n).astype(np.float32)),
-            "cat": pa.array(np.asarray(CATEGORIES + ("unseen",), dtype=object)[rng.integers(0, 4, n)]),
+            "cat": pa.array(np.asarray((*CATEGORIES, "unseen"), dtype=object)[rng.integers(0, 4, n)]),
             "n": pa.array(rng.integers(0, 1000, n).astype(np.int64)),
         }
     )
@@ -127,7 +128,7 @@ def write_parquet(table: pa.Table, path: str, *, files: int = 1) -> str:
     """Write `table` as `files` Parquet files (contiguous row ranges) under directory `path`."""
     os.makedirs(path, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
-    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         pq.write_table(table.slice(a, b - a), os.path.join(path, f"part-{i:05d}.parquet"))
     return path
 

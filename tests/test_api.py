@@ -92,7 +92,7 @@ def test_predict_udf_equals_predict_batch_udf_for_a_flat_array_reshaped_to_hwc(s
 
 
 def test_predict_udf_several_inputs_and_outputs_give_a_struct(spark, multi_df, multi_model, multi_table) -> None:  # type: ignore[no-untyped-def]
-    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
 
     ours = batchscore.predict_udf(multi_model, batch_size=50)

@@ -25,5 +25,5 @@ def test_pack_and_unpack_model_round_trip(multi_model: str) -> None:
 
 def test_model_source_direct_and_bad_kind(multi_model: str) -> None:
     assert ModelSource("direct", multi_model, "f" * 16).local_path() == multi_model
-    with pytest.raises(ConfigError, match="model.distribution must be one of broadcast, files, direct, got 'ftp'"):
+    with pytest.raises(ConfigError, match=r"model.distribution must be one of broadcast, files, direct, got 'ftp'"):
         make_model_source(None, multi_model, "f" * 16, "ftp")

@@ -110,7 +110,7 @@ def test_auto_falls_back_for_orc_and_says_so(spark, demo_input, demo_model, tmp_
     manifest = run_scoring(spark, _cfg(orc, demo_model, out, "input.format=orc"))
     assert manifest.lane == "dataframe"
     assert any("DataFrame lane" in r.getMessage() and "orc" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ConfigError, match="input.lane 'arrow'.*orc"):
+    with pytest.raises(ConfigError, match=r"input.lane 'arrow'.*orc"):
         run_scoring(spark, _cfg(orc, demo_model, str(tmp_path / "out2"), "input.format=orc", "input.lane=arrow"))
 
 

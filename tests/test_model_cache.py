@@ -28,7 +28,7 @@ def test_load_saved_model_predicts_like_bare_tensorflow(multi_model: str, multi_
 def test_load_saved_model_errors(multi_model: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ModelError, match="cannot load SavedModel"):
         model_cache.load_saved_model(str(tmp_path), "serving_default")
-    with pytest.raises(ModelError, match="model.signature 'nope' not found"):
+    with pytest.raises(ModelError, match=r"model.signature 'nope' not found"):
         model_cache.load_saved_model(multi_model, "nope")
 
 

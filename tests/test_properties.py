@@ -7,6 +7,7 @@ job on both lanes.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Any
@@ -132,7 +133,7 @@ def test_stream_scorer_quarantines_each_bad_row_and_scores_good_rows_like_tf(eng
     # Cut the table into random Arrow batches: rows are re-chunked across them.
     cuts = sorted(data.draw(st.lists(st.integers(0, table.num_rows), max_size=5)))
     bounds = [0, *cuts, table.num_rows]
-    batches = [b for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) for b in table.slice(lo, hi - lo).to_batches()]
+    batches = [b for lo, hi in itertools.pairwise(bounds) for b in table.slice(lo, hi - lo).to_batches()]
 
     feeds = bind_inputs(engine["signature"], table.schema, COLUMNS)
     scorer = StreamScorer(engine["signature"], feeds, engine["predict"], batch_size, ["id"], ["parts", "score"])

@@ -407,7 +407,7 @@ def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_mo
 
     scored, bad = read_spark(spark, out), read_spark(spark, q)
     assert bad.column("id").to_pylist() == [0]
-    assert sorted(scored.column("id").to_pylist() + [0]) == list(range(60)), "a row is missing or twice"
+    assert sorted([*scored.column("id").to_pylist(), 0]) == list(range(60)), "a row is missing or twice"
     feb_ids = np.arange(1, 60, 3)
     feb_out = scored.filter(pc.is_in(scored.column("id"), pa.array(feb_ids)))
     assert_scored_like_tf(rel_model, feb_out, restated.take(feb_ids))
@@ -575,7 +575,7 @@ def two_host_cluster(tmp_path):  # type: ignore[no-untyped-def]
     procs, files = [], []
 
     def start(name: str, args: list[str], host: str) -> None:
-        files.append(open(logs / f"{name}.log", "w"))  # noqa: SIM115 - closed in the finally below
+        files.append(open(logs / f"{name}.log", "w"))
         procs.append(subprocess.Popen([spark_class, *args], env={**env, "SPARK_LOCAL_IP": host},
                                       stdout=files[-1], stderr=subprocess.STDOUT))
 

@@ -98,7 +98,7 @@ def test_corrupt_object_on_s3_is_named(s3_endpoint) -> None:  # type: ignore[no-
     _put_parquet(s3_endpoint, "mixed/part-0.parquet", t)
     s3_endpoint.put_object(Bucket=BUCKET, Key="mixed/part-1.parquet", Body=b"not parquet at all")
     schema = pa.schema([("id", pa.int64())])
-    with pytest.raises(InputError, match="part-1.parquet"):
+    with pytest.raises(InputError, match=r"part-1.parquet"):
         plan_arrow_input(f"s3://{BUCKET}/mixed", schema, ["id"], target_tasks=8)
     plan = plan_arrow_input(f"s3://{BUCKET}/mixed", schema, ["id"], target_tasks=8,
                             ignore_corrupt_files=True)

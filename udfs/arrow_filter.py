@@ -114,7 +114,7 @@ def _without_float_pushdown(df: Any) -> Any:
     pushed-down `x > 100` or `x = 0` loses NaN or -0.0 rows depending on how rows fall into
     row groups (seen with Spark 4.1).
     """
-    from pyspark.sql import functions as F  # noqa: N812, PLC0415 - pyspark's own spelling
+    from pyspark.sql import functions as F  # noqa: PLC0415 - pyspark's own spelling
 
     names = [f.name for f in df.schema.fields if f.dataType.typeName() in ("double", "float")]
     if not names:

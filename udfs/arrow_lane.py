@@ -260,4 +260,5 @@ def corrupt_parquet_files(spark: Any, root: str) -> list[str]:
     if not paths:
         return []
     slices = max(1, min(len(paths), spark.sparkContext.defaultParallelism * 4))
-    return sorted(spark.sparkContext.parallelize(paths, slices).filter(lambda p: not parquet_footer_ok(p, uri)).collect())
+    bad = spark.sparkContext.parallelize(paths, slices).filter(lambda p: not parquet_footer_ok(p, uri))
+    return sorted(bad.collect())

@@ -218,7 +218,7 @@ def _bind_one(spec: TensorSpec, schema: pa.Schema, source: str | list[str]) -> I
     if not isinstance(source, str):
         raise SchemaError(f"input.columns.{spec.name} must be a column name or a list of column names")
     field = _field(schema, source, spec)
-    leaf, depth = tt.leaf_type(field.type)
+    _leaf, depth = tt.leaf_type(field.type)
     _check_leaf(spec, source, field.type, scalar_only=False)
     rank = len(spec.shape)
     if depth == 0:

@@ -41,7 +41,7 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
         if "TABLE_OR_VIEW_NOT_FOUND" in msg:
             raise InputError(f"input table '{path}' not found") from None
         raise InputError(f"input.path '{path}' cannot be read as {fmt}: {msg}") from None
-    except Exception as e:  # noqa: BLE001 - e.g. the delta data source is not installed
+    except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "DATA_SOURCE_NOT_FOUND" in first or "delta" in first.lower():
             raise InputError(f"input.format '{fmt}' is not available in this Spark: {first[:200]}") from None
@@ -81,7 +81,7 @@ _SCHEMA_CONFS = ("spark.sql.parquet.mergeSchema", "spark.sql.parquet.binaryAsStr
 def spark_struct(schema: pa.Schema) -> Any:
     """A Spark StructType (every field nullable, as Spark reads Parquet) or None for a type outside
     the fixed mapping (integers, floats, booleans, strings, binary and lists of them)."""
-    from pyspark.sql import types as T  # noqa: N812, PLC0415
+    from pyspark.sql import types as T  # noqa: PLC0415
 
     simple = {pa.int8(): T.ByteType(), pa.int16(): T.ShortType(), pa.int32(): T.IntegerType(),
               pa.int64(): T.LongType(), pa.float32(): T.FloatType(), pa.float64(): T.DoubleType(),

@@ -120,7 +120,7 @@ class RunManifest:
         """Raises ValueError: not JSON, not a JSON object, or a bad count."""
         data = json.loads(raw)
         if not isinstance(data, dict):
-            raise ValueError("must hold a JSON object")  # noqa: TRY004 - callers catch ValueError for any malformed manifest
+            raise ValueError("must hold a JSON object")
         return cls.from_dict(data)
 
 

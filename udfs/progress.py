@@ -126,7 +126,7 @@ def scoring_progress(spark: Any, df: Any = None, accumulator: Any = None, *,
         while not stop.wait(every):
             try:
                 _show(tracker.read(), stream, terminal)
-            except Exception:  # noqa: BLE001 - progress never fails the run
+            except Exception:
                 log.debug("progress unavailable", exc_info=True)
 
     thread = threading.Thread(target=report, name="batchscore-progress", daemon=True)
@@ -142,7 +142,7 @@ def scoring_progress(spark: Any, df: Any = None, accumulator: Any = None, *,
             try:
                 last = tracker.read()
                 _show(last, stream, terminal, final=True)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("progress unavailable", exc_info=True)
         elif terminal:
             stream.write("\n")

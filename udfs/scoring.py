@@ -22,6 +22,7 @@ from batchscore.udfs.errors import BadRowsError, ConfigError, ModelError, Schema
 from batchscore.udfs.signature import ModelSignature
 from batchscore.udfs.worker_tuning import keep_spark_zip_directories
 
+
 @dataclass(frozen=True)
 class ScoringPlan:
     """Everything a task needs to score, made on the driver and shipped in the closure."""
@@ -211,7 +212,9 @@ def _first_bad(batch: pa.RecordBatch, plan: ScoringPlan) -> str:
     return f"{row} is bad: {reasons[i]}{where} (quarantine.on_bad_rows: fail)"
 
 
-def partition_scorer(plan: ScoringPlan, accumulator: Any) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def partition_scorer(
+    plan: ScoringPlan, accumulator: Any
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The mapInArrow function of the DataFrame lane."""
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -235,7 +238,7 @@ def pack_stacked_feeds(df: Any, plan: ScoringPlan) -> tuple[list[Any], ScoringPl
     columns (bench/README.md). Packed only when all D columns share one numeric
     type, so the array holds exactly their values; nulls stay element nulls.
     """
-    from pyspark.sql import functions as F  # noqa: N812, PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
 
     types = {f.name: f.dataType.typeName() for f in df.schema.fields}
     feeds, packed = [], {}

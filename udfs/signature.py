@@ -115,7 +115,7 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
     try:  # the protobuf package alone: no TensorFlow import on the driver (seconds)
         with open(os.path.join(path, "saved_model.pb"), "rb") as fh:
             sm = parse_saved_model(fh.read())
-    except Exception as e:  # a truncated or foreign file
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways; all are this ModelError
         raise ModelError(f"model.path '{path}': saved_model.pb cannot be parsed ({e})") from None
     defs = {}
     for mg in sm.meta_graphs:

@@ -18,7 +18,7 @@ class ScoringStatsParam(AccumulatorParam):
     def zero(self, value: dict[str, Any]) -> dict[str, Any]:
         return {}
 
-    def addInPlace(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def addInPlace(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         for k, v in b.items():
             if isinstance(v, dict):
                 d = a.setdefault(k, {})
