@@ -67,8 +67,8 @@ def make_table(rows: int, seed: int = 7) -> pa.Table:
     for name, v in zip(NUMERIC, [age, income, debt_ratio, credit_lines, utilization, late_30, late_60,
                                  late_90, months_employed, loan_amount], strict=True):
         cols[name] = pa.array(v.astype(np.float32) if name != "income" else v)  # income as double
-    for k, v in CATEGORICAL.items():
-        cols[k] = pa.array(np.asarray(v, dtype=object)[cats[k]], type=pa.string())
+    for k, levels in CATEGORICAL.items():
+        cols[k] = pa.array(np.asarray(levels, dtype=object)[cats[k]], type=pa.string())
     cols[LABEL] = pa.array(label)
     return pa.table(cols)
 
@@ -124,11 +124,11 @@ def train_model(table: pa.Table, path: str, *, epochs: int = 2, sample: int = 20
     os.replace(tmp, path)
 
 
-def _log_columns(numeric, tf):  # type: ignore[no-untyped-def]
+def _log_columns(numeric, tf):
     """log() of the income and loan-amount columns, inside the model so serving matches."""
     import keras  # noqa: PLC0415
 
-    def f(x):  # type: ignore[no-untyped-def]
+    def f(x):
         mask = tf.constant([[0, 1, 0, 0, 0, 0, 0, 0, 0, 1]], dtype=tf.float32)
         logged = tf.math.log(tf.maximum(x, 1e-3))
         return x * (1 - mask) + logged * mask

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -45,12 +46,15 @@ class ScoreStats:
         }
 
 
-Rows = np.ndarray | convert.Ragged  # a padded input stays Ragged until its chunk is padded
+# Row-aligned columns: numpy arrays, or convert.Ragged for a padded input until its chunk is
+# padded. Typed Any: both kinds slice, take len() and concatenate alike, and one key holds
+# one kind for the whole stream; a union would need a cast at every use.
+Rows = Any
 
 
 def _concat(parts: list[Rows]) -> Rows:
     if isinstance(parts[0], convert.Ragged):
-        return convert.Ragged.concat(parts)  # type: ignore[arg-type]  # all parts of one key share a kind
+        return convert.Ragged.concat(parts)
     return np.concatenate(parts)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +84,7 @@ class Ragged:
         out[rows, positions] = self.values
         return out
 
-    def mask(self, length: int, dtype: object) -> np.ndarray:
+    def mask(self, length: int, dtype: Any) -> np.ndarray:
         """`[n, length]`: 1 for each row's positions, 0 for its padding."""
         return (np.arange(length)[None, :] < self.lengths[:, None]).astype(dtype)
 
@@ -95,7 +95,7 @@ def padded_length(longest: int, multiple: int) -> int:
 
 
 def pad_inputs(
-    chunk: dict[str, np.ndarray | Ragged], feeds: tuple[InputFeed, ...], multiple: int = 1
+    chunk: dict[str, Any], feeds: tuple[InputFeed, ...], multiple: int = 1
 ) -> dict[str, np.ndarray]:
     """Dense model inputs for one chunk: padded inputs and masks share one length.
 
@@ -104,7 +104,7 @@ def pad_inputs(
     """
     ragged = [v for v in chunk.values() if isinstance(v, Ragged)]
     if not ragged:
-        return chunk  # type: ignore[return-value]  # no Ragged in it: all numpy
+        return chunk  # no Ragged in it: all numpy
     length = padded_length(max(int(r.lengths.max(initial=0)) for r in ragged), multiple)
     out: dict[str, np.ndarray] = {}
     for feed in feeds:
@@ -161,10 +161,10 @@ def batch_to_inputs(
     inputs: dict[str, Any] = {}
     for feed in feeds:
         if feed.name in variable:
-            values, row_of, lengths = variable[feed.name]
+            positions, pos_row, lengths = variable[feed.name]
             if not all_good:
-                values, lengths = values[good[row_of]], lengths[good]
-            inputs[feed.name] = Ragged(values.reshape(-1, *feed.spec.shape[1:]), lengths)  # [positions, *inner]
+                positions, lengths = positions[good[pos_row]], lengths[good]
+            inputs[feed.name] = Ragged(positions.reshape(-1, *feed.spec.shape[1:]), lengths)  # [positions, *inner]
     for feed in feeds:
         if feed.name not in raw:
             continue
@@ -251,7 +251,8 @@ def _list_values(
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     spec = feed.spec
-    dims = (spec.size,) if feed.depth == 1 else spec.shape
+    # fixed shapes only here (padded inputs take _variable_values): every dim is an int
+    dims = cast("tuple[int, ...]", (spec.size,) if feed.depth == 1 else spec.shape)
     if arr.null_count:
         flags.mark(np.asarray(arr.is_null()), NULL_FEATURE, col)
     level = arr
@@ -300,7 +301,8 @@ def _variable_values(
     spec = feed.spec
     dims = (None,) if feed.depth == 1 else spec.shape  # None: the variable level
     row_of = np.arange(len(arr))
-    level, per_row = arr, None
+    level = arr
+    per_row: Any = None  # each row's number of positions: the variable level's lengths
     for d in dims:
         lengths = pc.list_value_length(level)
         if lengths.null_count:

@@ -35,14 +35,15 @@ def seconds_spent() -> dict[str, float]:
     return dict(_seconds)
 
 
-def import_tensorflow() -> object:
+def import_tensorflow() -> Any:
     """`import tensorflow`, timed the first time (the import costs seconds)."""
-    tf = sys.modules.get("tensorflow")
-    if tf is None:
-        t = time.time()
-        import tensorflow as tf  # noqa: PLC0415
+    loaded = sys.modules.get("tensorflow")
+    if loaded is not None:
+        return loaded
+    t = time.time()
+    import tensorflow as tf  # noqa: PLC0415 - seconds of import: only in workers that score
 
-        _seconds["tf_import"] += time.time() - t
+    _seconds["tf_import"] += time.time() - t
     return tf
 
 
@@ -138,7 +139,7 @@ def load_saved_model(path: str, signature: str) -> tuple[object, PredictFn]:
     return loaded, predict
 
 
-def load_keras_file(path: str) -> object:
+def load_keras_file(path: str) -> Any:
     """Load a `.keras` file in safe mode (no arbitrary code from the file)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras  # noqa: PLC0415
@@ -158,7 +159,7 @@ def load_keras_model(path: str) -> tuple[object, PredictFn]:
     specs = [tf.TensorSpec([None, *t.shape[1:]], t.dtype, name=n) for n, t in zip(names, model.inputs, strict=True)]
 
     @tf.function(input_signature=specs)
-    def serve(*xs):  # type: ignore[no-untyped-def]
+    def serve(*xs):
         out = model(list(xs) if len(xs) > 1 else xs[0], training=False)
         outs = out if isinstance(out, (list, tuple)) else [out]
         return {f"output_{i}": o for i, o in enumerate(outs)}

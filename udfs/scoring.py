@@ -241,7 +241,8 @@ def pack_stacked_feeds(df: Any, plan: ScoringPlan) -> tuple[list[Any], ScoringPl
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     types = {f.name: f.dataType.typeName() for f in df.schema.fields}
-    feeds, packed = [], {}
+    feeds: list[InputFeed] = []
+    packed: dict[str, Any] = {}
     for feed in plan.feeds:
         kinds = {types[c] for c in feed.columns}
         if feed.stacked and len(feed.columns) > 1 and len(kinds) == 1 and kinds <= set(_PACKABLE):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -127,7 +128,7 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
         )
     sig = defs[signature]
 
-    def spec(key: str, info: object, role: str) -> TensorSpec:
+    def spec(key: str, info: Any, role: str) -> TensorSpec:
         dtype = dtype_name(info.dtype)
         dims = [d.size for d in info.tensor_shape.dim]
         if info.tensor_shape.unknown_rank or not dims:

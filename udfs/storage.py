@@ -10,6 +10,7 @@ Two ways in, each where it must be used:
 """
 from __future__ import annotations
 
+import builtins  # HadoopFs has a method named `list`: its annotations name the builtin
 import os
 import posixpath
 import re
@@ -131,7 +132,7 @@ class HadoopFs:
         fs, jp = self._path(p)
         return bool(fs.exists(jp))
 
-    def list(self, p: str) -> list[tuple[str, bool]]:
+    def list(self, p: str) -> builtins.list[tuple[str, bool]]:
         """(name, is_dir) of the children of a directory; [] if it does not exist."""
         fs, jp = self._path(p)
         if not fs.exists(jp):
@@ -179,10 +180,10 @@ class HadoopFs:
         finally:
             reader.close()
 
-    def walk(self, root: str) -> list[tuple[str, list[str]]]:
+    def walk(self, root: str) -> builtins.list[tuple[str, builtins.list[str]]]:
         """(relative directory, its data file names) for every directory below root holding
         data files directly; hidden names (`_`, `.`) left out. `""` is root itself."""
-        out: list[tuple[str, list[str]]] = []
+        out: builtins.list[tuple[str, builtins.list[str]]] = []
 
         def visit(rel: str) -> None:
             files = []
@@ -199,10 +200,10 @@ class HadoopFs:
         visit("")
         return sorted(out)
 
-    def files_under(self, root: str) -> list[str]:
+    def files_under(self, root: str) -> builtins.list[str]:
         """Relative paths of all data files below root."""
         return sorted(f"{rel}/{name}" if rel else name for rel, names in self.walk(root) for name in names)
 
-    def leaf_dirs(self, root: str) -> list[str]:
+    def leaf_dirs(self, root: str) -> builtins.list[str]:
         """Relative paths of the directories below root that hold data files directly."""
         return [rel for rel, _ in self.walk(root)]

@@ -1,6 +1,8 @@
 """Type mapping between TensorFlow signature dtypes, numpy, Arrow and Spark."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -29,7 +31,7 @@ def supported(tf_dtype: str) -> bool:
     return tf_dtype in _TF_TYPES
 
 
-def numpy_dtype(tf_dtype: str) -> object:
+def numpy_dtype(tf_dtype: str) -> Any:
     """The numpy dtype the model is called with for a signature dtype."""
     return _TF_TYPES[tf_dtype][0]
 
