@@ -88,8 +88,8 @@ def write_features(table: pa.Table, path: str) -> None:
 def train_model(table: pa.Table, path: str, *, epochs: int = 2, sample: int = 200_000, seed: int = 7) -> None:
     """A small Keras MLP: normalised numeric features + one-hot categoricals -> P(default)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras  # noqa: PLC0415
-    import tensorflow as tf  # noqa: PLC0415
+    import keras  # noqa: PLC0415 - seconds of import: only where a model is built or loaded
+    import tensorflow as tf  # noqa: PLC0415 - seconds of import: only where a model is built or loaded
 
     keras.utils.set_random_seed(seed)
     t = table.slice(0, min(sample, table.num_rows))
@@ -126,7 +126,7 @@ def train_model(table: pa.Table, path: str, *, epochs: int = 2, sample: int = 20
 
 def _log_columns(numeric, tf):
     """log() of the income and loan-amount columns, inside the model so serving matches."""
-    import keras  # noqa: PLC0415
+    import keras  # noqa: PLC0415 - seconds of import: only where a model is built or loaded
 
     def f(x):
         mask = tf.constant([[0, 1, 0, 0, 0, 0, 0, 0, 0, 1]], dtype=tf.float32)

@@ -78,7 +78,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
     Python workers use this interpreter unless PYSPARK_PYTHON says otherwise;
     `connector_jars()` go on the classpath (not under spark-submit: ./spark-submit.sh adds them).
     """
-    from pyspark.sql import SparkSession  # noqa: PLC0415
+    from pyspark.sql import SparkSession  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     conf = {**ENGINE_DEFAULTS, **{k: str(v).lower() if isinstance(v, bool) else str(v)
                                   for k, v in (spark_conf or {}).items()}}
@@ -103,7 +103,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
         conf.pop("spark.master", None)
         # --conf / --properties-file given to spark-submit win over the config file
         # and the engine's defaults
-        from pyspark import SparkConf, SparkContext  # noqa: PLC0415
+        from pyspark import SparkConf, SparkContext  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
         SparkContext._ensure_initialized()
         given = SparkConf()

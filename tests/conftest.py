@@ -16,7 +16,7 @@ DEMO_ROWS = 1200
 
 
 @pytest.fixture(scope="session")
-def spark():  # type: ignore[no-untyped-def]
+def spark():
     """The one SparkSession, built the way the jobs build it (workers use this venv and checkout)."""
     from batchscore.jobs.session import build_session
 
@@ -72,7 +72,7 @@ def demo_model(saved_model: Callable[..., str], demo_table: pa.Table) -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_reference(demo_model: str, demo_table: pa.Table):  # type: ignore[no-untyped-def]
+def demo_reference(demo_model: str, demo_table: pa.Table):
     """Bare TF scores of every demo row, index == id."""
     out = support.tf_predict(demo_model, support.demo_inputs(demo_table))
     return out["output_0"].reshape(-1)

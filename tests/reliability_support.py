@@ -46,7 +46,7 @@ def build_rel_model(path: str) -> str:
                 tf.TensorSpec([None], tf.string, name="code"),
             ]
         )
-        def serve(self, x, img, code):  # type: ignore[no-untyped-def]
+        def serve(self, x, img, code):
             num = tf.strings.to_number(code, tf.float32)  # [batch]; raises on "abc"
             s = tf.reduce_sum(x * self.w, axis=1) + tf.reduce_sum(img * self.w_img, axis=[1, 2, 3]) + num
             s = tf.where(x[:, 0] > NAN_TRIGGER, tf.fill(tf.shape(s), float("nan")), s)  # [batch]
@@ -55,7 +55,7 @@ def build_rel_model(path: str) -> str:
         @tf.function(
             input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x"), tf.TensorSpec([None], tf.string, name="code")]
         )
-        def no_img(self, x, code):  # type: ignore[no-untyped-def]
+        def no_img(self, x, code):
             # scalar inputs only: no array column, so no early sample read of the input
             return {"score": tf.reduce_sum(x * self.w, axis=1) + tf.strings.to_number(code, tf.float32)}
 
@@ -70,11 +70,11 @@ def build_unfeedable_model(path: str) -> str:
 
     class Odd(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="ragged_in")])
-        def ragged(self, ragged_in):  # type: ignore[no-untyped-def]
+        def ragged(self, ragged_in):
             return {"out": tf.reduce_sum(ragged_in, axis=1)}
 
         @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.complex64, name="complex_in")])
-        def complex_(self, complex_in):  # type: ignore[no-untyped-def]
+        def complex_(self, complex_in):
             return {"out": tf.math.real(tf.reduce_sum(complex_in, axis=1))}
 
     m = Odd()

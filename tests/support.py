@@ -48,7 +48,7 @@ def build_multi_model(path: str, seed: int = 3) -> str:
                 tf.TensorSpec([None], tf.int64, name="count"),
             ]
         )
-        def serve(self, image, numeric, category, count):  # type: ignore[no-untyped-def]
+        def serve(self, image, numeric, category, count):
             # Flattening and per-channel means both depend on the [8, 8, 3] layout,
             # so a wrong reshape of the flat column changes the outputs.
             flat = tf.reshape(image, [-1, IMAGE_SIZE])  # [batch, 192]

@@ -26,7 +26,7 @@ def _tf_image_model(path: str) -> str:
 
     class Image(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, *support.IMAGE_SHAPE], tf.float32, name="image")])
-        def serve(self, image):  # type: ignore[no-untyped-def]
+        def serve(self, image):
             # image: [batch, 8, 8, 3] -> score: [batch]
             return {"score": tf.reduce_sum(image * w, axis=[1, 2, 3]) + tf.reduce_max(image[:, 0, :, 2], axis=1)}
 
@@ -36,12 +36,12 @@ def _tf_image_model(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def image_model(saved_model) -> str:  # type: ignore[no-untyped-def]
+def image_model(saved_model) -> str:
     return saved_model("api_image_model", _tf_image_model)
 
 
 @pytest.fixture(scope="module")
-def multi_df(spark, multi_table: pa.Table, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def multi_df(spark, multi_table: pa.Table, tmp_path_factory: pytest.TempPathFactory):
     path = support.write_parquet(multi_table, str(tmp_path_factory.mktemp("api_in") / "multi"), files=3)
     return spark.read.parquet(path)
 
@@ -54,7 +54,7 @@ def _spark_predict_batch_udf(model: str, return_type: Any, shapes: list[Any], ou
     """Spark's own `predict_batch_udf` with a hand-written TF predict function."""
     from pyspark.ml.functions import predict_batch_udf
 
-    def make_predict_fn():  # type: ignore[no-untyped-def]
+    def make_predict_fn():
         import tensorflow as tf
 
         fn = tf.saved_model.load(model).signatures["serving_default"]
@@ -73,7 +73,7 @@ def _spark_predict_batch_udf(model: str, return_type: Any, shapes: list[Any], ou
     return predict_batch_udf(make_predict_fn, return_type=return_type, batch_size=64, input_tensor_shapes=shapes)
 
 
-def test_predict_udf_equals_predict_batch_udf_for_a_flat_array_reshaped_to_hwc(spark, multi_df, image_model) -> None:  # type: ignore[no-untyped-def]
+def test_predict_udf_equals_predict_batch_udf_for_a_flat_array_reshaped_to_hwc(spark, multi_df, image_model) -> None:
     from pyspark.sql.types import FloatType
 
     ours = batchscore.predict_udf(image_model, batch_size=64)
@@ -91,7 +91,7 @@ def test_predict_udf_equals_predict_batch_udf_for_a_flat_array_reshaped_to_hwc(s
     assert stats["max_call_rows"] == 64  # re-chunked to batch_size across Arrow batches
 
 
-def test_predict_udf_several_inputs_and_outputs_give_a_struct(spark, multi_df, multi_model, multi_table) -> None:  # type: ignore[no-untyped-def]
+def test_predict_udf_several_inputs_and_outputs_give_a_struct(spark, multi_df, multi_model, multi_table) -> None:
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
 
@@ -118,7 +118,7 @@ def test_predict_udf_several_inputs_and_outputs_give_a_struct(spark, multi_df, m
         assert [g["label"] for g in got] == [b.decode() for b in bare["label"]]
 
 
-def test_predict_udf_gives_null_for_bad_rows_or_fails(spark, image_model) -> None:  # type: ignore[no-untyped-def]
+def test_predict_udf_gives_null_for_bad_rows_or_fails(spark, image_model) -> None:
     from pyspark.errors import PythonException
 
     rows = [(0, [0.5] * support.IMAGE_SIZE), (1, None), (2, [0.5] * 10), (3, [float("nan")] * support.IMAGE_SIZE),
@@ -135,7 +135,7 @@ def test_predict_udf_gives_null_for_bad_rows_or_fails(spark, image_model) -> Non
         df.select(strict("pixels")).collect()
 
 
-def test_predict_udf_struct_is_null_for_a_bad_row(spark, multi_model) -> None:  # type: ignore[no-untyped-def]
+def test_predict_udf_struct_is_null_for_a_bad_row(spark, multi_model) -> None:
     df = spark.createDataFrame([(0, "red", 3, [0.1] * support.IMAGE_SIZE, [1.0] * 4),
                                 (1, None, 3, [0.1] * support.IMAGE_SIZE, [1.0] * 4)],
                                "id long, cat string, n long, pixels array<float>, num array<float>")
@@ -144,7 +144,7 @@ def test_predict_udf_struct_is_null_for_a_bad_row(spark, multi_model) -> None:  
     assert got[0]["label"] == "red#3" and got[0]["doubled"] == 6
 
 
-def test_predict_udf_loads_the_model_once_per_worker(spark, multi_df, image_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_predict_udf_loads_the_model_once_per_worker(spark, multi_df, image_model, tmp_path) -> None:
     model = support.fresh_copy(image_model, str(tmp_path))  # no worker has it cached yet
     score = batchscore.predict_udf(model, batch_size=32)
     df = multi_df.repartition(12)
@@ -160,7 +160,7 @@ def test_predict_udf_loads_the_model_once_per_worker(spark, multi_df, image_mode
     assert sum(score.stats.value["loads"].values()) == len(loads)
 
 
-def test_predict_udf_refuses_on_the_driver(spark, multi_model) -> None:  # type: ignore[no-untyped-def]
+def test_predict_udf_refuses_on_the_driver(spark, multi_model) -> None:
     score = batchscore.predict_udf(multi_model)
     with pytest.raises(SchemaError, match="no column for model input 'numeric'"):
         score("cat", "n", "pixels")
@@ -169,10 +169,10 @@ def test_predict_udf_refuses_on_the_driver(spark, multi_model) -> None:  # type:
     with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
         batchscore.predict_udf(multi_model, batch_size=0)
     with pytest.raises(ConfigError, match="bad_rows must be one of null, fail"):
-        batchscore.predict_udf(multi_model, bad_rows="drop")  # type: ignore[arg-type]
+        batchscore.predict_udf(multi_model, bad_rows="drop")
 
 
-def test_predict_udf_wrong_column_type_names_the_column(spark, image_model) -> None:  # type: ignore[no-untyped-def]
+def test_predict_udf_wrong_column_type_names_the_column(spark, image_model) -> None:
     from pyspark.errors import PythonException
 
     df = spark.createDataFrame([(0, "x")], "id long, pixels string")
@@ -180,7 +180,7 @@ def test_predict_udf_wrong_column_type_names_the_column(spark, image_model) -> N
         df.select(batchscore.predict_udf(image_model)("pixels")).collect()
 
 
-def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(  # type: ignore[no-untyped-def]
+def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(
         spark, multi_model, multi_table, tmp_path) -> None:
     from batchscore.udfs.stats import make_stats_accumulator
 
@@ -209,11 +209,11 @@ def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(  # type
     assert sorted(r["id"] for r in dropped.select("id").collect()) == keep.tolist()
 
 
-def test_score_dataframe_refuses_on_the_driver(spark, multi_df, multi_model) -> None:  # type: ignore[no-untyped-def]
+def test_score_dataframe_refuses_on_the_driver(spark, multi_df, multi_model) -> None:
     with pytest.raises(SchemaError, match=r"column 'category' .* not found"):
         batchscore.score_dataframe(multi_df, multi_model)
     with pytest.raises(ConfigError, match="bad_rows must be one of keep, drop, fail"):
-        batchscore.score_dataframe(multi_df, multi_model, bad_rows="null")  # type: ignore[arg-type]
+        batchscore.score_dataframe(multi_df, multi_model, bad_rows="null")
 
 
 def test_import_batchscore_stays_light() -> None:

@@ -16,7 +16,7 @@ INT_MAX = str(2**31 - 1)
 
 
 def _plan(feeds: tuple[InputFeed, ...], keep: tuple[str, ...]) -> ScoringPlan:
-    return ScoringPlan(signature=None, feeds=feeds, source=None, batch_size=1,  # type: ignore[arg-type]
+    return ScoringPlan(signature=None, feeds=feeds, source=None, batch_size=1,
                        keep_columns=keep, output_names=())
 
 
@@ -33,7 +33,7 @@ def test_row_width_of_fixed_width_columns() -> None:
     assert fixed_row_bytes(schema, _plan((ragged,), ("id",))) is None
 
 
-def test_batch_conf_keeps_spark_byte_bound_as_a_row_count(spark) -> None:  # type: ignore[no-untyped-def]
+def test_batch_conf_keeps_spark_byte_bound_as_a_row_count(spark) -> None:
     with temporary_conf(spark, {MAX_BYTES_KEY: "64m", MAX_RECORDS_KEY: "10000"}):
         # 136-byte rows: the row limit is the tighter one
         assert arrow_batch_conf(spark, 136) == {MAX_BYTES_KEY: INT_MAX, MAX_RECORDS_KEY: "10000"}
@@ -55,7 +55,7 @@ def sum_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     class Sum(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
-        def serve(self, x):  # type: ignore[no-untyped-def]
+        def serve(self, x):
             return {"total": tf.reduce_sum(x, axis=1)}
 
     path = str(tmp_path_factory.mktemp("sum_model") / "model")
@@ -64,7 +64,7 @@ def sum_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
-def test_dataframe_lane_batches_follow_the_byte_bound(spark, sum_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dataframe_lane_batches_follow_the_byte_bound(spark, sum_model, tmp_path) -> None:
     """A small byte limit still cuts the batches Python gets; the session's settings come back."""
     rng = np.random.default_rng(5)
     n = 3000

@@ -38,7 +38,7 @@ class RecordingModel:
         return {"y": 2 * x, "vec": np.stack([x, -x], axis=1)}
 
 
-def _batches(lengths: list[int], *, nulls: set[int] = frozenset()) -> list[pa.RecordBatch]:  # type: ignore[assignment]
+def _batches(lengths: list[int], *, nulls: set[int] = frozenset()) -> list[pa.RecordBatch]:
     out, start = [], 0
     for n in lengths:
         ids = np.arange(start, start + n, dtype=np.int64)

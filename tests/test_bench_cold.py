@@ -219,9 +219,9 @@ def test_lane_command_and_config_are_what_a_user_runs(tmp_path: Any) -> None:
     assert argv[1:5] == ["-m", "batchscore", "score", "--config"]
     sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     cfg = load_config(cfg_path, sets)
-    assert cfg["input"]["lane"] == "arrow" and cfg["output"]["path"] == "/x/out"
-    assert cfg["model"]["batch_size"] == 10 and cfg["input"]["columns"] == {"features": ["f0"]}
-    assert cfg["spark"]["spark.master"] == "local[2]"
+    assert cfg.input.lane == "arrow" and cfg.output.path == "/x/out"
+    assert cfg.model.batch_size == 10 and cfg.input.columns == {"features": ["f0"]}
+    assert cfg.spark["spark.master"] == "local[2]"
     peer = coldrun.command("predict_batch_udf", w, out="/x/out", loads_dir="/x/l")
     assert peer[peer.index("--master") + 1] == "local[2]" and "spark.driver.memory=4g" in peer
     assert coldrun.command("ray_data", w, out="/o", loads_dir="/l")[0] == coldrun.ray_python()

@@ -44,7 +44,7 @@ class FixedTimes(Contender):
 
 
 @pytest.fixture
-def bench(spark, tmp_path):  # type: ignore[no-untyped-def]
+def bench(spark, tmp_path):
     monitor = WorkerMonitor()
     try:
         yield bench_run.Bench(spark, 0, monitor, str(tmp_path / "out"))
@@ -58,7 +58,7 @@ def _workload(tmp_path: Any) -> Workload:
                     input_name="x", columns=("x",), stacked=False, tensor_shape=(1,), batch_size=8)
 
 
-def test_warmup_rounds_then_timed_rounds_in_rotating_order_and_ratios_of_medians(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_warmup_rounds_then_timed_rounds_in_rotating_order_and_ratios_of_medians(bench, tmp_path) -> None:
     calls: list[str] = []
     # 2 warm-up rounds, then 3 timed runs: bare TF always 1 s, the lane 9 s cold then 4, 2, 5 s
     bare = FixedTimes("bare_tf", [1.0], calls)
@@ -77,7 +77,7 @@ def test_warmup_rounds_then_timed_rounds_in_rotating_order_and_ratios_of_medians
     assert c["arrow_lane"]["warmup"]["max_abs_diff_vs_bare_tf"] == 0.0
 
 
-def test_wrong_row_counts_and_differing_predictions_are_reported(bench, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_row_counts_and_differing_predictions_are_reported(bench, tmp_path) -> None:
     calls: list[str] = []
     bare = FixedTimes("bare_tf", [1.0], calls)
     off = FixedTimes("dataframe_lane", [2.0], calls, offset=0.5)
@@ -90,7 +90,7 @@ def test_wrong_row_counts_and_differing_predictions_are_reported(bench, tmp_path
     assert c["arrow_lane"]["runs"] == []  # not timed once its warm-up failed
 
 
-def test_idle_worker_pools_are_touched_in_their_own_workers(bench, monkeypatch):  # type: ignore[no-untyped-def]
+def test_idle_worker_pools_are_touched_in_their_own_workers(bench, monkeypatch):
     """Spark stops a pool's workers after a minute unused; the harness touches idle pools between runs."""
     from bench.monitor import spark_python_workers
     from bench.run import jvm_pid

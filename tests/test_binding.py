@@ -102,7 +102,7 @@ def test_bind_inputs_defaults_to_the_input_name() -> None:
         ),
     ],
 )
-def test_bind_inputs_rejects(columns, schema: pa.Schema, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bind_inputs_rejects(columns, schema: pa.Schema, message: str) -> None:
     with pytest.raises(SchemaError, match=message):
         bind_inputs(MULTI_SIG, schema, columns)
 

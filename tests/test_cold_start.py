@@ -43,9 +43,9 @@ def _tf_view(path: str) -> dict:
     return _view(sm, lambda n: dtypes.as_dtype(n).name if n else "dtype_0")
 
 
-def _view(sm: object, name_of) -> dict:  # type: ignore[no-untyped-def]
+def _view(sm: object, name_of) -> dict:
     out = {}
-    for i, mg in enumerate(sm.meta_graphs):  # type: ignore[attr-defined]
+    for i, mg in enumerate(sm.meta_graphs):
         for key, sig in mg.signature_def.items():
             out[(i, key)] = {
                 role: {k: (t.name, name_of(t.dtype), [d.size for d in t.tensor_shape.dim], t.tensor_shape.unknown_rank)
@@ -125,7 +125,7 @@ EXPECTED_PHASES = ["interpreter_and_imports", "session_start", "signature", "inp
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
-def test_a_job_accounts_for_every_second_from_its_process_start(  # type: ignore[no-untyped-def]
+def test_a_job_accounts_for_every_second_from_its_process_start(
         demo_table: pa.Table, demo_model: str, demo_reference: np.ndarray, tmp_path, lane: str) -> None:
     in_path = support.write_parquet(demo_table, str(tmp_path / "in"), files=2)
     out = str(tmp_path / "out")
@@ -163,7 +163,7 @@ def test_a_job_accounts_for_every_second_from_its_process_start(  # type: ignore
 # --- the warm-up ---
 
 
-def _run(spark, demo_table: pa.Table, demo_model: str, tmp_path, *overrides: str):  # type: ignore[no-untyped-def]
+def _run(spark, demo_table: pa.Table, demo_model: str, tmp_path, *overrides: str):
     in_path = support.write_parquet(demo_table, str(tmp_path / "in"), files=4)
     model = support.fresh_copy(demo_model, str(tmp_path))  # a new fingerprint: no worker has it yet
     out = str(tmp_path / "out")
@@ -178,7 +178,7 @@ def _assert_scored(out: pa.Table, demo_table: pa.Table, demo_reference: np.ndarr
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
-def test_the_warmup_runs_in_the_workers_that_score_and_loads_nothing(  # type: ignore[no-untyped-def]
+def test_the_warmup_runs_in_the_workers_that_score_and_loads_nothing(
         spark, demo_table, demo_model, demo_reference, tmp_path, lane):
     manifest, out = _run(spark, demo_table, demo_model, tmp_path, f"input.lane={lane}", "model.warmup=true")
     _assert_scored(out, demo_table, demo_reference)
@@ -190,7 +190,7 @@ def test_the_warmup_runs_in_the_workers_that_score_and_loads_nothing(  # type: i
     assert all(v["model_load_s"] > 0 for v in scoring.values())  # the model is loaded by scoring, not the warm-up
 
 
-def test_without_the_warmup_scoring_tasks_do_it_all(spark, demo_table, demo_model, demo_reference, tmp_path):  # type: ignore[no-untyped-def]
+def test_without_the_warmup_scoring_tasks_do_it_all(spark, demo_table, demo_model, demo_reference, tmp_path):
     manifest, out = _run(spark, demo_table, demo_model, tmp_path)  # the default: no warm-up
     _assert_scored(out, demo_table, demo_reference)
     assert manifest.model_loads == manifest.python_workers == len(manifest.workers) >= 1
@@ -198,11 +198,11 @@ def test_without_the_warmup_scoring_tasks_do_it_all(spark, demo_table, demo_mode
 
 
 @pytest.mark.parametrize("fault", ["raise", "exit"])
-def test_a_failing_warmup_does_not_fail_the_run(  # type: ignore[no-untyped-def]
+def test_a_failing_warmup_does_not_fail_the_run(
         spark, demo_table, demo_model, demo_reference, tmp_path, monkeypatch, fault):
     # The warm-up's task function is shipped by value from this process (udfs.warmup reads
     # `warm_worker` when it starts): here it raises, or kills its Python worker.
-    def failing_warm_worker(accumulator) -> None:  # type: ignore[no-untyped-def]
+    def failing_warm_worker(accumulator) -> None:
         if fault == "exit":
             os._exit(3)
         raise RuntimeError("warm-up broken on purpose")
@@ -217,7 +217,7 @@ def test_a_failing_warmup_does_not_fail_the_run(  # type: ignore[no-untyped-def]
 # --- the input's schema from its footer (no inference job) ---
 
 
-def test_footer_schema_equals_sparks_inference(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_footer_schema_equals_sparks_inference(spark, tmp_path) -> None:
     from batchscore.udfs.inputs import footer_schema
     from batchscore.udfs.job_spec import InputSpec
 
@@ -236,7 +236,7 @@ def test_footer_schema_equals_sparks_inference(spark, tmp_path) -> None:  # type
     assert spark.read.schema(ours).parquet(path).collect() == spark.read.parquet(path).collect()
 
 
-def test_footer_schema_leaves_other_inputs_to_spark(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_footer_schema_leaves_other_inputs_to_spark(spark, tmp_path) -> None:
     import pyarrow.dataset as ds
 
     from batchscore.udfs.inputs import footer_schema

@@ -55,7 +55,7 @@ def test_load_config_accepts_the_padding_keys() -> None:
     assert cfg.input.pad_multiple == 8 and cfg.input.mask == {"tokens_mask": "tokens"}
 
 
-def test_load_config_file_then_overrides(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_load_config_file_then_overrides(tmp_path) -> None:
     f = tmp_path / "job.yaml"
     f.write_text(
         "spark:\n  spark.master: local[1]\n"
@@ -100,7 +100,7 @@ def test_load_config_rejects_bad_overrides(overrides: list[str], message: str) -
         load_config(None, [*PATHS, *overrides])
 
 
-def test_load_config_requires_paths_and_an_existing_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_load_config_requires_paths_and_an_existing_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"config key 'input.path' is required"):
         load_config(None, [])
     with pytest.raises(ConfigError, match=r"config key 'output.path' is required"):

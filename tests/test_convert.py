@@ -18,7 +18,7 @@ from tests.signatures import MULTI_SIG, schema_with
 # --- conversion: Arrow batch -> [batch, *shape] numpy inputs ---
 
 
-def _multi_feeds(schema: pa.Schema | None = None):  # type: ignore[no-untyped-def]
+def _multi_feeds(schema: pa.Schema | None = None):
     feeds = bind_inputs(MULTI_SIG, schema or schema_with(), support.MULTI_COLUMNS)
     return feeds, required_columns(feeds)
 
@@ -60,7 +60,7 @@ def test_batch_to_inputs_nested_and_fixed_size_columns_give_the_same_tensor() ->
 @given(cells=st.lists(st.lists(st.sampled_from([0.5, -2.0, 7.25, None, math.nan, math.inf]), min_size=3, max_size=3),
                       min_size=1, max_size=30),
        dtype=st.sampled_from([pa.float32(), pa.float64()]))
-def test_packed_stacked_columns_give_the_inputs_and_flags_of_separate_columns(cells, dtype) -> None:  # type: ignore[no-untyped-def]
+def test_packed_stacked_columns_give_the_inputs_and_flags_of_separate_columns(cells, dtype) -> None:
     """The DataFrame lane packs D stacked columns into one array column: same tensor, same reasons, same column."""
     sig = ModelSignature("/m", "serving_default", (TensorSpec("x", "float32", (3,)),), (), "f" * 16)
     names = ["a", "b", "c"]
@@ -144,7 +144,7 @@ def _expected_reason(v: list | None, s: float | None) -> tuple[str, str | None]:
     large=st.booleans(),
     data=st.data(),
 )
-def test_batch_to_inputs_property_against_a_row_by_row_reference(rows, large, data) -> None:  # type: ignore[no-untyped-def]
+def test_batch_to_inputs_property_against_a_row_by_row_reference(rows, large, data) -> None:
     """Random nulls, NaN/Inf and wrong lengths, in a sliced batch (offsets non-zero)."""
     start = data.draw(st.integers(0, len(rows) - 1))
     stop = data.draw(st.integers(start + 1, len(rows)))

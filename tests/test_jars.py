@@ -35,7 +35,7 @@ needs_jars = pytest.mark.skipif(not any(SPARK_JARS.glob("hadoop-aws-*.jar")),
 
 def _pom_versions() -> dict[str, str]:
     pom = (ROOT / "jars" / "pom.xml").read_text()
-    return {name: re.search(rf"<{tag}>([^<]+)</{tag}>", pom).group(1)  # type: ignore[union-attr] # tag present
+    return {name: re.search(rf"<{tag}>([^<]+)</{tag}>", pom).group(1)
             for name, tag in (("hadoop", "hadoop.version"), ("aws", "aws.sdk.version"), ("delta", "delta.version"))}
 
 

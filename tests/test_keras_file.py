@@ -27,7 +27,7 @@ def keras_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndarra
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
-def test_keras_file_scores_like_keras(spark, keras_file, tmp_path, lane) -> None:  # type: ignore[no-untyped-def]
+def test_keras_file_scores_like_keras(spark, keras_file, tmp_path, lane) -> None:
     path, x, expected = keras_file
     table = pa.table({"id": pa.array(np.arange(ROWS, dtype=np.int64)),
                       **{f"f{i}": pa.array(x[:, i]) for i in range(4)}})

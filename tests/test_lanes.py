@@ -63,7 +63,7 @@ def _assert_same(a: pa.Table, b: pa.Table) -> None:
 
 
 @pytest.mark.parametrize("filter_sql", [None, "as_of_date >= '2026-08-01' AND age > 30"])
-def test_lanes_give_identical_outputs(spark, dirty_input, demo_model, tmp_path, filter_sql) -> None:  # type: ignore[no-untyped-def]
+def test_lanes_give_identical_outputs(spark, dirty_input, demo_model, tmp_path, filter_sql) -> None:
     extra = [f"input.filter={json.dumps(filter_sql)}"] if filter_sql else []
     results = {}
     for lane in ("arrow", "dataframe"):
@@ -89,7 +89,7 @@ def test_lanes_give_identical_outputs(spark, dirty_input, demo_model, tmp_path, 
     assert set(ids.tolist()) == set(src.column("id").to_pylist())
 
 
-def test_arrow_lane_scores_like_bare_tf(spark, dirty_input, demo_model, demo_reference, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_arrow_lane_scores_like_bare_tf(spark, dirty_input, demo_model, demo_reference, tmp_path) -> None:
     out = str(tmp_path / "out")
     run_scoring(spark, _cfg(dirty_input, demo_model, out, "input.lane=arrow"))
     t = _read(out)
@@ -97,12 +97,12 @@ def test_arrow_lane_scores_like_bare_tf(spark, dirty_input, demo_model, demo_ref
     assert support.max_abs_diff(t.column("output_0").to_numpy(), demo_reference[ids]) <= 1e-5
 
 
-def test_auto_picks_arrow_for_plain_parquet(spark, demo_input, demo_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_auto_picks_arrow_for_plain_parquet(spark, demo_input, demo_model, tmp_path) -> None:
     manifest = run_scoring(spark, _cfg(demo_input, demo_model, str(tmp_path / "out")))
     assert manifest.lane == "arrow"
 
 
-def test_auto_falls_back_for_orc_and_says_so(spark, demo_input, demo_model, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_auto_falls_back_for_orc_and_says_so(spark, demo_input, demo_model, tmp_path, caplog) -> None:
     orc = str(tmp_path / "orc")
     spark.read.parquet(demo_input).write.orc(orc)
     caplog.set_level(logging.INFO, logger="batchscore")
@@ -114,7 +114,7 @@ def test_auto_falls_back_for_orc_and_says_so(spark, demo_input, demo_model, tmp_
         run_scoring(spark, _cfg(orc, demo_model, str(tmp_path / "out2"), "input.format=orc", "input.lane=arrow"))
 
 
-def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, demo_model, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, demo_model, tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="batchscore")
     cfg = _cfg(demo_input, demo_model, str(tmp_path / "out"), "input.filter=abs(age - 50) < 10")
     manifest = run_scoring(spark, cfg)
@@ -127,7 +127,7 @@ def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, dem
                                 "input.filter=abs(age - 50) < 10"))
 
 
-def test_dataframe_lane_packs_same_typed_stacked_columns_only(spark) -> None:  # type: ignore[no-untyped-def]
+def test_dataframe_lane_packs_same_typed_stacked_columns_only(spark) -> None:
     from batchscore.udfs.distribution import ModelSource
     from batchscore.udfs.scoring import arrow_schema_of, pack_stacked_feeds, plan_scoring
     from batchscore.udfs.signature import ModelSignature, TensorSpec
@@ -163,7 +163,7 @@ def nan_input(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) ->
 
 
 @pytest.mark.parametrize("filter_sql", ["amount > 100", "NOT amount > 100"])
-def test_filter_on_nan_column_is_spark_semantics_on_both_lanes(spark, nan_input, demo_model, tmp_path,  # type: ignore[no-untyped-def]
+def test_filter_on_nan_column_is_spark_semantics_on_both_lanes(spark, nan_input, demo_model, tmp_path,
                                                                filter_sql) -> None:
     results = {}
     for lane in ("auto", "arrow", "dataframe"):
@@ -185,7 +185,7 @@ def test_filter_on_nan_column_is_spark_semantics_on_both_lanes(spark, nan_input,
 
 @pytest.mark.parametrize("lane", ["auto", "arrow", "dataframe"])
 @pytest.mark.parametrize("filter_sql", ["amount > 'abc'", "region > 5"])
-def test_filter_spark_rejects_is_a_config_error_on_every_lane(spark, nan_input, demo_model, tmp_path,  # type: ignore[no-untyped-def]
+def test_filter_spark_rejects_is_a_config_error_on_every_lane(spark, nan_input, demo_model, tmp_path,
                                                               lane, filter_sql) -> None:
     # 'abc' fails when Spark folds the cast; region > 5 fails on the first row ('north' is no number),
     # which the Arrow lane refuses to evaluate (it cannot cast strings as Spark does)

@@ -25,7 +25,7 @@ def test_load_saved_model_predicts_like_bare_tensorflow(multi_model: str, multi_
     assert support.max_abs_diff(part["score"], expected["score"][:3]) <= 1e-5
 
 
-def test_load_saved_model_errors(multi_model: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_load_saved_model_errors(multi_model: str, tmp_path) -> None:
     with pytest.raises(ModelError, match="cannot load SavedModel"):
         model_cache.load_saved_model(str(tmp_path), "serving_default")
     with pytest.raises(ModelError, match=r"model.signature 'nope' not found"):
@@ -33,7 +33,7 @@ def test_load_saved_model_errors(multi_model: str, tmp_path) -> None:  # type: i
 
 
 @pytest.fixture
-def empty_model_cache():  # type: ignore[no-untyped-def]
+def empty_model_cache():
     model_cache.clear()
     yield
     model_cache.clear()
@@ -43,7 +43,7 @@ def empty_model_cache():  # type: ignore[no-untyped-def]
 def test_model_cache_loads_once_per_key(multi_model: str) -> None:
     loads: list[str] = []
 
-    def load():  # type: ignore[no-untyped-def]
+    def load():
         loads.append(multi_model)
         return model_cache.load_saved_model(multi_model, "serving_default")
 

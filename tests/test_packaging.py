@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, **kw)  # type: ignore[call-overload]  # kw are run()'s keywords
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, **kw)
 
 
 def test_cli_lists_its_commands_and_rejects_an_unknown_one() -> None:
@@ -58,7 +58,7 @@ def _small_model(path: Path) -> str:
             self.w = tf.Variable(np.array([0.5, -2.0, 1.5], dtype=np.float32))
 
         @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="features")])
-        def serve(self, features):  # type: ignore[no-untyped-def]  # tf.function argument
+        def serve(self, features):
             return {"probability": tf.sigmoid(tf.reduce_sum(features * self.w, axis=1))}  # [batch]
 
     m = Tiny()
@@ -78,6 +78,10 @@ def test_wheel_installs_alone_and_scores(tmp_path: Path) -> None:
                      "batchscore/cli.py"):
         assert expected in names
 
+    # Nothing of this checkout may leak in: the tests' Spark session put it on PYTHONPATH, where
+    # pip would find this project's metadata and skip installing the wheel as "already satisfied".
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON", "VIRTUAL_ENV")}
+    clean_env["SPARK_LOCAL_IP"] = "127.0.0.1"
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = str(env_dir / "bin" / "python")
@@ -85,11 +89,11 @@ def test_wheel_installs_alone_and_scores(tmp_path: Path) -> None:
     pins.write_text("\n".join(re.sub(r"\[.*?\]", "", line)  # constraints take no extras
                               for line in (ROOT / "requirements.txt").read_text().splitlines()
                               if "==" in line and not line.startswith("#")))
-    install = _run([py, "-m", "pip", "install", "--quiet", "--no-compile", "-c", str(pins), f"{wheel}[spark,cpu]"])
+    install = _run([py, "-m", "pip", "install", "--quiet", "--no-compile", "-c", str(pins), f"{wheel}[spark,cpu]"],
+                   cwd=tmp_path, env=clean_env)
     assert install.returncode == 0, install.stderr[-2000:]
+    assert (env_dir / "bin" / "batchscore").is_file(), install.stdout[-2000:]
 
-    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYSPARK_PYTHON", "VIRTUAL_ENV")}
-    clean_env["SPARK_LOCAL_IP"] = "127.0.0.1"
     for top in ("jobs", "udfs"):
         probe = _run([py, "-c", f"import {top}"], cwd=tmp_path, env=clean_env)
         assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, top

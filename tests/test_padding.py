@@ -287,7 +287,7 @@ def build_token_model(path: str) -> str:
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name="tokens"),
                                       tf.TensorSpec([None, None], tf.int32, name="mask")])
-        def serve(self, tokens, mask):  # type: ignore[no-untyped-def]
+        def serve(self, tokens, mask):
             e = tf.gather(self.emb, tokens)  # [batch, length, DIM]
             m = tf.cast(mask, tf.float32)[:, :, None]  # [batch, length, 1]
             mean = tf.reduce_sum(e * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1.0)  # [batch, DIM]
@@ -300,7 +300,7 @@ def build_token_model(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def token_model(saved_model) -> str:  # type: ignore[no-untyped-def]
+def token_model(saved_model) -> str:
     return saved_model("token_model", build_token_model)
 
 
@@ -349,7 +349,7 @@ def token_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list]:
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
-def test_job_pads_token_ids_and_fills_the_mask(spark, token_model, token_input, tmp_path, lane) -> None:  # type: ignore[no-untyped-def]
+def test_job_pads_token_ids_and_fills_the_mask(spark, token_model, token_input, tmp_path, lane) -> None:
     in_path, rows = token_input
     out = str(tmp_path / "out")
     cfg = support.job_spec(in_path, token_model, out, f"input.lane={lane}", "input.pad={tokens: 0}",
@@ -379,7 +379,7 @@ def test_job_pads_token_ids_and_fills_the_mask(spark, token_model, token_input, 
     assert lengths.max() == 12  # the longest row (12 ids) pads its batch to 12
 
 
-def test_job_without_input_pad_exits_2_naming_the_key(spark, capsys, token_model, token_input, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_job_without_input_pad_exits_2_naming_the_key(spark, capsys, token_model, token_input, tmp_path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text("spark:\n  spark.master: local[2]\n")
     args = ["--config", str(job), "--quiet", "--set", f"input.path={token_input[0]}", "--set",

@@ -33,7 +33,7 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_terminal_progress_rewrites_one_line_and_ends_it(spark, demo_input, demo_model, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_progress_rewrites_one_line_and_ends_it(spark, demo_input, demo_model, monkeypatch, caplog) -> None:
     import batchscore
     from batchscore.udfs import progress
     from batchscore.udfs.stats import make_stats_accumulator
@@ -56,7 +56,7 @@ def test_terminal_progress_rewrites_one_line_and_ends_it(spark, demo_input, demo
     assert not [r for r in caplog.records if r.name == "batchscore.progress"]  # a terminal gets no log lines
 
 
-def test_progress_is_off_when_its_logger_is_quiet(spark, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_progress_is_off_when_its_logger_is_quiet(spark, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="batchscore.progress")
     term = _Terminal()
     with scoring_progress(spark, stream=term):
@@ -70,7 +70,7 @@ def _numeric() -> list[str]:
     return list(NUMERIC)
 
 
-def _run_job(tmp_path, demo_input: str, demo_model: str, name: str, *flags: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+def _run_job(tmp_path, demo_input: str, demo_model: str, name: str, *flags: str) -> subprocess.CompletedProcess[str]:
     job = tmp_path / "job.yaml"
     job.write_text("spark:\n  spark.master: local[2]\n  spark.ui.enabled: false\noutput:\n  keep_columns: [id]\n")
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a fresh shell has it
@@ -87,7 +87,7 @@ def _run_job(tmp_path, demo_input: str, demo_model: str, name: str, *flags: str)
 
 
 @pytest.mark.slow
-def test_job_logs_progress_to_a_pipe_without_tensorflow_chatter(tmp_path, demo_input, demo_model) -> None:  # type: ignore[no-untyped-def]
+def test_job_logs_progress_to_a_pipe_without_tensorflow_chatter(tmp_path, demo_input, demo_model) -> None:
     proc = _run_job(tmp_path, demo_input, demo_model, "out")
     lines = proc.stderr.splitlines()
     periodic = [ln for ln in lines if PROGRESS_LINE.search(ln)]
@@ -99,7 +99,7 @@ def test_job_logs_progress_to_a_pipe_without_tensorflow_chatter(tmp_path, demo_i
 
 
 @pytest.mark.slow
-def test_job_quiet_has_no_progress_and_verbose_keeps_tensorflow_logs(tmp_path, demo_input, demo_model) -> None:  # type: ignore[no-untyped-def]
+def test_job_quiet_has_no_progress_and_verbose_keeps_tensorflow_logs(tmp_path, demo_input, demo_model) -> None:
     quiet = _run_job(tmp_path, demo_input, demo_model, "quiet", "--quiet")
     assert "batchscore.progress" not in quiet.stderr and "scoring:" not in quiet.stderr
     assert not TF_CHATTER.search(quiet.stderr), quiet.stderr[-3000:]
@@ -107,7 +107,7 @@ def test_job_quiet_has_no_progress_and_verbose_keeps_tensorflow_logs(tmp_path, d
     assert TF_CHATTER.search(verbose.stderr), verbose.stderr[-3000:]  # the same run shows them when asked
 
 
-def test_known_rows_from_the_plan_when_spark_states_them(spark, demo_input) -> None:  # type: ignore[no-untyped-def]
+def test_known_rows_from_the_plan_when_spark_states_them(spark, demo_input) -> None:
     from batchscore.udfs.progress import known_rows
 
     assert known_rows(spark.range(1234)) == 1234

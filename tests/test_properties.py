@@ -128,7 +128,7 @@ def engine(rel_model: str) -> dict[str, Any]:
     batch_size=st.sampled_from([1, 2, 3, 5, 16]),
     data=st.data(),
 )
-def test_stream_scorer_quarantines_each_bad_row_and_scores_good_rows_like_tf(engine, faults, nested, batch_size, data):  # type: ignore[no-untyped-def]
+def test_stream_scorer_quarantines_each_bad_row_and_scores_good_rows_like_tf(engine, faults, nested, batch_size, data):
     table = make_table(faults, nested, seed=len(faults))
     # Cut the table into random Arrow batches: rows are re-chunked across them.
     cuts = sorted(data.draw(st.lists(st.integers(0, table.num_rows), max_size=5)))
@@ -170,7 +170,7 @@ def test_stream_scorer_quarantines_each_bad_row_and_scores_good_rows_like_tf(eng
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                  HealthCheck.function_scoped_fixture])
 @given(faults=st.lists(row_faults, min_size=2, max_size=60), nested=st.booleans())
-def test_scoring_job_property_on_both_lanes(spark, rel_model, tmp_path_factory, faults, nested):  # type: ignore[no-untyped-def]
+def test_scoring_job_property_on_both_lanes(spark, rel_model, tmp_path_factory, faults, nested):
     half = len(faults) // 2
     faults = [(), *faults[1:half], (), *faults[half + 1:]]  # each file starts with a good row: the model works
     table = make_table(faults, nested, seed=len(faults))

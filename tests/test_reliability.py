@@ -40,11 +40,11 @@ OUTPUTS = ["parts", "score"]
 # --- fixtures and helpers ---
 
 
-def config(input_path: str, model_path: str, output_path: str, *overrides: str, columns=rs.REL_COLUMNS) -> dict:  # type: ignore[no-untyped-def]
+def config(input_path: str, model_path: str, output_path: str, *overrides: str, columns=rs.REL_COLUMNS) -> dict:
     return support.job_spec(input_path, model_path, output_path, *columns, "output.keep_columns=[id]", *overrides)
 
 
-def read_spark(spark, path: str) -> pa.Table:  # type: ignore[no-untyped-def]
+def read_spark(spark, path: str) -> pa.Table:
     """A directory read back by Spark (partition columns included), sorted by id."""
     return spark.read.parquet(path).toArrow().sort_by("id")
 
@@ -110,7 +110,7 @@ def _schema_case(kind: str, table: pa.Table) -> pa.Table:
     ("wrong_nesting_depth", r"column 'pix' is .*nested 2 deep.*'img' wants shape \[batch, 4, 4, 1\]"),
 ], ids=["missing_column", "string_for_float", "every_array_wrong_length", "wrong_nesting_depth"])
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])  # the lanes sample the first rows differently
-def test_schema_errors_fail_before_any_scoring_task(spark, rel_model, tmp_path, kind, message, lane):  # type: ignore[no-untyped-def]
+def test_schema_errors_fail_before_any_scoring_task(spark, rel_model, tmp_path, kind, message, lane):
     model = support.fresh_copy(rel_model, str(tmp_path))  # a fingerprint no task has unpacked yet
     in_path = rs.write_files(_schema_case(kind, rs.rel_table(30)), str(tmp_path / "in"))
     out = str(tmp_path / "out")
@@ -127,7 +127,7 @@ def test_schema_errors_fail_before_any_scoring_task(spark, rel_model, tmp_path, 
     ("unknown_inner_dimension", r"signature input 'ragged_in' has shape \[None, None\] with an unknown inner"),
     ("complex_input", r"signature input 'complex_in' has dtype complex64, which cannot be fed"),
 ], ids=["not_a_saved_model", "missing_signature", "unknown_inner_dimension", "complex_input"])
-def test_bad_models_fail_before_reading_input(spark, odd_model, tmp_path, case, message):  # type: ignore[no-untyped-def]
+def test_bad_models_fail_before_reading_input(spark, odd_model, tmp_path, case, message):
     in_path = rs.write_files(rs.rel_table(10), str(tmp_path / "in"), files=1)
     model, sig = odd_model, "serving_default"
     if case == "not_a_saved_model":
@@ -148,7 +148,7 @@ def test_bad_models_fail_before_reading_input(spark, odd_model, tmp_path, case, 
 def _bad_cells(table: pa.Table) -> dict[int, tuple[str, object, str, str]]:
     pix = table.column("pix").to_pylist()
 
-    def edit(i: int, f) -> list:  # type: ignore[no-untyped-def]
+    def edit(i: int, f) -> list:
         p = [[list(c) for c in r] for r in pix[i]]
         f(p)
         return p
@@ -179,7 +179,7 @@ def _with_bad_cells(table: pa.Table, bad: dict[int, tuple[str, object, str, str]
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
-def test_bad_rows_are_quarantined_with_their_reason_and_good_rows_scored_like_tf(spark, rel_model, tmp_path, lane):  # type: ignore[no-untyped-def]
+def test_bad_rows_are_quarantined_with_their_reason_and_good_rows_scored_like_tf(spark, rel_model, tmp_path, lane):
     table = rs.rel_table(60, nested=True)
     bad = _bad_cells(table)
     table = _with_bad_cells(table, bad)
@@ -216,7 +216,7 @@ def test_bad_rows_are_quarantined_with_their_reason_and_good_rows_scored_like_tf
     assert read_manifest(out)["quarantine_reasons"] == manifest.quarantine_reasons
 
 
-def test_on_bad_rows_fail_names_the_first_bad_key_and_publishes_nothing(spark, rel_model, tmp_path):  # type: ignore[no-untyped-def]
+def test_on_bad_rows_fail_names_the_first_bad_key_and_publishes_nothing(spark, rel_model, tmp_path):
     table = rs.set_cells(rs.rel_table(60), "c", {41: float("nan")})
     in_path = rs.write_files(table, str(tmp_path / "in"), files=2)
     out = str(tmp_path / "out")
@@ -236,7 +236,7 @@ def test_on_bad_rows_fail_names_the_first_bad_key_and_publishes_nothing(spark, r
     ("not_parquet", "dataframe", rs.NO_IMG),  # found by Spark's reader in the scoring job
     ("truncated_listed_first", "auto", rs.NO_IMG),  # may be the file Spark infers the schema from
 ], ids=["truncated-arrow", "truncated-dataframe", "not_parquet-arrow", "not_parquet-dataframe", "first-auto"])
-def test_corrupt_input_file_fails_naming_it(spark, rel_model, tmp_path, corrupt, lane, columns):  # type: ignore[no-untyped-def]
+def test_corrupt_input_file_fails_naming_it(spark, rel_model, tmp_path, corrupt, lane, columns):
     in_path = rs.write_files(rs.rel_table(90), str(tmp_path / "in"), files=3)
     truncated, garbage = corrupt_files(in_path, rs.rel_table(10))
     os.remove(garbage if corrupt.startswith("truncated") else truncated)
@@ -250,7 +250,7 @@ def test_corrupt_input_file_fails_naming_it(spark, rel_model, tmp_path, corrupt,
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
-def test_ignore_corrupt_files_skips_and_counts_them(spark, rel_model, tmp_path, lane):  # type: ignore[no-untyped-def]
+def test_ignore_corrupt_files_skips_and_counts_them(spark, rel_model, tmp_path, lane):
     table = rs.rel_table(90)
     in_path = rs.write_files(table, str(tmp_path / "in"), files=3)
     corrupt_files(in_path, rs.rel_table(10, start_id=1000))
@@ -262,7 +262,7 @@ def test_ignore_corrupt_files_skips_and_counts_them(spark, rel_model, tmp_path, 
 
 
 @pytest.mark.parametrize(("case", "lane"), [("zero_row_files", "arrow"), ("filter_matches_nothing", "dataframe")])
-def test_empty_input_gives_an_empty_output_with_the_schema_and_a_manifest(spark, rel_model, tmp_path, case, lane):  # type: ignore[no-untyped-def]
+def test_empty_input_gives_an_empty_output_with_the_schema_and_a_manifest(spark, rel_model, tmp_path, case, lane):
     table = rs.rel_table(30)
     extra = [f"input.lane={lane}"]
     if case == "zero_row_files":
@@ -288,7 +288,7 @@ def test_empty_input_gives_an_empty_output_with_the_schema_and_a_manifest(spark,
 
 
 @pytest.fixture(scope="module")
-def published(spark, rel_model, tmp_path_factory):  # type: ignore[no-untyped-def]
+def published(spark, rel_model, tmp_path_factory):
     """A good run's output and quarantine (two bad rows), to be copied and then failed over."""
     base = tmp_path_factory.mktemp("published")
     table = rs.set_cells(rs.set_cells(rs.rel_table(60), "b", {3: None}), "code", {50: "x"})
@@ -317,7 +317,7 @@ def _failing_input(case: str, path: str) -> tuple[str, list[str], type, str]:
 
 
 @pytest.mark.parametrize("case", ["bad_rows_with_fail", "model_fails_every_row", "corrupt_input", "missing_column"])
-def test_failed_overwrite_leaves_the_previous_output_byte_identical(spark, rel_model, published, tmp_path, case):  # type: ignore[no-untyped-def]
+def test_failed_overwrite_leaves_the_previous_output_byte_identical(spark, rel_model, published, tmp_path, case):
     out, q = str(tmp_path / "run" / "out"), str(tmp_path / "run" / "out_quarantine")
     shutil.copytree(published, out)
     shutil.copytree(published + "_quarantine", q)
@@ -332,7 +332,7 @@ def test_failed_overwrite_leaves_the_previous_output_byte_identical(spark, rel_m
     assert rs.hidden_siblings(out) == [], "staging or swap directories left behind"
 
 
-def test_output_mode_error_refuses_an_existing_output(spark, rel_model, published, tmp_path):  # type: ignore[no-untyped-def]
+def test_output_mode_error_refuses_an_existing_output(spark, rel_model, published, tmp_path):
     in_path = rs.write_files(rs.rel_table(10), str(tmp_path / "in"), files=1)
     before = rs.tree_hashes(published)
     with pytest.raises(ConfigError, match=r"exists and output.mode is 'error'"):
@@ -347,7 +347,7 @@ def test_output_mode_error_refuses_an_existing_output(spark, rel_model, publishe
     ("out", "in/bad_rows", "input.path"),
     ("out", "out/bad_rows", "output.path"),
 ])
-def test_output_overlapping_input_or_model_is_refused(spark, rel_model, tmp_path, output, quarantine, overlaps):  # type: ignore[no-untyped-def]
+def test_output_overlapping_input_or_model_is_refused(spark, rel_model, tmp_path, output, quarantine, overlaps):
     in_path = rs.write_files(rs.rel_table(10), str(tmp_path / "in"), files=1)
     model = str(tmp_path / "model")
     shutil.copytree(rel_model, model)
@@ -379,7 +379,7 @@ def _partition_hashes(root: str, prefix: str = "") -> dict[str, dict[str, str]]:
     return dict(out)
 
 
-def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_model, tmp_path):  # type: ignore[no-untyped-def]
+def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_model, tmp_path):
     table = rs.rel_table(60, dates=DATES)  # row i is in DATES[i % 3]
     table = rs.set_cells(rs.set_cells(table, "code", {0: "zz"}), "b", {1: float("nan")})  # Jan, Feb bad rows
     in_path, out = str(tmp_path / "in"), str(tmp_path / "out")
@@ -423,7 +423,7 @@ def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_mo
     assert _partition_hashes(q) == q_after
 
 
-def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path):  # type: ignore[no-untyped-def]
+def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path):
     table = rs.set_cells(rs.set_cells(rs.rel_table(120, seed=3), "a", {5: None}), "code", {77: "?"})
     in_path = rs.write_files(table, str(tmp_path / "in"), files=3)
     out = str(tmp_path / "out")
@@ -441,7 +441,7 @@ def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path):  # t
 # --- faults survived: worker crashes and speculation, in their own Spark applications ---
 
 
-def run_job(tmp_path, overrides: list[str], fault: str | None, *, timeout: int = 600) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+def run_job(tmp_path, overrides: list[str], fault: str | None, *, timeout: int = 600) -> subprocess.CompletedProcess:
     """The scoring job in a subprocess (`python -m tests.fault_launcher`), with `fault` injected, or
     plain `python -m jobs.score` without one."""
     cfg = tmp_path / "job.yaml"
@@ -486,7 +486,7 @@ def read_event_file(path: str) -> str:
         return fh.read()
 
 
-def fault_input(tmp_path) -> tuple[str, pa.Table]:  # type: ignore[no-untyped-def]
+def fault_input(tmp_path) -> tuple[str, pa.Table]:
     """400 rows in 4 files of 2 row groups: several Arrow batches per task, one task per file."""
     table = rs.rel_table(400, seed=21)
     return rs.write_files(table, str(tmp_path / "in"), files=4, row_group_size=50), table
@@ -501,7 +501,7 @@ def job_overrides(in_path: str, model: str, out: str, event_dir: str, master: st
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])  # the fault wraps the scoring both lanes' tasks run
-def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, tmp_path, lane):  # type: ignore[no-untyped-def]
+def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, tmp_path, lane):
     in_path, table = fault_input(tmp_path)
     out, events = str(tmp_path / "out"), str(tmp_path / "events")
     proc = run_job(tmp_path, [*job_overrides(in_path, rel_model, out, events, "local[2,4]"), f"input.lane={lane}"],
@@ -528,7 +528,7 @@ def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, t
         assert SECRET not in read_event_file(path)
 
 
-def test_worker_killed_without_retries_fails_clearly_and_keeps_the_previous_output(rel_model, published, tmp_path):  # type: ignore[no-untyped-def]
+def test_worker_killed_without_retries_fails_clearly_and_keeps_the_previous_output(rel_model, published, tmp_path):
     in_path, _ = fault_input(tmp_path)
     out, events = str(tmp_path / "out"), str(tmp_path / "events")
     shutil.copytree(published, out)  # yesterday's good output
@@ -556,7 +556,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def two_host_cluster(tmp_path):  # type: ignore[no-untyped-def]
+def two_host_cluster(tmp_path):
     """A standalone master and two 1-core workers on different loopback addresses.
 
     Spark never launches a speculative copy on a host where the task already ran,
@@ -605,7 +605,7 @@ def two_host_cluster(tmp_path):  # type: ignore[no-untyped-def]
             f.close()
 
 
-def test_speculative_copy_of_a_slow_task_writes_no_duplicates(rel_model, two_host_cluster, tmp_path):  # type: ignore[no-untyped-def]
+def test_speculative_copy_of_a_slow_task_writes_no_duplicates(rel_model, two_host_cluster, tmp_path):
     in_path, table = fault_input(tmp_path)
     out, events = str(tmp_path / "out"), str(tmp_path / "events")
     overrides = [

@@ -47,7 +47,7 @@ class _Cells(HTMLParser):
             self.svg_text.append(data)
 
 
-def test_report_renders_the_manifest_figures_phases_and_reasons(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_report_renders_the_manifest_figures_phases_and_reasons(tmp_path, capsys) -> None:
     run = tmp_path / "out"
     run.mkdir()
     (run / "_manifest.json").write_bytes(_manifest().to_json())
@@ -72,7 +72,7 @@ def test_report_renders_the_manifest_figures_phases_and_reasons(tmp_path, capsys
     assert phase_w[2] == max(phase_w) and abs(phase_w[0] / phase_w[2] - 1.5 / 15.75) < 1e-3
 
 
-def test_report_to_another_file_and_a_missing_manifest(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_report_to_another_file_and_a_missing_manifest(tmp_path, capsys) -> None:
     data = json.loads(_manifest().to_json())
     del data["seconds_by_phase"], data["quarantine_reasons"]  # an older manifest
     (tmp_path / "m.json").write_text(json.dumps(data))

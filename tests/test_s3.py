@@ -22,7 +22,7 @@ BUCKET = "batchscore-test"
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():  # type: ignore[no-untyped-def]
+def s3_endpoint():
     """moto_server on 127.0.0.1 (a free port), with credentials for pyarrow and boto3; stopped after."""
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     assert exe, "moto_server is installed by requirements.txt"
@@ -61,13 +61,13 @@ def s3_endpoint():  # type: ignore[no-untyped-def]
                 os.environ[k] = v
 
 
-def _put_parquet(client, key: str, table: pa.Table) -> None:  # type: ignore[no-untyped-def]
+def _put_parquet(client, key: str, table: pa.Table) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=40)
     client.put_object(Bucket=BUCKET, Key=key, Body=buf.getvalue())
 
 
-def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:  # type: ignore[no-untyped-def]
+def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:
     t = pa.table({"id": pa.array(range(100), pa.int64()), "x": pa.array([i / 2 for i in range(100)], pa.float32())})
     for i, d in enumerate(["2026-01-01", "2026-01-02", "2026-01-03"]):
         shifted = t.set_column(0, "id", pa.array(range(i * 100, i * 100 + 100), pa.int64()))
@@ -91,7 +91,7 @@ def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:  # t
     assert rows.schema.field("d").type == pa.date32()
 
 
-def test_corrupt_object_on_s3_is_named(s3_endpoint) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_object_on_s3_is_named(s3_endpoint) -> None:
     from batchscore.udfs.errors import InputError
 
     t = pa.table({"id": pa.array(range(10), pa.int64())})

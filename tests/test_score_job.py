@@ -29,7 +29,7 @@ def config(input_path: str, model_path: str, output_path: str, *overrides: str) 
     return support.job_spec(input_path, model_path, output_path, *overrides)
 
 
-def sql_conf(spark, **settings: str):  # type: ignore[no-untyped-def]
+def sql_conf(spark, **settings: str):
     """Set runtime SQL confs for one block, then put the old values back."""
     from batchscore.udfs.lanes import temporary_conf
 
@@ -51,13 +51,13 @@ def read_manifest(output_path: str) -> dict:
 
 
 @pytest.fixture
-def job_file(tmp_path):  # type: ignore[no-untyped-def]
+def job_file(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("spark:\n  spark.master: local[2]\noutput:\n  keep_columns: [id]\n")
     return str(path)
 
 
-def run_main(spark, capsys, job_file, *overrides: str):  # type: ignore[no-untyped-def]
+def run_main(spark, capsys, job_file, *overrides: str):
     """`main()` in this process, on the tests' session (which it must leave running)."""
     args = ["--config", job_file, "--quiet"]
     for o in overrides:
@@ -72,7 +72,7 @@ def run_main(spark, capsys, job_file, *overrides: str):  # type: ignore[no-untyp
 # --- predictions equal bare TensorFlow ---
 
 
-def test_demo_model_scores_like_bare_tensorflow(spark, demo_input, demo_model, demo_table, demo_reference, tmp_path):  # type: ignore[no-untyped-def]
+def test_demo_model_scores_like_bare_tensorflow(spark, demo_input, demo_model, demo_table, demo_reference, tmp_path):
     out_path = str(tmp_path / "predictions")
     cfg = config(demo_input, demo_model, out_path, DEMO_COLUMNS, "output.keep_columns=[id]",
                  "model.batch_size=100")
@@ -104,7 +104,7 @@ def test_demo_model_scores_like_bare_tensorflow(spark, demo_input, demo_model, d
 
 
 @pytest.mark.parametrize("lane", ["dataframe", "arrow"])
-def test_multi_input_multi_output_model_scores_like_bare_tensorflow(spark, multi_model, multi_table, tmp_path, lane):  # type: ignore[no-untyped-def]
+def test_multi_input_multi_output_model_scores_like_bare_tensorflow(spark, multi_model, multi_table, tmp_path, lane):
     in_path = support.write_parquet(multi_table, str(tmp_path / "in"), files=3)
     out_path = str(tmp_path / "out")
     cfg = config(
@@ -135,7 +135,7 @@ def test_multi_input_multi_output_model_scores_like_bare_tensorflow(spark, multi
     assert 0 < manifest.max_rows_per_call <= 64
 
 
-def test_every_row_lands_once_in_output_or_quarantine(spark, multi_model, tmp_path):  # type: ignore[no-untyped-def]
+def test_every_row_lands_once_in_output_or_quarantine(spark, multi_model, tmp_path):
     table = support.multi_table(120, seed=4)
     pixels, f1 = table.column("pixels").to_pylist(), table.column("f1").to_numpy().copy()
     pixels[7] = None
@@ -164,7 +164,7 @@ def test_every_row_lands_once_in_output_or_quarantine(spark, multi_model, tmp_pa
 # --- once per worker, bounded model calls ---
 
 
-def test_model_loaded_once_per_worker_across_many_partitions(spark, demo_model, demo_table, demo_reference, tmp_path):  # type: ignore[no-untyped-def]
+def test_model_loaded_once_per_worker_across_many_partitions(spark, demo_model, demo_table, demo_reference, tmp_path):
     in_path = support.write_parquet(demo_table, str(tmp_path / "in"), files=8)
     model = support.fresh_copy(demo_model, str(tmp_path))  # a new fingerprint: no worker has it yet
     out_path = str(tmp_path / "out")
@@ -192,7 +192,7 @@ def test_model_loaded_once_per_worker_across_many_partitions(spark, demo_model, 
 
 
 @pytest.fixture(scope="module")
-def distribution_runs(spark, demo_input, demo_model, tmp_path_factory):  # type: ignore[no-untyped-def]
+def distribution_runs(spark, demo_input, demo_model, tmp_path_factory):
     """One run per model.distribution, each with its own copy of the model (new fingerprint)."""
     root = tmp_path_factory.mktemp("distribution")
     runs = {}
@@ -206,14 +206,14 @@ def distribution_runs(spark, demo_input, demo_model, tmp_path_factory):  # type:
 
 
 @pytest.mark.parametrize("kind", ["broadcast", "files", "direct"])
-def test_each_distribution_scores_like_bare_tensorflow(kind, distribution_runs, demo_table, demo_reference):  # type: ignore[no-untyped-def]
+def test_each_distribution_scores_like_bare_tensorflow(kind, distribution_runs, demo_table, demo_reference):
     manifest, out = distribution_runs[kind]
     assert manifest.model.distribution == kind
     assert manifest.model_loads >= 1  # the model came through this distribution, not a cache
     assert_demo_predictions(out, demo_reference, demo_table.column("id").to_numpy())
 
 
-def test_distributions_give_identical_predictions(distribution_runs):  # type: ignore[no-untyped-def]
+def test_distributions_give_identical_predictions(distribution_runs):
     tables = {k: v[1] for k, v in distribution_runs.items()}
     assert tables["broadcast"].equals(tables["files"])
     assert tables["broadcast"].equals(tables["direct"])
@@ -222,7 +222,7 @@ def test_distributions_give_identical_predictions(distribution_runs):  # type: i
 # --- output options ---
 
 
-def test_rename_keep_columns_and_partition_by(spark, demo_input, demo_model, demo_table, demo_reference, tmp_path):  # type: ignore[no-untyped-def]
+def test_rename_keep_columns_and_partition_by(spark, demo_input, demo_model, demo_table, demo_reference, tmp_path):
     out_path = str(tmp_path / "out")
     cfg = config(demo_input, demo_model, out_path, DEMO_COLUMNS, "output.keep_columns=[id, age]",
                  "output.rename.output_0=p_default", "output.partition_by=[region]")
@@ -252,7 +252,7 @@ def test_rename_keep_columns_and_partition_by(spark, demo_input, demo_model, dem
     np.testing.assert_array_equal(back["p_default"].to_numpy(), out.column("p_default").to_numpy())
 
 
-def test_mode_error_refuses_then_overwrite_with_filter_replaces(spark, capsys, job_file, demo_input, demo_model, demo_table, demo_reference, tmp_path):  # type: ignore[no-untyped-def]
+def test_mode_error_refuses_then_overwrite_with_filter_replaces(spark, capsys, job_file, demo_input, demo_model, demo_table, demo_reference, tmp_path):
     out_path = str(tmp_path / "out")
     base = (demo_input, demo_model, out_path, DEMO_COLUMNS, "output.keep_columns=[id]")
     # The first run goes through `python -m jobs.score`'s main(): exit 0 and a summary.
@@ -289,7 +289,7 @@ def test_mode_error_refuses_then_overwrite_with_filter_replaces(spark, capsys, j
 # --- exit codes of `python -m jobs.score` ---
 
 
-def test_main_missing_model_exits_2_naming_the_path(spark, capsys, job_file, demo_input, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_missing_model_exits_2_naming_the_path(spark, capsys, job_file, demo_input, tmp_path):
     missing = str(tmp_path / "no_model")
     code, _, err = run_main(spark, capsys, job_file, f"input.path={demo_input}", f"model.path={missing}",
                          f"output.path={tmp_path / 'out'}", DEMO_COLUMNS)
@@ -298,7 +298,7 @@ def test_main_missing_model_exits_2_naming_the_path(spark, capsys, job_file, dem
     assert not (tmp_path / "out").exists()
 
 
-def test_main_missing_input_exits_2_naming_the_path(spark, capsys, job_file, demo_model, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_missing_input_exits_2_naming_the_path(spark, capsys, job_file, demo_model, tmp_path):
     missing = str(tmp_path / "no_input")
     code, _, err = run_main(spark, capsys, job_file, f"input.path={missing}", f"model.path={demo_model}",
                             f"output.path={tmp_path / 'out'}", DEMO_COLUMNS)
@@ -306,7 +306,7 @@ def test_main_missing_input_exits_2_naming_the_path(spark, capsys, job_file, dem
     assert len(err) == 1 and err[0].startswith("error:") and missing in err[0], err
 
 
-def test_main_missing_column_exits_2_naming_it(spark, capsys, job_file, demo_model, demo_table, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_missing_column_exits_2_naming_it(spark, capsys, job_file, demo_model, demo_table, tmp_path):
     in_path = support.write_parquet(demo_table.slice(0, 50).drop_columns(["region"]), str(tmp_path / "in"))
     code, _, err = run_main(spark, capsys, job_file, f"input.path={in_path}", f"model.path={demo_model}",
                          f"output.path={tmp_path / 'out'}", DEMO_COLUMNS)
@@ -314,7 +314,7 @@ def test_main_missing_column_exits_2_naming_it(spark, capsys, job_file, demo_mod
     assert len(err) == 1 and err[0].startswith("error:") and "'region'" in err[0] and "not found" in err[0], err
 
 
-def test_main_wrong_typed_column_exits_2_naming_it(spark, capsys, job_file, demo_model, demo_table, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_wrong_typed_column_exits_2_naming_it(spark, capsys, job_file, demo_model, demo_table, tmp_path):
     t = demo_table.slice(0, 50)
     t = t.set_column(t.schema.get_field_index("age"), "age", pc.cast(t.column("age"), pa.string()))
     in_path = support.write_parquet(t, str(tmp_path / "in"))
@@ -325,14 +325,14 @@ def test_main_wrong_typed_column_exits_2_naming_it(spark, capsys, job_file, demo
     assert "column 'age' is string" in err[0] and "float32" in err[0], err
 
 
-def test_main_bad_set_exits_2_naming_the_key(capsys, job_file, tmp_path):  # type: ignore[no-untyped-def]
+def test_main_bad_set_exits_2_naming_the_key(capsys, job_file, tmp_path):
     code, _, err = run_main(None, capsys, job_file, "input.path=/a", "model.path=/m",
                          f"output.path={tmp_path / 'out'}", "model.batch_sise=10")
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:") and "model.batch_sise" in err[0], err
 
 
-def test_subprocess_bad_set_exits_2_without_traceback(job_file):  # type: ignore[no-untyped-def]
+def test_subprocess_bad_set_exits_2_without_traceback(job_file):
     env = {**os.environ, "PYTHONPATH": PROJECT_ROOT}
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.score", "--config", job_file, "--set", "model.batch_size"],
@@ -344,7 +344,7 @@ def test_subprocess_bad_set_exits_2_without_traceback(job_file):  # type: ignore
     assert "Traceback" not in proc.stderr
 
 
-def test_main_leaves_a_session_it_did_not_start_running(spark, capsys, job_file, demo_input, demo_model,  # type: ignore[no-untyped-def]
+def test_main_leaves_a_session_it_did_not_start_running(spark, capsys, job_file, demo_input, demo_model,
                                                          tmp_path) -> None:
     # A notebook or pipeline that already runs a session calls the job's main(): the job
     # scores on that session and must not stop it (on Databricks it is the cluster's).

@@ -31,7 +31,7 @@ def test_read_signature_of_a_custom_tf_function_model(multi_model: str) -> None:
     assert sig.path == os.path.abspath(multi_model)
 
 
-def test_read_signature_errors_name_the_path_and_signature(multi_model: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_read_signature_errors_name_the_path_and_signature(multi_model: str, tmp_path) -> None:
     with pytest.raises(ModelError, match=r"model.path '.*/nowhere' does not exist"):
         read_signature(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
@@ -41,7 +41,7 @@ def test_read_signature_errors_name_the_path_and_signature(multi_model: str, tmp
         read_signature(multi_model, "nope")
 
 
-def test_fingerprint_follows_content(multi_model: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_fingerprint_follows_content(multi_model: str, tmp_path) -> None:
     same = shutil.copytree(multi_model, tmp_path / "same")
     changed = support.fresh_copy(multi_model, str(tmp_path))
     assert model_fingerprint(str(same)) == model_fingerprint(multi_model)

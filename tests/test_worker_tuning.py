@@ -23,7 +23,7 @@ def _zip_with_package(path: str, package: str) -> str:
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="zip invalidation is lazy from Python 3.12 on")
 @pytest.mark.parametrize("spark_archive", ["pyspark.zip", "spark-core_2.13-4.1.1.jar"])
-def test_spark_zip_importers_keep_their_directory_and_others_do_not(tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+def test_spark_zip_importers_keep_their_directory_and_others_do_not(tmp_path, monkeypatch,
                                                                      spark_archive: str) -> None:
     spark_zip = _zip_with_package(str(tmp_path / spark_archive), "bs_fake_spark")
     (tmp_path / "other").mkdir()
@@ -39,11 +39,11 @@ def test_spark_zip_importers_keep_their_directory_and_others_do_not(tmp_path, mo
     assert changed >= 2  # the archive root and the package directory inside it
     assert worker_tuning.keep_spark_zip_directories() == 0  # idempotent
 
-    spark_dir = zipimport._zip_directory_cache[spark_zip]  # type: ignore[attr-defined]
-    other_dir = zipimport._zip_directory_cache[other_zip]  # type: ignore[attr-defined]
+    spark_dir = zipimport._zip_directory_cache[spark_zip]
+    other_dir = zipimport._zip_directory_cache[other_zip]
     importlib.invalidate_caches()
-    assert zipimport._zip_directory_cache[spark_zip] is spark_dir  # type: ignore[attr-defined]
-    assert zipimport._zip_directory_cache[other_zip] is not other_dir  # type: ignore[attr-defined]
+    assert zipimport._zip_directory_cache[spark_zip] is spark_dir
+    assert zipimport._zip_directory_cache[other_zip] is not other_dir
     # what the archive holds still imports
     monkeypatch.delitem(sys.modules, "bs_fake_spark.inner")
     assert importlib.import_module("bs_fake_spark.inner").VALUE == 2
@@ -95,7 +95,7 @@ def _probe(plan: Any) -> Any:
     return run
 
 
-def test_a_scoring_worker_freezes_the_model_and_keeps_spark_zips(spark, demo_input: str, demo_model: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_scoring_worker_freezes_the_model_and_keeps_spark_zips(spark, demo_input: str, demo_model: str) -> None:
     from batchscore.jobs.demo_data import NUMERIC
     from batchscore.udfs.distribution import make_model_source
     from batchscore.udfs.scoring import arrow_schema_of, plan_scoring

@@ -139,7 +139,7 @@ def predict_udf(
             raise ConfigError("predict_udf needs a running SparkSession (start one, or pass spark=...)")
     sig = _read_model(model, signature)
     source = _model_source(spark.sparkContext, sig, distribution)
-    from batchscore.udfs.stats import make_stats_accumulator  # noqa: PLC0415
+    from batchscore.udfs.stats import make_stats_accumulator  # noqa: PLC0415 - imported at use: the modules import each other
 
     return PredictUDF(sig, source, batch_size, "fail" if bad_rows == "fail" else "quarantine",
                       dict(pad or {}), pad_multiple, dict(mask or {}), make_stats_accumulator(spark.sparkContext))
@@ -170,14 +170,14 @@ class PredictUDF:
     @property
     def return_type(self) -> Any:
         """The Spark type of the column: the one output's type, or a struct of all outputs."""
-        from pyspark.sql.pandas.types import from_arrow_type  # noqa: PLC0415
+        from pyspark.sql.pandas.types import from_arrow_type  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
         return from_arrow_type(_result_type(self.signature))
 
     def __call__(self, *cols: Any, **named: Any) -> Any:
         """The predictions of `cols` (see `predict_udf`) as a Column."""
-        from pyspark.sql.functions import arrow_udf  # noqa: PLC0415
-        from pyspark.util import PythonEvalType  # noqa: PLC0415
+        from pyspark.sql.functions import arrow_udf  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
+        from pyspark.util import PythonEvalType  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
         args, columns = _feed_columns(self.input_names, cols, named)
         plan = ScoringPlan(self.signature, (), self.source, self.batch_size, (),
@@ -270,7 +270,7 @@ def _result_column(batch: pa.RecordBatch, plan: ScoringPlan) -> pa.Array:
     """One output's column, or a struct of all outputs, null on the batch's bad rows."""
     if len(plan.output_names) == 1:
         return batch.column(plan.output_names[0])  # bad rows are null already
-    import pyarrow.compute as pc  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415 - loaded on first use, off the import path of `import batchscore`
 
     bad = pc.not_equal(batch.column(REASON_COLUMN), OK_REASON)
     return pa.StructArray.from_arrays([batch.column(n) for n in plan.output_names],

@@ -87,12 +87,7 @@ def plan_arrow_input(
     uri = pyarrow_uri(root)
     fs, base = pyarrow_fs(uri)
     infos = [i for i in list_input_files(fs, base) if i.path not in exclude]
-    names: list[str] = []
-    for i in infos:
-        for part in _rel_dir(i.path, base).strip("/").split("/"):
-            if "=" in part and part.split("=", 1)[0] not in names:
-                names.append(part.split("=", 1)[0])
-    partition_names = tuple(n for n in names if n in schema.names)
+    partition_names = _partition_names(infos, base, schema)
     source = ArrowSource(uri, schema.serialize().to_pybytes(), partition_names, tuple(columns),
                          row_filter, ignore_corrupt_files)
     partitioning = _partitioning(schema, partition_names)
@@ -101,33 +96,50 @@ def plan_arrow_input(
         fmt.make_fragment(i.path, fs, partition_expression=partitioning.parse(_rel_dir(i.path, base)))
         for i in infos
     ]
-    sizes = {i.path: i.size for i in infos}
-    dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
     prune = row_filter.prune if row_filter is not None else None
+    dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
     kept = list(dataset.get_fragments(filter=prune)) if prune is not None else frags  # partition pruning
     corrupt: list[str] = []
-    units: list[tuple[int, dict[str, Any]]] = []  # (weight, {"path", "row_groups"})
     if len(kept) >= target_tasks:
+        sizes = {i.path: i.size for i in infos}
         units = [(sizes.get(f.path, 1), {"path": f.path, "row_groups": None}) for f in kept]
     else:  # few files: split them by row group (reads their footers) to use every core
-        for f in kept:
-            try:
-                f.physical_schema  # noqa: B018 - opens the file and reads its footer
-            except (pa.ArrowInvalid, OSError) as e:
-                if not ignore_corrupt_files:
-                    raise InputError(_corrupt_message(f.path, e)) from None
-                corrupt.append(f.path)
-                continue
-            try:  # row-group statistics prune with the filter too
-                pieces = f.split_by_row_group(filter=prune, schema=schema)
-            except pa.ArrowInvalid as e:
-                raise InputError(f"input.filter cannot be applied to {f.path}: {str(e).splitlines()[0]}") from None
-            for p in pieces:
-                rg = [r.id for r in p.row_groups]
-                rows = sum(r.num_rows for r in p.row_groups)
-                units.append((max(rows, 1), {"path": f.path, "row_groups": rg}))
+        units = _row_group_units(kept, schema, prune, ignore_corrupt_files, corrupt)
     return ArrowPlan(source, _bin_pack(units, target_tasks), files=len(infos),
                      corrupt_files=sorted(set(corrupt) | set(exclude)))
+
+
+def _partition_names(infos: list[Any], base: str, schema: pa.Schema) -> tuple[str, ...]:
+    """The hive partition keys (`k=v` directory levels) of the files, in order, that the schema has."""
+    names: list[str] = []
+    for i in infos:
+        for part in _rel_dir(i.path, base).strip("/").split("/"):
+            if "=" in part and part.split("=", 1)[0] not in names:
+                names.append(part.split("=", 1)[0])
+    return tuple(n for n in names if n in schema.names)
+
+
+def _row_group_units(kept: list[Any], schema: pa.Schema, prune: Any, ignore_corrupt_files: bool,
+                     corrupt: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    """(rows, unit) for each row group the filter's statistics keep; unreadable files go to `corrupt`
+    when ignored, else raise InputError."""
+    units: list[tuple[int, dict[str, Any]]] = []
+    for f in kept:
+        try:
+            f.physical_schema  # noqa: B018 - opens the file and reads its footer
+        except (pa.ArrowInvalid, OSError) as e:
+            if not ignore_corrupt_files:
+                raise InputError(_corrupt_message(f.path, e)) from None
+            corrupt.append(f.path)
+            continue
+        try:  # row-group statistics prune with the filter too
+            pieces = f.split_by_row_group(filter=prune, schema=schema)
+        except pa.ArrowInvalid as e:
+            raise InputError(f"input.filter cannot be applied to {f.path}: {str(e).splitlines()[0]}") from None
+        for p in pieces:
+            rg = [r.id for r in p.row_groups]
+            units.append((max(sum(r.num_rows for r in p.row_groups), 1), {"path": f.path, "row_groups": rg}))
+    return units
 
 
 def _bin_pack(units: list[tuple[int, dict[str, Any]]], n: int) -> list[list[dict[str, Any]]]:
@@ -228,9 +240,9 @@ def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
 
 def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: Any, accumulator: Any) -> Any:
     """Arrow lane: a DataFrame of keep columns + predictions + reason, one task per planned group."""
-    from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415
+    from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
-    from batchscore.udfs.scoring import score_batches, scored_schema  # noqa: PLC0415
+    from batchscore.udfs.scoring import score_batches, scored_schema  # noqa: PLC0415 - imported at use: the modules import each other
 
     source = plan_in.source
     arrow_in = pa.schema([source.schema.field(c) for c in source.columns])

@@ -175,7 +175,7 @@ class StreamScorer:
                 o = dict(self.predict({k: v[i : i + 1] for k, v in chunk.items()}))
                 reason[i] = convert.BAD_PREDICTION if convert.bad_prediction_rows(o, self.signature, 1)[0] else 0
                 parts.append(o)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - isolate the rows the model rejects, whatever it raises
                 parts.append(None)
         template = next((p for p in parts if p is not None), None) or self._filler
         if template is None:

@@ -285,7 +285,7 @@ def check_sample(feeds: tuple[InputFeed, ...], sample: pa.Table) -> None:
     Raises:
         SchemaError: naming the column, the lengths seen and the length wanted.
     """
-    import pyarrow.compute as pc  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415 - loaded on first use, off the import path of `import batchscore`
 
     for feed in feeds:
         if feed.stacked or feed.depth == 0 or feed.padded or sample.num_rows == 0:

@@ -34,7 +34,7 @@ class ModelSource:
         if self.kind == "direct":
             return self.path
         if self.kind == "files":
-            from pyspark import SparkFiles  # noqa: PLC0415
+            from pyspark import SparkFiles  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
             return SparkFiles.get(os.path.basename(self.path.rstrip("/")))
         return _unpack_once(self.broadcast.value, self.fingerprint, os.path.basename(self.path.rstrip("/")))

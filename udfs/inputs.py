@@ -18,7 +18,7 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
         InputError: the path or table does not exist or cannot be read.
         ConfigError: Spark rejects the filter (see udfs.arrow_filter.apply_filter).
     """
-    from pyspark.errors import AnalysisException  # noqa: PLC0415
+    from pyspark.errors import AnalysisException  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     path, fmt = spec.path, spec.format
     reader = spark.read
@@ -55,9 +55,9 @@ def footer_schema(spark: Any, spec: InputSpec) -> Any:
     Spark job), for the types where the mapping is fixed. None where Spark might infer
     differently: partition directories, schema merging, corrupt files allowed, other types,
     a file pyarrow cannot open."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415 - loaded on first use, off the import path of `import batchscore`
 
-    from batchscore.udfs.storage import list_input_files, pyarrow_fs, pyarrow_uri  # noqa: PLC0415
+    from batchscore.udfs.storage import list_input_files, pyarrow_fs, pyarrow_uri  # noqa: PLC0415 - imported at use: the modules import each other
 
     conf = spark.conf
     if spec.ignore_corrupt_files or any(conf.get(k, "false").lower() == "true" for k in _SCHEMA_CONFS):
@@ -81,7 +81,7 @@ _SCHEMA_CONFS = ("spark.sql.parquet.mergeSchema", "spark.sql.parquet.binaryAsStr
 def spark_struct(schema: pa.Schema) -> Any:
     """A Spark StructType (every field nullable, as Spark reads Parquet) or None for a type outside
     the fixed mapping (integers, floats, booleans, strings, binary and lists of them)."""
-    from pyspark.sql import types as T  # noqa: PLC0415
+    from pyspark.sql import types as T  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     simple = {pa.int8(): T.ByteType(), pa.int16(): T.ShortType(), pa.int32(): T.IntegerType(),
               pa.int64(): T.LongType(), pa.float32(): T.FloatType(), pa.float64(): T.DoubleType(),

@@ -125,7 +125,7 @@ def load_saved_model(path: str, signature: str) -> tuple[object, PredictFn]:
 
     try:
         loaded = tf.saved_model.load(path)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure to load is the model's: one ModelError naming the path
         raise ModelError(f"cannot load SavedModel '{path}': {str(e).splitlines()[0]}") from None
     try:
         fn = loaded.signatures[signature]
@@ -142,11 +142,11 @@ def load_saved_model(path: str, signature: str) -> tuple[object, PredictFn]:
 def load_keras_file(path: str) -> Any:
     """Load a `.keras` file in safe mode (no arbitrary code from the file)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras  # noqa: PLC0415
+    import keras  # noqa: PLC0415 - seconds of import: only where a model is built or loaded
 
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure to load is the model's: one ModelError naming the path
         raise ModelError(f"cannot load Keras model '{path}': {str(e).splitlines()[0]}") from None
 
 

@@ -139,7 +139,7 @@ def model_loader(source: ModelSource, signature: str) -> Callable[[], tuple[obje
 def task_resources() -> tuple[int, list[str]]:
     """(cores, GPU addresses) Spark gave the running task; (0, []) outside Spark."""
     try:
-        from pyspark import TaskContext  # noqa: PLC0415
+        from pyspark import TaskContext  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
     except ImportError:
         return 0, []
     ctx = TaskContext.get()
@@ -238,7 +238,7 @@ def pack_stacked_feeds(df: Any, plan: ScoringPlan) -> tuple[list[Any], ScoringPl
     columns (bench/README.md). Packed only when all D columns share one numeric
     type, so the array holds exactly their values; nulls stay element nulls.
     """
-    from pyspark.sql import functions as F  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     types = {f.name: f.dataType.typeName() for f in df.schema.fields}
     feeds: list[InputFeed] = []
@@ -258,7 +258,7 @@ def pack_stacked_feeds(df: Any, plan: ScoringPlan) -> tuple[list[Any], ScoringPl
 
 def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None) -> Any:
     """DataFrame lane: `df` -> keep columns + predictions + bs__reason + bs__column."""
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema  # noqa: PLC0415
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     select, plan = pack_stacked_feeds(df, plan)
     selected = df.select(*select)
@@ -291,6 +291,6 @@ def fixed_row_bytes(schema: pa.Schema, plan: ScoringPlan) -> int | None:
 
 def arrow_schema_of(df: Any) -> pa.Schema:
     """The Arrow schema Spark uses for a DataFrame's batches."""
-    from pyspark.sql.pandas.types import to_arrow_schema  # noqa: PLC0415
+    from pyspark.sql.pandas.types import to_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     return to_arrow_schema(df.schema)

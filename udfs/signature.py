@@ -156,7 +156,7 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
 
 def _read_keras_signature(path: str, signature: str) -> ModelSignature:
     """A `.keras` file: inputs and outputs from the model's Input and output layers."""
-    from batchscore.udfs.model_cache import load_keras_file  # noqa: PLC0415
+    from batchscore.udfs.model_cache import load_keras_file  # noqa: PLC0415 - imported at use: the modules import each other
 
     model = load_keras_file(path)
     inputs = tuple(

@@ -87,7 +87,7 @@ def list_input_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
 
 def parquet_footer_ok(path: str, root_uri: str) -> bool:
     """Whether a Parquet file below `root_uri` has a readable footer (runs on executors)."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415 - loaded on first use, off the import path of `import batchscore`
 
     fs, _ = pyarrow_fs(root_uri)
     try:
@@ -169,7 +169,7 @@ class HadoopFs:
         """Row count from a Parquet file's footer: pyarrow for local files, else Hadoop's
         Parquet reader (any Hadoop filesystem, with the session's credentials)."""
         if p.startswith(("file:", "/")):
-            import pyarrow.parquet as pq  # noqa: PLC0415
+            import pyarrow.parquet as pq  # noqa: PLC0415 - loaded on first use, off the import path of `import batchscore`
 
             return int(pq.read_metadata(pyarrow_uri(p)).num_rows)
         jp = self._jvm.org.apache.hadoop.fs.Path(p)

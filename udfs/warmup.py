@@ -33,7 +33,7 @@ log = logging.getLogger("batchscore")
 def warm_worker(accumulator: Any) -> None:
     """In a Python worker: import TensorFlow with its pools sized for the task (and the task's
     GPUs visible), and report the seconds it took (`warmup_tf_import_s`)."""
-    from batchscore.udfs.scoring import task_resources, worker_stats  # noqa: PLC0415
+    from batchscore.udfs.scoring import task_resources, worker_stats  # noqa: PLC0415 - imported at use: the modules import each other
 
     spent_before = model_cache.seconds_spent()
     cores, gpus = task_resources()
