@@ -193,3 +193,22 @@ def test_filter_spark_rejects_is_a_config_error_on_every_lane(spark, nan_input, 
     with pytest.raises(ConfigError, match=re.escape(named)):
         run_scoring(spark, _cfg(nan_input, demo_model, str(tmp_path / "out"), f"input.lane={lane}",
                                 f"input.filter={filter_sql}"))
+
+
+def test_timestamp_partition_columns_use_the_dataframe_lane(spark, demo_table, demo_model, tmp_path, caplog):
+    # Spark reads a `snap=2026-03-29 01:00:00` directory in the session time zone; pyarrow
+    # would read it as UTC, so the Arrow lane steps aside (auto) or refuses (arrow).
+    import pyarrow.parquet as pq
+    from pyspark.sql.types import TimestampType
+
+    root = tmp_path / "ts_in"
+    for i, stamp in enumerate(["2026-03-29 01%3A00%3A00", "2026-03-29 03%3A00%3A00"]):
+        (root / f"snap={stamp}").mkdir(parents=True)
+        pq.write_table(demo_table.slice(i * 25, 25), root / f"snap={stamp}" / "part-0.parquet")
+    assert isinstance(spark.read.parquet(str(root)).schema["snap"].dataType, TimestampType)
+    caplog.set_level(logging.INFO, logger="batchscore")
+    manifest = run_scoring(spark, _cfg(str(root), demo_model, str(tmp_path / "out"), "input.filter=age > 0"))
+    assert manifest.lane == "dataframe" and manifest.rows_in == manifest.rows_scored
+    assert any("partition column 'snap' holds timestamps" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ConfigError, match=r"input.lane 'arrow': partition column 'snap'"):
+        run_scoring(spark, _cfg(str(root), demo_model, str(tmp_path / "o2"), "input.lane=arrow"))

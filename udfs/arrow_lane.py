@@ -22,6 +22,11 @@ from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.errors import InputError
 from batchscore.udfs.storage import list_input_files, parquet_footer_ok, pyarrow_fs, pyarrow_uri
 
+
+class UnsupportedInput(ValueError):
+    """Input the Arrow lane cannot read exactly as Spark does (the job uses the DataFrame lane)."""
+
+
 READ_BATCH_ROWS = 65_536
 
 
@@ -88,6 +93,10 @@ def plan_arrow_input(
     fs, base = pyarrow_fs(uri)
     infos = [i for i in list_input_files(fs, base) if i.path not in exclude]
     partition_names = _partition_names(infos, base, schema)
+    stamps = [n for n in partition_names if pa.types.is_timestamp(schema.field(n).type)]
+    if stamps:  # Spark reads `k=2026-03-29 01:00:00` in the session time zone, pyarrow as UTC
+        raise UnsupportedInput(f"partition column '{stamps[0]}' holds timestamps, which pyarrow would not "
+                               "read in the session time zone as Spark does")
     source = ArrowSource(uri, schema.serialize().to_pybytes(), partition_names, tuple(columns),
                          row_filter, ignore_corrupt_files)
     partitioning = _partitioning(schema, partition_names)

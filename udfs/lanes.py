@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchscore.udfs.arrow_filter import UnsupportedFilter, arrow_filter
-from batchscore.udfs.arrow_lane import ArrowPlan, plan_arrow_input, sample_rows
+from batchscore.udfs.arrow_lane import ArrowPlan, UnsupportedInput, plan_arrow_input, sample_rows
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.job_spec import InputSpec
 from batchscore.udfs.scoring import ScoringPlan
@@ -54,7 +54,7 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
             spec.path, schema, columns, row_filter=arrow_filter(df, schema) if spec.filter else None,
             target_tasks=2 * spark.sparkContext.defaultParallelism,
             ignore_corrupt_files=spec.ignore_corrupt_files, exclude=exclude)
-    except UnsupportedFilter as e:
+    except (UnsupportedFilter, UnsupportedInput) as e:
         if spec.lane == "arrow":
             raise ConfigError(f"input.lane 'arrow': {e}; use input.lane dataframe or auto") from None
         log.info("input.lane auto: using the DataFrame lane (%s)", e)
