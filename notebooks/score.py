@@ -30,6 +30,7 @@ REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "jobs").is_dir() else 
 if (REPO_ROOT / "jobs").is_dir() and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from batchscore.jobs.widgets import notebook_params  # noqa: E402
 from batchscore.jobs.config import load_config  # noqa: E402
 from batchscore.jobs.score import summary  # noqa: E402
 from batchscore.jobs.session import ENGINE_DEFAULTS, build_session  # noqa: E402
@@ -53,27 +54,11 @@ WIDGETS = {  # name: (default, label)
 }
 
 
-class WidgetShim:
-    """`dbutils.widgets` outside Databricks: the defaults, or BATCHSCORE_WIDGET_<NAME> from the environment."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, str] = {}
-
-    def text(self, name: str, defaultValue: str, label: str | None = None) -> None:  # noqa: N803 - dbutils' name
-        self._values[name] = os.environ.get(f"BATCHSCORE_WIDGET_{name.upper()}", defaultValue)
-
-    def get(self, name: str) -> str:
-        return self._values[name]
-
-
 try:
-    widgets = dbutils.widgets  # noqa: F821 - defined in Databricks notebooks
+    _dbutils = dbutils  # noqa: F821 - defined in Databricks notebooks
 except NameError:
-    widgets = WidgetShim()
-
-for name, (default, label) in WIDGETS.items():
-    widgets.text(name, default, label)
-params = {name: widgets.get(name).strip() for name in WIDGETS}
+    _dbutils = None
+params = notebook_params(WIDGETS, _dbutils)
 print(json.dumps(params, indent=2))
 
 # COMMAND ----------
