@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from bench import quiet
+from bench import report as warm_report
 from bench.workloads import Workload
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -40,14 +41,7 @@ SPARK_CONF = {
     "spark.sql.shuffle.partitions": "4",
     "spark.ui.showConsoleProgress": "false",
 }
-LABELS = {
-    "bare_tf": "bare TF (1 process)",
-    "predict_batch_udf": "Spark predict_batch_udf",
-    "pandas_udf": "iterator pandas UDF",
-    "dataframe_lane": "batchscore DataFrame lane",
-    "arrow_lane": "batchscore Arrow lane",
-    "ray_data": "Ray Data (actor pool)",
-}
+LABELS = {**warm_report.LABELS, "ray_data": "Ray Data (actor pool)"}  # the warm harness's names, plus Ray
 CONTENDERS = tuple(LABELS)
 LANES = {"dataframe_lane": "dataframe", "arrow_lane": "arrow"}
 
