@@ -14,6 +14,8 @@ and passes every other option to spark-submit unchanged (quoting preserved).
                    one inside the installed pyspark (.venv first, then python3)
   --master         defaults to local[*] when not given
   PYSPARK_PYTHON   the workers' Python; defaults to this checkout's .venv python
+  BATCHSCORE_JVM_CACHE  `off`: a local driver does not use the class-data archive that
+                   `batchscore jvm-cache` builds (default: used when it exists)
   BATCHSCORE_JARS  connector jars (hadoop-aws, AWS SDK, delta-spark) added to the classpath:
                    default jars/lib/spark/*.jar when `make jars` made them; a folder of jars;
                    or `none` when the cluster already has them
@@ -102,9 +104,23 @@ if [[ ${#connector_jars[@]} -gt 0 ]]; then
     jars="${jars:+$jars,}$(IFS=,; echo "${connector_jars[*]}")"
   fi
 fi
+# Local masters: the Python daemon imports TensorFlow once before forking the workers
+# (udfs/daemon.py), unless the caller picked a daemon module.
+if [[ "$master" == local* && " ${opts[*]} " != *spark.python.daemon.module* ]]; then
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the local daemon imports batchscore from here
+  opts+=(--conf spark.python.daemon.module=batchscore.udfs.daemon)
+fi
 [[ -z "$jars" ]] || opts+=(--jars "$jars")
 [[ -z "$driver_cp" ]] || opts+=(--driver-class-path "$driver_cp")
-# Quiet driver logs (WARN) unless the caller brings its own driver Java options.
-[[ $have_log -eq 1 ]] || opts+=(--driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties")
+# Quiet driver logs (WARN) unless the caller brings its own driver Java options; a local
+# driver maps its classes from the archive of `batchscore jvm-cache` when there is one.
+if [[ $have_log -eq 0 ]]; then
+  java_opts="-Dlog4j2.configurationFile=file:$ROOT/conf/log4j2.properties"
+  if [[ "$master" == local* && "${BATCHSCORE_JVM_CACHE:-}" != off ]]; then
+    archive="$(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m batchscore jvm-cache --path --class-path "$driver_cp" 2>/dev/null || true)"
+    [[ -z "$archive" ]] || java_opts="$java_opts -XX:SharedArchiveFile=$archive -Xlog:cds=off -Xlog:cds+dynamic=off"
+  fi
+  opts+=(--driver-java-options "$java_opts")
+fi
 
 exec "$SUBMIT" "${opts[@]}" --py-files "$py_files" --archives "$archives" "${app[@]}"

@@ -5,6 +5,7 @@
     batchscore report PATH [--out FILE]
     batchscore evaluate --predictions DIR --label COL --score COL
     batchscore demo [--out DIR] [--rows N] [--config FILE]
+    batchscore jvm-cache [--path | --force]
 
 Also `python -m batchscore ...`. Each subcommand keeps its job's exit codes
 (0 success, 2 a user error with one `error: ...` line, 1 anything else).
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("batchscore.jobs.report", "write an HTML report of a scoring run (figures, phases, quarantine)"),
     "evaluate": ("batchscore.jobs.evaluate", "evaluate scored output against labels"),
     "demo": ("batchscore.jobs.demo", "make the demo data and model if missing, then score them"),
+    "jvm-cache": ("batchscore.jobs.jvm_cache", "build the JVM class-data archive that cuts local Spark start-up"),
 }
 
 

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
         spec = load_config(args.config, args.overrides)
         if spark is None:
             conf = {**spec.spark, **tf_conf} if args.verbose else {**tf_conf, **spec.spark}
-            spark = build_session(conf, app_name="batchscore-score")
+            spark = build_session(conf, app_name="batchscore-score", prestart_daemon=True)
             spark.sparkContext.setLogLevel("WARN")
         clock.phase("session_start")
         print(summary(run_scoring(spark, spec, clock=clock)))

@@ -21,6 +21,9 @@ ENGINE_DEFAULTS = {
 # would be 200 tiny tasks for any shuffle a user's filter or table brings in).
 LOCAL_DEFAULTS = {
     "spark.sql.shuffle.partitions": "8",
+    # The Python daemon imports TensorFlow once, before it forks the workers (udfs/daemon.py);
+    # local executors share the driver's environment, so the module is importable there.
+    "spark.python.daemon.module": "batchscore.udfs.daemon",
 }
 LOG_CONFIG = os.path.join(conf_dir(), "log4j2.properties")
 # `make jars` puts Spark's connectors (hadoop-aws + AWS SDK, delta-spark) here.
@@ -57,6 +60,26 @@ def _with_connector_jars(conf: dict[str, str], master: str) -> None:
         conf["spark.jars"] = ",".join(p for p in (conf.get("spark.jars", ""), *jars) if p)
 
 
+def local_driver_class_path(conf: dict[str, str] | None = None) -> str:
+    """`spark.driver.extraClassPath` of a local session built here from `conf`
+    (the connector jars after the config's own)."""
+    given = dict(conf or {})
+    _with_connector_jars(given, "local")
+    return given.get("spark.driver.extraClassPath", "")
+
+
+def _with_class_archive(conf: dict[str, str], dump: str | None) -> None:
+    """Add the JVM class-data archive (jobs/jvm_cache.py) to the driver's Java options, in place:
+    use it when one exists for this classpath, or dump one to `dump` when the JVM exits."""
+    from batchscore.jobs import jvm_cache  # noqa: PLC0415 - imports pyspark
+
+    class_path = conf.get("spark.driver.extraClassPath", "")
+    extra = (f"-XX:ArchiveClassesAtExit={dump} {jvm_cache.QUIET}" if dump else jvm_cache.java_options(class_path))
+    if extra:
+        key = "spark.driver.extraJavaOptions"
+        conf[key] = " ".join(p for p in (conf.get(key, ""), extra) if p)
+
+
 def under_spark_submit() -> bool:
     """True when spark-submit launched this process (it owns the master and the code)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -71,12 +94,17 @@ def session_is_shared() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ or SparkContext._active_spark_context is not None
 
 
-def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "batchscore") -> Any:
+def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "batchscore", *,
+                  class_archive_dump: str | None = None, prestart_daemon: bool = False) -> Any:
     """Build (or get) the SparkSession for a job.
 
     `spark.master` from the config is honoured only when not run by spark-submit;
     Python workers use this interpreter unless PYSPARK_PYTHON says otherwise;
     `connector_jars()` go on the classpath (not under spark-submit: ./spark-submit.sh adds them).
+    A local session's driver JVM maps its classes from the class-data archive when
+    `batchscore jvm-cache` built one (`class_archive_dump`: build one at exit instead).
+    `prestart_daemon`: a new local session's Python daemon imports TensorFlow while the JVM
+    starts (udfs/daemon.py), for jobs whose tasks all score.
     """
     from pyspark.sql import SparkSession  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
@@ -93,6 +121,8 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
         _with_connector_jars(conf, master)
         if os.path.isfile(LOG_CONFIG):  # quiet driver logs, as ./spark-submit.sh does
             conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}")
+        if master.startswith("local"):
+            _with_class_archive(conf, class_archive_dump)
         # The workers' interpreter is read from the driver's environment.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         # Local Python workers import `udfs` from this checkout.
@@ -110,4 +140,18 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
         conf = {k: v for k, v in conf.items() if not given.contains(k)}
     for k, v in conf.items():
         builder = builder.config(k, v)
+    if prestart_daemon and _prestart_applies(conf):
+        from batchscore.udfs import daemon  # noqa: PLC0415 - starts nothing on import
+
+        daemon.start_prestarted(conf)
     return builder.getOrCreate()
+
+
+def _prestart_applies(conf: dict[str, str]) -> bool:
+    """A pre-started daemon serves a new local session whose daemon module is ours."""
+    from pyspark import SparkContext  # noqa: PLC0415 - pyspark is the optional [spark] extra
+
+    from batchscore.udfs.daemon import MODULE  # noqa: PLC0415 - starts nothing on import
+
+    return (not under_spark_submit() and SparkContext._active_spark_context is None
+            and conf.get("spark.python.daemon.module") == MODULE)

@@ -97,6 +97,13 @@ def multi_inputs(table: pa.Table) -> dict[str, np.ndarray]:
     }
 
 
+def demo_columns_override() -> str:
+    """The `--set` that stacks the demo's numeric columns into the demo model's `numeric` input."""
+    from batchscore.jobs.demo_data import NUMERIC
+
+    return "input.columns.numeric=[" + ", ".join(NUMERIC) + "]"
+
+
 def demo_inputs(table: pa.Table) -> dict[str, np.ndarray]:
     """The demo model's inputs for `jobs.demo_data.make_table` rows, built by hand."""
     from batchscore.jobs.demo_data import CATEGORICAL, NUMERIC

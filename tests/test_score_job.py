@@ -12,8 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from batchscore.jobs import jvm_cache
 from batchscore.jobs.demo_data import NUMERIC
 from batchscore.jobs.score import main
+from batchscore.jobs.session import local_driver_class_path
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.manifest import RunManifest, SparkInfo
 from batchscore.udfs.run import run_scoring
@@ -93,7 +95,9 @@ def test_demo_model_scores_like_bare_tensorflow(spark, demo_input, demo_model, d
     assert manifest.model.fingerprint == model_fingerprint(demo_model)
     assert manifest.model.signature == "serving_default"
     assert manifest.lane in ("dataframe", "arrow")
-    assert manifest.spark == SparkInfo(version=spark.version, master="local[2]")
+    archive = jvm_cache.archive_path(local_driver_class_path())  # used when `make jvm-cache` built it
+    assert manifest.spark == SparkInfo(version=spark.version, master="local[2]",
+                                       class_archive=archive if archive and os.path.isfile(archive) else None)
     assert manifest.started_at <= manifest.finished_at
     assert 0 <= manifest.seconds_scoring <= manifest.seconds_total
     assert manifest.rows_per_second == pytest.approx(manifest.rows_in / manifest.seconds_scoring, rel=0.05)

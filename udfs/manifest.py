@@ -53,6 +53,7 @@ class OutputInfo:
 class SparkInfo:
     version: str | None = None
     master: str | None = None
+    class_archive: str | None = None  # the JVM class-data archive the driver started with (jobs/jvm_cache.py)
 
 
 _NESTED = {"model": ModelInfo, "input": InputInfo, "output": OutputInfo, "spark": SparkInfo}

@@ -28,6 +28,7 @@ _cache: dict[str, tuple[object, PredictFn]] = {}
 _loads = 0
 _threads_set: int | None = None
 _seconds = {"tf_import": 0.0, "model_load": 0.0}  # spent in this process, for the run's phases
+_daemon_import: tuple[float, bool] | None = None  # (seconds, pre-started) of the daemon's TF import before the fork
 
 
 def seconds_spent() -> dict[str, float]:
@@ -45,6 +46,18 @@ def import_tensorflow() -> Any:
 
     _seconds["tf_import"] += time.time() - t
     return tf
+
+
+def mark_daemon_import(seconds: float, *, prestarted: bool) -> None:
+    """In the Python daemon (udfs/daemon.py): TF was imported here, before the workers fork
+    (`prestarted`: by the daemon the driver started while its JVM started)."""
+    global _daemon_import
+    _daemon_import = (seconds, prestarted)
+
+
+def daemon_import() -> tuple[float, bool] | None:
+    """(seconds, pre-started) of the TF import the daemon did before forking this worker; None if it did not."""
+    return _daemon_import
 
 
 def load_count() -> int:

@@ -348,17 +348,25 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         python_workers=len(stats.get("loads", {})),
         peak_worker_rss_mb=round(max(stats.get("peak_rss_mb", {}).values(), default=0), 1),
         corrupt_files_skipped=len(corrupt) + int(stats.get("corrupt_files", 0)),
-        spark=SparkInfo(spark.version, spark.sparkContext.master),
+        spark=SparkInfo(spark.version, spark.sparkContext.master, class_archive(spark)),
     )
 
 
-_WORKER_SECONDS = ("warmup_tf_import_s", "tf_import_s", "model_load_s")
+def class_archive(spark: Any) -> str | None:
+    """The class-data archive in the driver's Java options (`-XX:SharedArchiveFile=`), if any."""
+    options = spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "") or ""
+    return next((o.split("=", 1)[1] for o in options.split() if o.startswith("-XX:SharedArchiveFile=")), None)
+
+
+_WORKER_SECONDS = ("daemon_prestarted", "daemon_tf_import_s", "warmup_tf_import_s", "tf_import_s", "model_load_s")
 
 
 def worker_timings(stats: dict[str, Any], origin: float) -> dict[str, dict[str, float]]:
     """Per Python worker (warm-up or scoring): `started_s` (its process start, seconds after the
     run's origin), model `loads`, and the seconds it spent importing TF in the warm-up and
-    importing TF and loading the model in scoring tasks."""
+    importing TF and loading the model in scoring tasks (`daemon_tf_import_s`: the import its
+    Python daemon did once before forking it, udfs/daemon.py; `daemon_prestarted` 1 when that
+    daemon was the one started while the JVM started)."""
     out: dict[str, dict[str, float]] = {}
     for w in sorted(set(stats.get("loads", {})) | set(stats.get("warmup_tf_import_s", {}))):
         row: dict[str, float] = {"loads": stats.get("loads", {}).get(w, 0)}

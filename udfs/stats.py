@@ -7,13 +7,13 @@ from pyspark.accumulators import AccumulatorParam
 
 _MAX_KEYS = {"max_call_rows", "max_batch_rows", "last_task_end_at"}
 _MIN_KEYS = {"first_task_at"}
-_DICT_MAX_KEYS = {"peak_rss_mb", "worker_started_at"}
+_DICT_MAX_KEYS = {"peak_rss_mb", "worker_started_at", "daemon_tf_import_s", "daemon_prestarted"}
 
 
 class ScoringStatsParam(AccumulatorParam):
-    """Counters are summed; `max_call_rows`, the last task's end and per-worker peak RSS
-    and start time take the max, the first task's start the min; per-worker model loads
-    and seconds are summed per worker."""
+    """Counters are summed; `max_call_rows`, the last task's end and per-worker peak RSS,
+    start time and daemon import (the same in every task of a worker) take the max, the
+    first task's start the min; per-worker model loads and seconds are summed per worker."""
 
     def zero(self, value: dict[str, Any]) -> dict[str, Any]:
         return {}
