@@ -7,8 +7,10 @@ bad rows with on_bad_rows=fail), one line `error: ...` on stderr; 1 anything els
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -18,7 +20,6 @@ from batchscore.jobs.tf_logs import tensorflow_logs
 from batchscore.udfs.clock import Clock
 from batchscore.udfs.errors import BatchscoreError
 from batchscore.udfs.manifest import RunManifest
-from batchscore.udfs.run import run_scoring
 from batchscore.udfs.spark_errors import one_line, translate_spark_error
 
 log = logging.getLogger("batchscore")
@@ -65,11 +66,19 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     tf_conf = tensorflow_logs(verbose=args.verbose)  # before anything imports TensorFlow
     try:
         spec = load_config(args.config, args.overrides)
+        # The engine's imports (pyarrow.dataset, pandas: ~1 s) run while the JVM starts; PySpark's
+        # own first, here, so the two threads never import the same package at once.
+        importlib.import_module("pyspark.sql")
+        engine = threading.Thread(target=importlib.import_module, args=("batchscore.udfs.run",), daemon=True)
+        engine.start()
         if spark is None:
             conf = {**spec.spark, **tf_conf} if args.verbose else {**tf_conf, **spec.spark}
             spark = build_session(conf, app_name="batchscore-score", prestart_daemon=True)
             spark.sparkContext.setLogLevel("WARN")
         clock.phase("session_start")
+        engine.join()
+        from batchscore.udfs.run import run_scoring  # noqa: PLC0415 - imported by the thread above
+
         print(summary(run_scoring(spark, spec, clock=clock)))
         return 0
     except BatchscoreError as e:
