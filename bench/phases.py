@@ -2,6 +2,8 @@
 
     python -m bench.phases --rows 2000000 --lane arrow --out bench/results/phases-after.md
     python -m bench.phases --manifest OUT/_manifest.json      # a profile of a run made elsewhere
+    python -m bench.phases --conf spark.python.daemon.module=pyspark.daemon --env BATCHSCORE_JVM_CACHE=off
+                                                              # without the daemon's preload and the class archive
 
 Runs the job as a fresh command (MLP workload of bench/workloads.py, 250,000-row files,
 model batch 10,000, local[2]), times the command from start to exit, then reads the run's
@@ -25,7 +27,8 @@ from bench.workloads import MLP_FEATURES, ensure_mlp_data, ensure_model
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
 
 
-def run_job(*, rows: int, lane: str, root: str, master: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_job(*, rows: int, lane: str, root: str, master: str, conf: dict[str, str] | None = None,
+            env: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run `python -m jobs.score` once on fresh output; returns (manifest, timing of the command)."""
     data = ensure_mlp_data(root, rows, rows_per_file=250_000)
     model = ensure_model(root, "mlp")
@@ -35,12 +38,12 @@ def run_job(*, rows: int, lane: str, root: str, master: str) -> tuple[dict[str, 
     config = os.path.join(root, f"phases-{lane}.yaml")
     with open(config, "w", encoding="utf-8") as fh:
         json.dump({  # JSON is YAML
-            "spark": {"spark.master": master},
+            "spark": {"spark.master": master, **(conf or {})},
             "input": {"path": data, "lane": lane, "columns": {"features": list(MLP_FEATURES)}},
             "model": {"path": model, "batch_size": 10_000},
             "output": {"path": out, "mode": "overwrite", "keep_columns": ["id"], "rename": {"output_0": "prediction"}},
         }, fh)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     load_before = os.getloadavg()
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "jobs.score", "--config", config], env=env,
@@ -97,12 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=ROOT, help="where the workload's data and model live")
     p.add_argument("--title", default="")
     p.add_argument("--out", help="write the Markdown here (default: print it)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark conf for the job, e.g. spark.python.daemon.module=pyspark.daemon (repeatable)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for the job, e.g. BATCHSCORE_JVM_CACHE=off (repeatable)")
     args = p.parse_args(argv)
     if args.manifest:
         with open(args.manifest, encoding="utf-8") as fh:
             text = profile(json.load(fh), title=args.title)
     else:
-        manifest, timing = run_job(rows=args.rows, lane=args.lane, root=args.root, master=args.master)
+        manifest, timing = run_job(rows=args.rows, lane=args.lane, root=args.root, master=args.master,
+                                   conf=dict(c.split("=", 1) for c in args.conf),
+                                   env=dict(e.split("=", 1) for e in args.env))
         text = profile(manifest, timing, title=args.title or f"Cold run, {args.rows:,} rows, {args.lane} lane")
     if args.out:
         with open(args.out, "a" if os.path.exists(args.out) else "w", encoding="utf-8") as fh:

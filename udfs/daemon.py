@@ -37,6 +37,7 @@ import tempfile
 import time
 from typing import Any
 
+_LAUNCHED_AT = time.time()  # this process's start (close enough: nothing heavy is imported above)
 MODULE = "batchscore.udfs.daemon"  # the value of spark.python.daemon.module
 PRESTART_FLAG = "--prestart"
 PRESTARTED_ENV = "BATCHSCORE_PRESTARTED_DAEMON"  # the pre-started daemon's socket, for the launched daemon
@@ -56,7 +57,8 @@ def preload() -> None:
         from batchscore.udfs import model_cache, scoring  # noqa: F401, PLC0415 - imported for the forks to inherit
 
         model_cache.import_tensorflow()
-        model_cache.mark_daemon_import(time.time() - t, prestarted=PRESTART_FLAG in sys.argv)
+        model_cache.mark_daemon(tf_import_s=time.time() - t, prestarted=float(PRESTART_FLAG in sys.argv),
+                                launched_at=_LAUNCHED_AT)
     except Exception as e:  # noqa: BLE001 - a daemon that cannot preload still forks workers that import TF themselves
         print(f"batchscore daemon: TensorFlow not preloaded ({type(e).__name__}: {e})", file=sys.stderr)
 
@@ -83,7 +85,7 @@ def _hand_over(path: str) -> int | None:
             conn.settimeout(120)  # the pre-started daemon answers once its imports are done
             conn.connect(path)
             message = json.dumps({"env": dict(os.environ), "argv": sys.argv, "cwd": os.getcwd(),
-                                  "path": sys.path}).encode()
+                                  "path": sys.path, "launched_at": _LAUNCHED_AT}).encode()
             socket.send_fds(conn, [len(message).to_bytes(8, "big") + message], [0, 1, 2])
             reply = json.loads(conn.makefile("rb").readline() or b"{}")
     except OSError:
@@ -150,6 +152,9 @@ def _take_over(conn: socket.socket) -> bool:
     os.chdir(launch["cwd"])
     sys.argv = launch["argv"]
     sys.path[:] = [*launch["path"], *(p for p in sys.path if p not in launch["path"])]
+    from batchscore.udfs import model_cache  # noqa: PLC0415 - imported by the preload already
+
+    model_cache.mark_daemon(launched_at=float(launch.get("launched_at", time.time())))
     conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
     return True
 

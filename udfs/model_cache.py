@@ -28,7 +28,9 @@ _cache: dict[str, tuple[object, PredictFn]] = {}
 _loads = 0
 _threads_set: int | None = None
 _seconds = {"tf_import": 0.0, "model_load": 0.0}  # spent in this process, for the run's phases
-_daemon_import: tuple[float, bool] | None = None  # (seconds, pre-started) of the daemon's TF import before the fork
+# The Python daemon's TF import before it forked this worker (udfs/daemon.py): `tf_import_s`,
+# `prestarted` (1.0: the daemon started while the JVM started), `launched_at` (when Spark launched it)
+_daemon: dict[str, float] = {}
 
 
 def seconds_spent() -> dict[str, float]:
@@ -48,16 +50,14 @@ def import_tensorflow() -> Any:
     return tf
 
 
-def mark_daemon_import(seconds: float, *, prestarted: bool) -> None:
-    """In the Python daemon (udfs/daemon.py): TF was imported here, before the workers fork
-    (`prestarted`: by the daemon the driver started while its JVM started)."""
-    global _daemon_import
-    _daemon_import = (seconds, prestarted)
+def mark_daemon(**facts: float) -> None:
+    """In the Python daemon (udfs/daemon.py): facts about its preload, inherited by the workers it forks."""
+    _daemon.update(facts)
 
 
-def daemon_import() -> tuple[float, bool] | None:
-    """(seconds, pre-started) of the TF import the daemon did before forking this worker; None if it did not."""
-    return _daemon_import
+def daemon_facts() -> dict[str, float]:
+    """What the daemon that forked this worker recorded (empty when it preloaded nothing)."""
+    return dict(_daemon)
 
 
 def load_count() -> int:

@@ -366,13 +366,17 @@ def worker_timings(stats: dict[str, Any], origin: float) -> dict[str, dict[str, 
     run's origin), model `loads`, and the seconds it spent importing TF in the warm-up and
     importing TF and loading the model in scoring tasks (`daemon_tf_import_s`: the import its
     Python daemon did once before forking it, udfs/daemon.py; `daemon_prestarted` 1 when that
-    daemon was the one started while the JVM started)."""
+    daemon was the one started while the JVM started; `daemon_launched_s` when Spark launched
+    that daemon, seconds after the origin)."""
     out: dict[str, dict[str, float]] = {}
     for w in sorted(set(stats.get("loads", {})) | set(stats.get("warmup_tf_import_s", {}))):
         row: dict[str, float] = {"loads": stats.get("loads", {}).get(w, 0)}
         started = stats.get("worker_started_at", {}).get(w)
         if started is not None:
             row["started_s"] = round(started - origin, 3)
+        launched = stats.get("daemon_launched_at", {}).get(w)
+        if launched is not None:
+            row["daemon_launched_s"] = round(launched - origin, 3)
         for k in _WORKER_SECONDS:
             if w in stats.get(k, {}):
                 row[k] = round(stats[k][w], 3)

@@ -189,15 +189,14 @@ def worker_stats(loads: int | None, spent_before: dict[str, float], *, prefix: s
     is not counted in python_workers), seconds spent importing TF and loading the model since
     `spent_before`, its start time and peak RSS (all keyed by worker)."""
     wid, spent = worker_id(), model_cache.seconds_spent()
-    started, preloaded = process_start_time(), model_cache.daemon_import()
+    started, daemon = process_start_time(), model_cache.daemon_facts()
     return {
         **({"loads": {wid: loads}} if loads is not None else {}),
         f"{prefix}tf_import_s": {wid: spent["tf_import"] - spent_before["tf_import"]},
         f"{prefix}model_load_s": {wid: spent["model_load"] - spent_before["model_load"]},
         "peak_rss_mb": {wid: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
         **({"worker_started_at": {wid: started}} if started is not None else {}),
-        **({"daemon_tf_import_s": {wid: preloaded[0]}, "daemon_prestarted": {wid: float(preloaded[1])}}
-           if preloaded is not None else {}),
+        **{f"daemon_{k}": {wid: v} for k, v in daemon.items()},
     }
 
 
