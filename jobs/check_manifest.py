@@ -2,9 +2,10 @@
 
 PATH is the manifest or the output directory holding it; local paths and URIs pyarrow
 can open (s3://, s3a://, hdfs://, file:) work. On an object store the manifest is the run's
-commit point and names the run's own prefix (`output.data_path`), which must be there. Exit 0 when the run succeeded and every input row
-is accounted for; exit 2 with one line `error: ...` on stderr otherwise. Used after the
-scoring task in dags/score_nightly.py, and by hand after any run.
+commit point and names the run's own prefix (`output.data_path`), which must be there.
+Exit 0 when the run succeeded and every input row is accounted for; exit 2 with one line
+`error: ...` on stderr otherwise. Used after the scoring task in dags/score_nightly.py, and
+by hand after any run.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ import pytest
 
 BUCKET = "batchscore-test"
 ACCESS_KEY = "AKIABATCHSCORETEST42"
-SECRET_KEY = "bs-test-secret-4f1c9e2a7b"  # noqa: S105 - a made-up key for moto: tests assert it is never logged
+SECRET_KEY = "bs-test-secret-4f1c9e2a7b"
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def s3_server() -> Iterator[S3Server]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        import boto3  # noqa: PLC0415 - a test dependency, only needed with the server
+        import boto3
 
         client = boto3.client("s3", endpoint_url=url)
         _wait_until_up(client, proc)

@@ -61,7 +61,7 @@ OBJECT_STORE_SCHEMES = frozenset({"s3a", "s3", "s3n", "gs", "abfs", "abfss", "wa
 def is_object_store(path: str) -> bool:
     """Whether `path` is on an object store (by its scheme): published per run, not by renames."""
     m = _SCHEME.match(path)
-    return bool(m) and path[: m.end() - 1].lower() in OBJECT_STORE_SCHEMES
+    return m is not None and path[: m.end() - 1].lower() in OBJECT_STORE_SCHEMES
 
 
 def hidden(rel: str) -> bool:
