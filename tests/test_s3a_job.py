@@ -23,7 +23,7 @@ from batchscore.jobs.check_manifest import check_manifest
 from batchscore.jobs.score import main
 from batchscore.jobs.session import PROFILE_PROVIDER, S3A, s3a_env_conf
 from batchscore.udfs.manifest import RunManifest
-from batchscore.udfs.storage import pyarrow_uri
+from batchscore.udfs.storage import is_object_store, pyarrow_uri
 from tests import support
 from tests.fault_launcher import DIED
 from tests.s3_support import ACCESS_KEY, SECRET_KEY, S3Server, put_parquet
@@ -54,6 +54,13 @@ def test_s3a_conf_comes_from_the_aws_environment_without_keys() -> None:
     assert conf[S3A + "aws.credentials.provider"] == PROFILE_PROVIDER
     # real AWS with keys or a role: S3A's own defaults, nothing set
     assert s3a_env_conf({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}) == {}
+
+
+def test_object_stores_are_told_by_the_scheme() -> None:
+    for path in ("s3a://b/p", "S3://b/p", "gs://b/p", "abfss://c@a.dfs.core.windows.net/p", "wasbs://c@a/p"):
+        assert is_object_store(path), path
+    for path in ("/data/p", "file:/data/p", "hdfs://nn:8020/p", "dbfs:/p", "relative/p", "C:/p"):
+        assert not is_object_store(path), path
 
 
 # --- the shared session on S3 ---

@@ -133,10 +133,10 @@ def new_output_dir(fs: HadoopFs, staging: str, output: str, run_id: str, *, dst:
     src = ok_dir(staging)
     if not fs.exists(src):
         return None
-    dst = dst or sibling(output, "new", run_id)
-    parent = posixpath.dirname(dst.rstrip("/"))
-    if parent:
-        fs.mkdirs(parent)
+    if dst:
+        fs.mkdirs(posixpath.dirname(dst.rstrip("/")))
+    else:
+        dst = sibling(output, "new", run_id)
     fs.rename(src, dst)
     return dst
 
