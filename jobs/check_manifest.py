@@ -1,9 +1,11 @@
 """Check a scoring run's `_manifest.json`: `python -m jobs.check_manifest PATH [--min-rows N]`.
 
 PATH is the manifest or the output directory holding it; local paths and URIs pyarrow
-can open (s3://, hdfs://, file:) work. Exit 0 when the run succeeded and every input row
-is accounted for; exit 2 with one line `error: ...` on stderr otherwise. Used after the
-scoring task in dags/score_nightly.py, and by hand after any run.
+can open (s3://, s3a://, hdfs://, file:) work. On an object store the manifest is the run's
+commit point and names the run's own prefix (`output.data_path`), which must be there.
+Exit 0 when the run succeeded and every input row is accounted for; exit 2 with one line
+`error: ...` on stderr otherwise. Used after the scoring task in dags/score_nightly.py, and
+by hand after any run.
 """
 from __future__ import annotations
 
@@ -38,7 +40,21 @@ def check_manifest(path: str, *, min_rows: int = 0) -> RunManifest:
             f"rows_quarantined={manifest.rows_quarantined}")
     if manifest.rows_in < min_rows:
         raise ManifestError(f"{path}: rows_in={manifest.rows_in} is below the minimum of {min_rows}")
+    _check_run_prefix(path, manifest)
     return manifest
+
+
+def _check_run_prefix(path: str, manifest: RunManifest) -> None:
+    """On an object store the manifest names the run's own prefix (udfs/publish.py): it must
+    hold the run's `_SUCCESS` marker, written before the manifest."""
+    data = manifest.output.data_path
+    if not data or data.rstrip("/") == (manifest.output.path or "").rstrip("/"):
+        return  # local disk, HDFS: the rows are at output.path itself
+    try:
+        read_bytes(f"{data.rstrip('/')}/_SUCCESS")
+    except OSError:  # FileNotFoundError included
+        raise ManifestError(f"{path}: output.data_path '{data}' holds no _SUCCESS marker "
+                            "(the run's files were deleted?)") from None
 
 
 def _manifest_path(path: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from batchscore import conf_dir, package_root
@@ -80,6 +81,50 @@ def _with_class_archive(conf: dict[str, str], dump: str | None) -> None:
         conf[key] = " ".join(p for p in (conf.get(key, ""), extra) if p)
 
 
+# S3A settings taken from the standard AWS environment when the config leaves them unset.
+S3A = "spark.hadoop.fs.s3a."
+PROFILE_PROVIDER = "software.amazon.awssdk.auth.credentials.ProfileCredentialsProvider"
+
+
+def s3a_env_conf(env: Mapping[str, str]) -> dict[str, str]:
+    """S3A settings from the standard AWS environment variables (never the keys themselves).
+
+    `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` (an S3-compatible store: MinIO, Ceph, a test
+    server) set the endpoint with path-style access and the region (`AWS_REGION`,
+    `AWS_DEFAULT_REGION`, else us-east-1), and pass the endpoint to the executors' pyarrow
+    (the Arrow lane); `AWS_PROFILE` without `AWS_ACCESS_KEY_ID` reads that profile. The keys
+    stay in the environment, where S3A's default credential chain (and pyarrow's) reads
+    them, so they never enter the Spark conf, its logs or the manifest. Nothing is set on
+    plain AWS with keys or an instance role: S3A's defaults work there.
+    """
+    conf: dict[str, str] = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        conf[S3A + "endpoint"] = endpoint
+        conf[S3A + "path.style.access"] = "true"
+        conf[S3A + "endpoint.region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        conf["spark.executorEnv.AWS_ENDPOINT_URL_S3"] = endpoint
+    if env.get("AWS_PROFILE") and not env.get("AWS_ACCESS_KEY_ID"):
+        conf[S3A + "aws.credentials.provider"] = PROFILE_PROVIDER
+    return conf
+
+
+def _with_s3a_env(conf: dict[str, str]) -> dict[str, str]:
+    """`conf` with `s3a_env_conf(os.environ)` under it: a key the config sets wins. A config
+    that sets its own S3A endpoint (`fs.s3a.endpoint`) gets no other S3A key from here, and
+    that endpoint is given to pyarrow too (`AWS_ENDPOINT_URL_S3`, unless the environment
+    names one), so both lanes read the same store."""
+    env_conf = s3a_env_conf(os.environ)
+    endpoint = conf.get(S3A + "endpoint")
+    if endpoint:
+        env_conf = {k: v for k, v in env_conf.items() if k == S3A + "aws.credentials.provider"}
+        # The Arrow lane's pyarrow (driver and executors) reads the same endpoint.
+        if not (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
+            os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+            env_conf["spark.executorEnv.AWS_ENDPOINT_URL_S3"] = endpoint
+    return {**env_conf, **conf}
+
+
 def under_spark_submit() -> bool:
     """True when spark-submit launched this process (it owns the master and the code)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -100,7 +145,9 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
 
     `spark.master` from the config is honoured only when not run by spark-submit;
     Python workers use this interpreter unless PYSPARK_PYTHON says otherwise;
-    `connector_jars()` go on the classpath (not under spark-submit: ./spark-submit.sh adds them).
+    `connector_jars()` go on the classpath (not under spark-submit: ./spark-submit.sh adds them);
+    S3A's endpoint and credential source come from the AWS environment (`s3a_env_conf`) where
+    the config sets none.
     A local session's driver JVM maps its classes from the class-data archive when
     `batchscore jvm-cache` built one (`class_archive_dump`: build one at exit instead).
     `prestart_daemon`: a new local session's Python daemon imports TensorFlow while the JVM
@@ -110,6 +157,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
 
     conf = {**ENGINE_DEFAULTS, **{k: str(v).lower() if isinstance(v, bool) else str(v)
                                   for k, v in (spark_conf or {}).items()}}
+    conf = _with_s3a_env(conf)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by local Python workers
     builder = SparkSession.builder.appName(app_name)
     if not under_spark_submit():

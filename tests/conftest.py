@@ -12,6 +12,10 @@ import pytest
 
 from tests import support
 
+# Fixture plugins that test modules also import names from (`pytest_plugins = [...]` there):
+# their asserts are rewritten like the tests' own.
+pytest.register_assert_rewrite("tests.s3_support")
+
 DEMO_ROWS = 1200
 
 

@@ -3,8 +3,10 @@
     python -m tests.fault_launcher FAULT [jobs.score arguments ...]
 
 FAULT is `exit:P` (the Python worker dies with os._exit mid-task, after its first
-output batch, on the first attempt of partition P) or `sleep:P:S` (that attempt
-sleeps S seconds after its first output batch: a straggler for speculation).
+output batch, on the first attempt of partition P), `sleep:P:S` (that attempt
+sleeps S seconds after its first output batch: a straggler for speculation) or
+`die-at:STEP` (the driver process dies with os._exit when the run calls the publish
+step `udfs.publish.STEP`, e.g. `commit_run`: a run killed while publishing).
 
 The launcher wraps the engine's `udfs.scoring.score_batches` on the driver, then
 runs `jobs.score.main`. Both lanes' partition functions are closures Spark pickles
@@ -21,16 +23,37 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from batchscore.jobs import score
-from batchscore.udfs import scoring
+from batchscore.udfs import publish, scoring
 
-KINDS = ("exit", "sleep")
+KINDS = ("exit", "sleep", "die-at")
+DIED = 17  # the exit status of a process the launcher killed
+
+
+def die_at(step: str) -> None:
+    """Replace the publish step `udfs.publish.<step>` in this (driver) process by one that kills it.
+
+    The run calls publish steps through the module (`publish.<step>(...)`), so the
+    replacement is what it calls; nothing after the kill runs (no `finally`, no cleanup).
+    """
+    if not callable(getattr(publish, step, None)):
+        raise SystemExit(f"die-at: udfs.publish has no step {step!r}")
+
+    def killed(*_args: Any, **_kwargs: Any) -> None:
+        sys.stderr.write(f"fault_launcher: killed at publish.{step}\n")
+        sys.stderr.flush()
+        os._exit(DIED)
+
+    setattr(publish, step, killed)
 
 
 def inject(fault: str) -> None:
-    """Replace `scoring.score_batches` in this (driver) process by a wrapper that fires `fault`."""
+    """Replace `scoring.score_batches` (or a publish step) in this (driver) process by a wrapper that fires `fault`."""
     kind, *args = fault.split(":")
+    if kind == "die-at" and len(args) == 1:
+        die_at(args[0])
+        return
     if kind not in KINDS or len(args) != (1 if kind == "exit" else 2):
-        raise SystemExit(f"fault must be exit:P or sleep:P:S, got {fault!r}")
+        raise SystemExit(f"fault must be exit:P, sleep:P:S or die-at:STEP, got {fault!r}")
     partition, seconds = int(args[0]), float(args[1]) if kind == "sleep" else 0.0
     engine = scoring.score_batches
 

@@ -2,77 +2,24 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 import pytest
 
 from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
+from tests.s3_support import BUCKET, put_parquet
 
-BUCKET = "batchscore-test"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto_server on 127.0.0.1 (a free port), with credentials for pyarrow and boto3; stopped after."""
-    exe = shutil.which("moto_server", path=os.path.dirname(sys.executable))
-    assert exe, "moto_server is installed by requirements.txt"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": url}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=url)
-        for _ in range(50):  # up to 10 s
-            try:
-                client.list_buckets()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                assert proc.poll() is None, "moto_server exited"
-                time.sleep(0.2)
-        else:
-            pytest.fail("moto_server did not answer on 127.0.0.1 within 10 s")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _put_parquet(client, key: str, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=40)
-    client.put_object(Bucket=BUCKET, Key=key, Body=buf.getvalue())
+pytest_plugins = ["tests.s3_support"]  # the s3_endpoint fixture: moto_server on 127.0.0.1
 
 
 def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:
     t = pa.table({"id": pa.array(range(100), pa.int64()), "x": pa.array([i / 2 for i in range(100)], pa.float32())})
     for i, d in enumerate(["2026-01-01", "2026-01-02", "2026-01-03"]):
         shifted = t.set_column(0, "id", pa.array(range(i * 100, i * 100 + 100), pa.int64()))
-        _put_parquet(s3_endpoint, f"features/d={d}/part-0.parquet", shifted)
-    _put_parquet(s3_endpoint, "features/_SUCCESS", t.slice(0, 0))  # hidden: not data
+        put_parquet(s3_endpoint, f"features/d={d}/part-0.parquet", shifted)
+    put_parquet(s3_endpoint, "features/_SUCCESS", t.slice(0, 0))  # hidden: not data
     schema = pa.schema([("id", pa.int64()), ("x", pa.float32()), ("d", pa.date32())])
     # what udfs.arrow_filter makes of "d >= '2026-01-02' AND x < 10" (tests/test_filter_semantics.py)
     by_date = ds.field("d") >= dt.date(2026, 1, 2)
@@ -95,7 +42,7 @@ def test_corrupt_object_on_s3_is_named(s3_endpoint) -> None:
     from batchscore.udfs.errors import InputError
 
     t = pa.table({"id": pa.array(range(10), pa.int64())})
-    _put_parquet(s3_endpoint, "mixed/part-0.parquet", t)
+    put_parquet(s3_endpoint, "mixed/part-0.parquet", t)
     s3_endpoint.put_object(Bucket=BUCKET, Key="mixed/part-1.parquet", Body=b"not parquet at all")
     schema = pa.schema([("id", pa.int64())])
     with pytest.raises(InputError, match=r"part-1.parquet"):

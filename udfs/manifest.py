@@ -47,6 +47,11 @@ class OutputInfo:
     mode: str | None = None
     quarantine_path: str | None = None
     columns: list[str] = field(default_factory=list)
+    # Where this run's rows are: `path` and `quarantine_path` on local disk and HDFS; on
+    # object stores the run's own prefixes below them (`<path>/_runs/<run_id>`), None
+    # when the run quarantined no rows there. Readers read these.
+    data_path: str | None = None
+    quarantine_data_path: str | None = None
 
 
 @dataclass(frozen=True)

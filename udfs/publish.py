@@ -2,15 +2,26 @@
 
 Spark writes everything into a hidden staging directory beside the output,
 split by row status (`bs__reason=ok` for predictions, other reasons for the
-quarantine). Publishing is then a few directory renames.
+quarantine). Publishing is then a few directory renames (local disk, HDFS).
+
+Object stores (`storage.is_object_store`: s3a://, gs://, abfs://, ...) cannot rename a
+directory atomically (S3A copies and deletes file by file), so there each run's files go
+under their own prefix, `<output>/_runs/<run_id>/` (and `<quarantine>/_runs/<run_id>/`),
+and `<output>/_manifest.json`, one object written last, is the commit point: it names
+the run's prefixes (`output.data_path`, `output.quarantine_data_path`), and readers
+follow it. A run killed before that write leaves the previous manifest, and the prefixes
+it names, untouched (`commit_run`).
 """
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Any
 
 from batchscore.udfs.batching import BAD_COLUMN, NO_COLUMN, OK_REASON, REASON_COLUMN
 from batchscore.udfs.storage import HadoopFs
+
+RUNS_DIR = "_runs"  # hidden from Spark's and pyarrow's listings of the output
 
 
 def staging_path(output: str, run_id: str) -> str:
@@ -95,13 +106,15 @@ def drop_stale_partitions(fs: HadoopFs, target: str, new: str | None, rescored: 
             fs.delete(f"{target}/{rel}")
 
 
-def build_quarantine_tree(fs: HadoopFs, staging: str, run_id: str, quarantine: str) -> str | None:
-    """Move staged bad rows into `<sibling>/reason=X/column=Y/...`; None if there are none."""
+def build_quarantine_tree(fs: HadoopFs, staging: str, run_id: str, quarantine: str, *,
+                          tree: str | None = None) -> str | None:
+    """Move staged bad rows into `<tree>/reason=X/column=Y/...` (by default a sibling of the
+    quarantine); returns the tree, or None if there are no bad rows."""
     reasons = [n for n, d in fs.list(staging) if d and n.startswith(f"{REASON_COLUMN}=")
                and n != f"{REASON_COLUMN}={OK_REASON}"]
     if not reasons:
         return None
-    tree = sibling(quarantine, "new", run_id)
+    tree = tree or sibling(quarantine, "new", run_id)
     for rdir in reasons:
         reason = rdir.split("=", 1)[1]
         for cdir, is_dir in fs.list(f"{staging}/{rdir}"):
@@ -114,12 +127,16 @@ def build_quarantine_tree(fs: HadoopFs, staging: str, run_id: str, quarantine: s
     return tree
 
 
-def new_output_dir(fs: HadoopFs, staging: str, output: str, run_id: str) -> str | None:
-    """Move the staged predictions beside the output, ready to publish; None if there are none."""
+def new_output_dir(fs: HadoopFs, staging: str, output: str, run_id: str, *, dst: str | None = None) -> str | None:
+    """Move the staged predictions to `dst` (by default beside the output, ready to publish);
+    returns `dst`, or None if there are none."""
     src = ok_dir(staging)
     if not fs.exists(src):
         return None
-    dst = sibling(output, "new", run_id)
+    if dst:
+        fs.mkdirs(posixpath.dirname(dst.rstrip("/")))
+    else:
+        dst = sibling(output, "new", run_id)
     fs.rename(src, dst)
     return dst
 
@@ -141,3 +158,40 @@ def cleanup(fs: HadoopFs, *paths: Any) -> None:
     for p in paths:
         if p:
             fs.delete(p)
+
+
+# --- object stores: a prefix per run, one commit object ---
+
+
+def run_dir(path: str, run_id: str) -> str:
+    """Where a run's files go below an output (or quarantine) on an object store."""
+    return f"{path.rstrip('/')}/{RUNS_DIR}/{run_id}"
+
+
+def committed_dirs(fs: HadoopFs, manifest_path: str) -> set[str]:
+    """The run prefixes the manifest at `manifest_path` names (none if there is no manifest)."""
+    raw = fs.read_bytes(manifest_path)
+    if raw is None:
+        return set()
+    try:
+        output = json.loads(raw).get("output") or {}
+    except (ValueError, AttributeError):  # not a manifest of ours: nothing to keep for it
+        return set()
+    return {p.rstrip("/") for p in (output.get("data_path"), output.get("quarantine_data_path")) if p}
+
+
+def commit_run(fs: HadoopFs, manifest_path: str, manifest: bytes, *, roots: list[str], current: set[str]) -> None:
+    """Commit a run on an object store: write its manifest (one object: readers see the
+    previous run or this one), then delete the run prefixes below `roots` that neither this
+    manifest nor the previous one names (older runs, and runs killed before their commit).
+
+    The previous run's prefixes stay until the next commit, so a reader that followed the
+    previous manifest a moment ago can finish reading.
+    """
+    keep = {p.rstrip("/") for p in current} | committed_dirs(fs, manifest_path)
+    fs.write_bytes(manifest_path, manifest)  # the commit point
+    for root in roots:
+        runs = f"{root.rstrip('/')}/{RUNS_DIR}"
+        for name, is_dir in fs.list(runs):
+            if is_dir and f"{runs}/{name}" not in keep:
+                fs.delete(f"{runs}/{name}")

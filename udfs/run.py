@@ -36,7 +36,7 @@ from batchscore.udfs.scoring import ScoringPlan, arrow_schema_of, fixed_row_byte
 from batchscore.udfs.signature import ModelSignature, read_signature
 from batchscore.udfs.spark_errors import translate_spark_error
 from batchscore.udfs.stats import make_stats_accumulator, model_loads
-from batchscore.udfs.storage import HadoopFs, absolute, inside, pyarrow_uri
+from batchscore.udfs.storage import HadoopFs, absolute, inside, is_object_store, pyarrow_uri
 from batchscore.udfs.warmup import Warmup, start_warmup, warmup_tasks
 
 log = logging.getLogger("batchscore")
@@ -72,6 +72,14 @@ class Staged:
 
 
 @dataclass(frozen=True)
+class Published:
+    """Where the run's rows are now (the manifest's `output.data_path`, `quarantine_data_path`)."""
+
+    data_path: str
+    quarantine_data_path: str | None
+
+
+@dataclass(frozen=True)
 class Counts:
     rows_in: int
     rows_scored: int
@@ -98,14 +106,14 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: 
         staged = score_into_staging(spark, plan, staging, acc, clock=clock)
         counts = count_and_verify(fs, plan, staged)
         clock.phase("count")
-        publish_run(spark, fs, plan, staged)
+        published = publish_run(spark, fs, plan, staged)
     finally:
         publish.cleanup(fs, staging)
         if plan.warmup is not None:  # ended before the scoring tasks got its slots; cancelled if a run fails early
             plan.warmup.cancel()
     clock.phase("publish")
-    manifest = build_manifest(spark, plan, counts, acc.value, clock)
-    fs.write_bytes(f"{plan.out_path}/{MANIFEST_NAME}", manifest.to_json())
+    manifest = build_manifest(spark, plan, counts, acc.value, clock, published)
+    write_manifest(fs, plan, manifest)
     return manifest
 
 
@@ -187,12 +195,30 @@ def output_paths(fs: HadoopFs, spec: JobSpec) -> tuple[str, str]:
                 raise ConfigError(f"{name} '{p}' overlaps {key} '{src}'; write somewhere else")
     if inside(q, out) or inside(out, q):
         raise ConfigError(f"quarantine.path '{q}' overlaps output.path '{out}'")
-    if spec.output.mode == "error" and fs.exists(out):
+    if is_object_store(out) or is_object_store(q):
+        _check_object_store_output(fs, spec, out, q)
+    elif spec.output.mode == "error" and fs.exists(out):
         raise ConfigError(f"output.path '{out}' exists and output.mode is 'error'; "
                           "choose overwrite, append or overwrite_partitions")
     if spec.output.mode == "overwrite_partitions" and not spec.output.partition_by:
         log.warning("output.mode overwrite_partitions without output.partition_by replaces the whole output")
     return out, q
+
+
+def _check_object_store_output(fs: HadoopFs, spec: JobSpec, out: str, q: str) -> None:
+    """Object stores publish each run whole under its own prefix (udfs/publish.py): the output
+    and its quarantine both there, in mode error or overwrite; `error` refuses a committed
+    output (a manifest), not the leftovers of a killed run."""
+    if not (is_object_store(out) and is_object_store(q)):
+        raise ConfigError(f"output.path '{out}' and quarantine.path '{q}' must both be on an object store "
+                          "or both not: a run is committed by one manifest")
+    if spec.output.mode not in ("error", "overwrite"):
+        raise ConfigError(f"output.mode '{spec.output.mode}' is not supported on an object store ('{out}'): "
+                          "each run is published whole under its own prefix; use overwrite with one "
+                          "output.path per run (e.g. per date)")
+    if spec.output.mode == "error" and fs.exists(f"{out}/{MANIFEST_NAME}"):
+        raise ConfigError(f"output.path '{out}' holds a committed run and output.mode is 'error'; "
+                          "choose overwrite")
 
 
 def open_input(spark: Any, fs: HadoopFs, spec: JobSpec) -> Any:
@@ -280,8 +306,29 @@ def count_input(fs: HadoopFs, plan: RunPlan) -> int:
 # --- publish ---
 
 
-def publish_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> None:
-    """Make the staged output and quarantine visible by renames, in `output.mode`."""
+def publish_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> Published:
+    """Make the staged output and quarantine visible by renames, in `output.mode`; on an
+    object store, move them under the run's own prefixes (`write_manifest` commits them)."""
+    if is_object_store(plan.out_path):
+        return place_run(spark, fs, plan, staged)
+    rename_into_place(spark, fs, plan, staged)
+    return Published(plan.out_path, plan.q_path if fs.exists(plan.q_path) else None)
+
+
+def place_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> Published:
+    """Object stores: the run's rows under `<output>/_runs/<run_id>` and `<quarantine>/_runs/<run_id>`,
+    each copied once; nothing a reader follows changes until the manifest is written."""
+    data = publish.run_dir(plan.out_path, plan.run_id)
+    if publish.new_output_dir(fs, staged.path, plan.out_path, plan.run_id, dst=data) is None:
+        write_empty_output(spark, fs, staged.scored, plan.out_path, plan.run_id, dst=data)
+    bad = publish.build_quarantine_tree(fs, staged.path, plan.run_id, plan.q_path,
+                                        tree=publish.run_dir(plan.q_path, plan.run_id))
+    publish.mark_success(fs, data)
+    return Published(data, bad)
+
+
+def rename_into_place(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> None:
+    """Local disk and HDFS: publish by directory renames, in `output.mode`."""
     mode, out_path, q_path, run_id = plan.spec.output.mode, plan.out_path, plan.q_path, plan.run_id
     rescored = (publish.partitions_in(fs, staged.path)
                 if mode == "overwrite_partitions" and plan.spec.output.partition_by else None)
@@ -308,10 +355,12 @@ def publish_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> None
         publish.cleanup(fs, new_out, new_q)
 
 
-def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run_id: str) -> str:
-    """No row was scored: an empty dataset with the output schema, beside the output, ready to publish."""
+def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run_id: str, *,
+                       dst: str | None = None) -> str:
+    """No row was scored: an empty dataset with the output schema at `dst` (by default beside
+    the output, ready to publish)."""
     schema = scored.drop(REASON_COLUMN, BAD_COLUMN).schema
-    dst = publish.sibling(out_path, "new", run_id)
+    dst = dst or publish.sibling(out_path, "new", run_id)
     spark.createDataFrame([], schema).coalesce(1).write.parquet(dst)
     fs.delete(f"{dst}/_SUCCESS")
     return dst
@@ -320,8 +369,19 @@ def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run
 # --- manifest ---
 
 
-def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, Any], clock: Clock) -> RunManifest:
-    """The run's manifest from its plan, counts, the tasks' stats and its clock."""
+def write_manifest(fs: HadoopFs, plan: RunPlan, manifest: RunManifest) -> None:
+    """Write the manifest last. On an object store this is the commit (`publish.commit_run`)."""
+    path = f"{plan.out_path}/{MANIFEST_NAME}"
+    if not is_object_store(plan.out_path):
+        fs.write_bytes(path, manifest.to_json())
+        return
+    current = {p for p in (manifest.output.data_path, manifest.output.quarantine_data_path) if p}
+    publish.commit_run(fs, path, manifest.to_json(), roots=[plan.out_path, plan.q_path], current=current)
+
+
+def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, Any], clock: Clock,
+                   published: Published | None = None) -> RunManifest:
+    """The run's manifest from its plan, counts, the tasks' stats, its clock and where it published."""
     spec, sig = plan.spec, plan.signature
     clock.phase("manifest")
     seconds_scoring = time.time() - clock.t_score
@@ -332,7 +392,8 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         quarantine_reasons=counts.reasons,
         model=ModelInfo(sig.path, sig.fingerprint, sig.signature, spec.model.distribution, spec.model.batch_size),
         input=InputInfo(spec.input.path, spec.input.format, spec.input.filter),
-        output=OutputInfo(plan.out_path, spec.output.mode, plan.q_path, [*plan.keep, *plan.scoring.output_names]),
+        output=OutputInfo(plan.out_path, spec.output.mode, plan.q_path, [*plan.keep, *plan.scoring.output_names],
+                          *((published.data_path, published.quarantine_data_path) if published else (None, None))),
         lane=plan.lane,
         started_at=clock.started_at,
         finished_at=_now(),

@@ -51,6 +51,19 @@ def pyarrow_uri(path: str) -> str:
     return os.path.abspath(path)
 
 
+# Object stores: no atomic directory rename (S3A, GCS and wasb copy then delete, file by file),
+# so a run is published under its own prefix and committed by one object (udfs/publish.py).
+# abfs:// (ADLS Gen2, hierarchical namespace) does rename atomically, but the account may
+# be flat, so it takes the same road.
+OBJECT_STORE_SCHEMES = frozenset({"s3a", "s3", "s3n", "gs", "abfs", "abfss", "wasb", "wasbs", "oss", "cos", "cosn"})
+
+
+def is_object_store(path: str) -> bool:
+    """Whether `path` is on an object store (by its scheme): published per run, not by renames."""
+    m = _SCHEME.match(path)
+    return m is not None and path[: m.end() - 1].lower() in OBJECT_STORE_SCHEMES
+
+
 def hidden(rel: str) -> bool:
     """Spark's and Hadoop's rule: a part starting with `_` or `.` is not data."""
     return any(part.startswith(("_", ".")) for part in rel.split("/"))
@@ -157,7 +170,20 @@ class HadoopFs:
         if fs.exists(jp):
             fs.delete(jp, True)
 
+    def read_bytes(self, p: str) -> bytes | None:
+        """A small file's bytes; None if it does not exist."""
+        fs, jp = self._path(p)
+        if not fs.exists(jp):
+            return None
+        stream = fs.open(jp)
+        try:
+            return bytes(self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+
     def write_bytes(self, p: str, data: bytes) -> None:
+        """Write a whole file. On object stores the object appears at once, when the upload
+        completes on close (one PUT): a reader sees the old object or the new one."""
         fs, jp = self._path(p)
         out = fs.create(jp, True)
         try:
