@@ -20,7 +20,14 @@ import pyarrow.dataset as ds
 
 from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.errors import InputError
-from batchscore.udfs.storage import list_input_files, parquet_footer_ok, pyarrow_fs, pyarrow_uri
+from batchscore.udfs.storage import (
+    HDFS_SCHEMES,
+    list_input_files,
+    parquet_footer_ok,
+    pyarrow_fs,
+    pyarrow_hdfs_problem,
+    pyarrow_uri,
+)
 
 
 class UnsupportedInput(ValueError):
@@ -88,8 +95,11 @@ def plan_arrow_input(
 
     Raises:
         InputError: the path is missing, or a file is corrupt and not ignored.
+        UnsupportedInput: the input is on HDFS and pyarrow's HDFS client cannot load here.
     """
     uri = pyarrow_uri(root)
+    if uri.startswith(HDFS_SCHEMES) and (problem := pyarrow_hdfs_problem(uri)):
+        raise UnsupportedInput(f"input.path '{root}' is on HDFS and {problem}")
     fs, base = pyarrow_fs(uri)
     infos = [i for i in list_input_files(fs, base) if i.path not in exclude]
     partition_names = _partition_names(infos, base, schema)

@@ -31,7 +31,7 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
         if fmt == "table":
             df = spark.table(path)
         elif fmt == "delta":
-            df = reader.format("delta").load(path)
+            df = _time_travel(reader, spec).format("delta").load(path)
         else:
             df = reader.format(fmt).load(path)
     except AnalysisException as e:
@@ -47,6 +47,15 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
             raise InputError(f"input.format '{fmt}' is not available in this Spark: {first[:200]}") from None
         raise
     return apply_filter(df, spec.filter)
+
+
+def _time_travel(reader: Any, spec: InputSpec) -> Any:
+    """`input.version` -> `versionAsOf`, `input.timestamp` -> `timestampAsOf` (at most one is set)."""
+    if spec.version is not None:
+        return reader.option("versionAsOf", spec.version)
+    if spec.timestamp is not None:
+        return reader.option("timestampAsOf", spec.timestamp)
+    return reader
 
 
 def footer_schema(spark: Any, spec: InputSpec) -> Any:
