@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from batchscore import conf_dir, package_root
+from batchscore.udfs.delta_output import DELTA_CATALOG, DELTA_EXTENSION
 
 PROJECT_ROOT = package_root()  # what workers need on their path to import batchscore
 
@@ -26,9 +27,7 @@ LOG_CONFIG = os.path.join(conf_dir(), "log4j2.properties")
 # `make jars` puts Spark's connectors (hadoop-aws + AWS SDK, delta-spark) here.
 CONNECTOR_JARS_DIR = os.path.join(PROJECT_ROOT, "jars", "lib", "spark")
 JARS_ENV = "BATCHSCORE_JARS"  # "none": add no jars (the cluster has them); or a folder of jars
-# Delta Lake's SQL extension and catalog: static settings, so they are set when the session starts.
-DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
-DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+# Where a config or spark-submit puts jars: delta-spark among them turns Delta's extension on.
 _JAR_KEYS = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
 
 

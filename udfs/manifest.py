@@ -47,6 +47,7 @@ class OutputInfo:
     mode: str | None = None
     quarantine_path: str | None = None
     columns: list[str] = field(default_factory=list)
+    format: str | None = None  # parquet | delta
 
 
 @dataclass(frozen=True)
