@@ -115,10 +115,11 @@ def test_append_and_idempotent_rerun(delta_spark: Any, delta_input: str, demo_mo
 
 
 def test_overwrite_partitions_replaces_exactly_the_rescored_partitions(
-        delta_spark: Any, demo_input: str, demo_table: pa.Table, demo_model: str, demo_reference: np.ndarray,
+        delta_spark: Any, demo_table: pa.Table, demo_model: str, demo_reference: np.ndarray,
         tmp_path: Path) -> None:
     out = str(tmp_path / "scores")
-    run_scoring(delta_spark, spec(demo_input, demo_model, out, "output.partition_by=[as_of_date]"))
+    first = support.write_parquet(demo_table, str(tmp_path / "first"), files=2)  # as_of_date: a string column
+    run_scoring(delta_spark, spec(first, demo_model, out, "output.partition_by=[as_of_date]"))
     dates = demo_table.column("as_of_date")
     # the rescore: DATES[0] with changed features (new predictions), DATES[1] with every row bad
     changed = demo_table.filter(pc.equal(dates, DATES[0]))
@@ -148,8 +149,8 @@ def test_overwrite_partitions_replaces_exactly_the_rescored_partitions(
     touched = {a[k]["partitionValues"]["as_of_date"] for a in actions for k in ("add", "remove") if k in a}
     assert touched == set(DATES[:2])
     (commit,) = [a["commitInfo"] for a in actions if "commitInfo" in a]
-    assert json.loads(commit["operationParameters"]["predicate"]) == [
-        replace_where({f"as_of_date={d}" for d in DATES[:2]}, delta_spark.read.format("delta").load(out).schema)]
+    assert commit["operationParameters"]["predicate"] == replace_where(
+        {f"as_of_date={d}" for d in DATES[:2]}, delta_spark.read.format("delta").load(out).schema)
     quarantine = support.read_output(f"{out}_quarantine", ["id", "reason", "column"])
     np.testing.assert_array_equal(quarantine.column("id").to_numpy(), np.sort(bad.column("id").to_numpy()))
     assert set(quarantine.column("reason").to_pylist()) == {"null_feature"}

@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 from batchscore.udfs import publish
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN
-from batchscore.udfs.errors import ConfigError
+from batchscore.udfs.errors import ConfigError, SchemaError
 from batchscore.udfs.manifest import MANIFEST_NAME
 from batchscore.udfs.storage import HadoopFs
 
@@ -110,7 +110,11 @@ def publish_delta(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_pa
 
 def commit_ok_rows(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_path: str, mode: str,
                    partition_by: list[str], run_id: str, rescored: set[str] | None) -> DeltaCommit:
-    """One Delta write of the staged `ok` rows in `mode` (idempotent per run id)."""
+    """One Delta write of the staged `ok` rows in `mode` (idempotent per run id).
+
+    Raises:
+        SchemaError: Delta refuses the rows (another schema or partitioning than the table's).
+    """
     schema = scored.drop(REASON_COLUMN, BAD_COLUMN).schema
     ok = publish.ok_dir(staging)
     if fs.exists(ok):  # the staged schema as written, partition values typed by it (not inferred)
@@ -126,7 +130,13 @@ def commit_ok_rows(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_p
     else:
         writer = writer.mode({"error": "errorifexists", "overwrite_partitions": "overwrite"}.get(mode, mode))
     before = latest_commit(spark, fs, out_path)
-    writer.save(out_path)
+    try:
+        writer.save(out_path)
+    except Exception as e:
+        if type(e).__name__ != "AnalysisException":  # pyspark's, raised by Delta's schema checks
+            raise
+        raise SchemaError(f"output.path '{out_path}': the scored rows do not fit the Delta table "
+                          f"({str(e).splitlines()[0][:300]})") from None
     after = latest_commit(spark, fs, out_path)
     if after is None or (before is not None and after[0] == before[0]):
         return DeltaCommit(None, 0, skipped=True)
