@@ -52,7 +52,8 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
         return None
     try:
         return plan_arrow_input(
-            HadoopFs(spark).qualify(spec.path), schema, columns, row_filter=arrow_filter(df, schema) if spec.filter else None,
+            HadoopFs(spark).qualify(spec.path), schema, columns,
+            row_filter=arrow_filter(df, schema) if spec.filter else None,
             target_tasks=2 * spark.sparkContext.defaultParallelism,
             ignore_corrupt_files=spec.ignore_corrupt_files, exclude=exclude)
     except (UnsupportedFilter, UnsupportedInput) as e:
