@@ -19,7 +19,9 @@ import pyarrow.compute as pc
 import pytest
 
 from batchscore.jobs.demo_data import DATES, NUMERIC
-from batchscore.udfs.delta_output import delta_session, replace_where, txn_app_id
+from batchscore.jobs.session import with_delta
+from batchscore.udfs.delta_output import DELTA_CATALOG, DELTA_EXTENSION, delta_session, replace_where, txn_app_id
+from batchscore.udfs.errors import InputError
 from batchscore.udfs.run import run_scoring
 from tests import support
 
@@ -27,8 +29,26 @@ ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5
 DEMO_COLUMNS = "input.columns.numeric=[" + ", ".join(NUMERIC) + "]"
 
-pytestmark = pytest.mark.skipif(not any((ROOT / "jars" / "lib" / "spark").glob("delta-spark_*.jar")),
-                                reason="no delta-spark jar under jars/lib/spark (run `make jars`)")
+
+def test_with_delta_adds_the_extension_and_catalog_when_the_jar_is_there() -> None:
+    jar = "/opt/jars/delta-spark_2.13-4.1.0.jar"
+    conf = {"spark.driver.extraClassPath": f"/opt/jars/x.jar:{jar}"}
+    with_delta(conf)
+    assert conf["spark.sql.extensions"] == DELTA_EXTENSION
+    assert conf["spark.sql.catalog.spark_catalog"] == DELTA_CATALOG
+    conf = {"spark.sql.extensions": "my.Ext", "spark.sql.catalog.spark_catalog": "my.Catalog"}
+    with_delta(conf, given={"spark.jars": jar})  # spark-submit was given the jar
+    assert conf == {"spark.sql.extensions": f"my.Ext,{DELTA_EXTENSION}", "spark.sql.catalog.spark_catalog": "my.Catalog"}
+    conf = {"spark.jars.packages": "io.delta:delta-spark_2.13:4.1.0", "spark.sql.extensions": DELTA_EXTENSION}
+    with_delta(conf)
+    assert conf["spark.sql.extensions"] == DELTA_EXTENSION  # not twice
+    conf = {"spark.driver.extraClassPath": "/opt/jars/hadoop-aws-3.4.2.jar"}
+    with_delta(conf)
+    assert conf == {"spark.driver.extraClassPath": "/opt/jars/hadoop-aws-3.4.2.jar"}
+
+
+needs_delta = pytest.mark.skipif(not any((ROOT / "jars" / "lib" / "spark").glob("delta-spark_*.jar")),
+                                 reason="no delta-spark jar under jars/lib/spark (run `make jars`)")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +91,7 @@ def manifest_of(out: str) -> dict[str, Any]:
     return json.loads(Path(out, "_manifest.json").read_text())
 
 
+@needs_delta
 def test_time_travel_in_and_overwrite_out(delta_spark: Any, delta_input: str, demo_model: str,
                                           demo_reference: np.ndarray, tmp_path: Path) -> None:
     all_ids = np.arange(1200)
@@ -90,7 +111,13 @@ def test_time_travel_in_and_overwrite_out(delta_spark: Any, delta_input: str, de
             for h in history(delta_spark, out)] == [(0, "WRITE", "600"), (1, "WRITE", "1200")]
     assert not os.path.exists(f"{out}_quarantine")  # no bad rows, no quarantine
 
+    with pytest.raises(InputError, match=r"^input.path '.*' cannot be read at input.version 9: .*"):
+        run_scoring(delta_spark, spec(delta_input, demo_model, out, "input.format=delta", "input.version=9",
+                                      "output.mode=overwrite"))
+    assert len(history(delta_spark, out)) == 2
 
+
+@needs_delta
 def test_append_and_idempotent_rerun(delta_spark: Any, delta_input: str, demo_model: str,
                                      demo_reference: np.ndarray, tmp_path: Path) -> None:
     out = str(tmp_path / "scores")
@@ -114,6 +141,7 @@ def test_append_and_idempotent_rerun(delta_spark: Any, delta_input: str, demo_mo
     assert [(t["appId"], t["version"]) for t in txns] == [(txn_app_id("run-b"), 0)]
 
 
+@needs_delta
 def test_overwrite_partitions_replaces_exactly_the_rescored_partitions(
         delta_spark: Any, demo_table: pa.Table, demo_model: str, demo_reference: np.ndarray,
         tmp_path: Path) -> None:

@@ -123,11 +123,11 @@ def commit_ok_rows(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_p
         rows = spark.createDataFrame([], schema)
     writer = (rows.write.format("delta").partitionBy(*partition_by)
               .option("txnAppId", txn_app_id(run_id)).option("txnVersion", TXN_VERSION))
-    if rescored is not None:
-        if not rescored and fs.exists(f"{out_path}/_delta_log"):
+    if rescored is not None and fs.exists(f"{out_path}/_delta_log"):
+        if not rescored:
             return DeltaCommit(None, 0)  # nothing rescored: no partition to replace
-        writer = writer.mode("overwrite").option("replaceWhere", replace_where(rescored, schema) or "true")
-    else:
+        writer = writer.mode("overwrite").option("replaceWhere", replace_where(rescored, schema))
+    else:  # overwrite_partitions of a table not there yet: it is made
         writer = writer.mode({"error": "errorifexists", "overwrite_partitions": "overwrite"}.get(mode, mode))
     before = latest_commit(spark, fs, out_path)
     try:

@@ -40,6 +40,9 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
             raise InputError(f"input.path '{path}' does not exist") from None
         if "TABLE_OR_VIEW_NOT_FOUND" in msg:
             raise InputError(f"input table '{path}' not found") from None
+        travel = ("version", spec.version) if spec.version is not None else ("timestamp", spec.timestamp)
+        if travel[1] is not None:  # e.g. a version the table does not have (any more)
+            raise InputError(f"input.path '{path}' cannot be read at input.{travel[0]} {travel[1]!r}: {msg}") from None
         raise InputError(f"input.path '{path}' cannot be read as {fmt}: {msg}") from None
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
