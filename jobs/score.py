@@ -30,6 +30,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML job config (see conf/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.batch_size=2048 (repeatable)")
+    p.add_argument("--run-id", default=None, metavar="ID",
+                   help="the run's id (default: a new one); a rerun with the same id commits nothing twice "
+                        "to Delta output (txnAppId)")
     p.add_argument("--quiet", action="store_true", help="print only the summary (no progress, no info logs)")
     p.add_argument("--verbose", action="store_true",
                    help="keep TensorFlow's start-up and C++ logs in the driver's and the workers' output")
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
         engine.join()
         from batchscore.udfs.run import run_scoring  # noqa: PLC0415 - imported by the thread above
 
-        print(summary(run_scoring(spark, spec, clock=clock)))
+        print(summary(run_scoring(spark, spec, run_id=args.run_id, clock=clock)))
         return 0
     except BatchscoreError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchscore import conf_dir, package_root
+from batchscore.udfs.delta_output import DELTA_CATALOG, DELTA_EXTENSION
 
 PROJECT_ROOT = package_root()  # what workers need on their path to import batchscore
 
@@ -30,6 +31,8 @@ LOG_CONFIG = os.path.join(conf_dir(), "log4j2.properties")
 # `make jars` puts Spark's connectors (hadoop-aws + AWS SDK, delta-spark) here.
 CONNECTOR_JARS_DIR = os.path.join(PROJECT_ROOT, "jars", "lib", "spark")
 JARS_ENV = "BATCHSCORE_JARS"  # "none": add no jars (the cluster has them); or a folder of jars
+# Where a config or spark-submit puts jars: delta-spark among them turns Delta's extension on.
+_JAR_KEYS = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
 
 
 def connector_jars() -> list[str]:
@@ -125,6 +128,23 @@ def _with_s3a_env(conf: dict[str, str]) -> dict[str, str]:
     return {**env_conf, **conf}
 
 
+def with_delta(conf: dict[str, str], *, given: dict[str, str] | None = None) -> None:
+    """Add Delta Lake's extension and catalog to `conf` (in place) when delta-spark is on its classpath.
+
+    The jar is looked for in the classpath settings of `conf` and of `given` (what spark-submit
+    was already given). An extension list the config sets keeps its entries (Delta's is
+    appended); a `spark_catalog` it sets wins.
+    """
+    settings = {**(given or {}), **conf}
+    if not any("delta-spark" in settings.get(k, "") for k in _JAR_KEYS):
+        return
+    extensions = [e.strip() for e in settings.get("spark.sql.extensions", "").split(",") if e.strip()]
+    if DELTA_EXTENSION not in extensions:
+        conf["spark.sql.extensions"] = ",".join([*extensions, DELTA_EXTENSION])
+    if "spark.sql.catalog.spark_catalog" not in settings:
+        conf["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG
+
+
 def under_spark_submit() -> bool:
     """True when spark-submit launched this process (it owns the master and the code)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -152,6 +172,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
     `batchscore jvm-cache` built one (`class_archive_dump`: build one at exit instead).
     `prestart_daemon`: a new local session's Python daemon imports TensorFlow while the JVM
     starts (udfs/daemon.py), for jobs whose tasks all score.
+    With delta-spark among the jars, Delta's SQL extension and catalog are set (`with_delta`).
     """
     from pyspark.sql import SparkSession  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
@@ -167,6 +188,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
             conf = {**LOCAL_DEFAULTS, **conf}
         builder = builder.master(master)
         _with_connector_jars(conf, master)
+        with_delta(conf)
         if os.path.isfile(LOG_CONFIG):  # quiet driver logs, as ./spark-submit.sh does
             conf.setdefault("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}")
         if master.startswith("local"):
@@ -186,6 +208,7 @@ def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "bat
         SparkContext._ensure_initialized()
         given = SparkConf()
         conf = {k: v for k, v in conf.items() if not given.contains(k)}
+        with_delta(conf, given=dict(given.getAll()))
     for k, v in conf.items():
         builder = builder.config(k, v)
     if prestart_daemon and _prestart_applies(conf):

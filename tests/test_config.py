@@ -15,10 +15,11 @@ def test_load_config_defaults() -> None:
     cfg = load_config(None, PATHS)
     assert cfg.input.model_dump() == {
         "path": "/data/in", "format": "parquet", "filter": None, "columns": {}, "lane": "auto",
-        "ignore_corrupt_files": False, "pad": {}, "pad_multiple": 1, "mask": {}}
+        "ignore_corrupt_files": False, "pad": {}, "pad_multiple": 1, "mask": {},
+        "version": None, "timestamp": None}
     assert cfg.model.model_dump() == {"path": "/models/m", "signature": "serving_default", "batch_size": 1024,
                                       "distribution": "broadcast", "warmup": False}
-    assert cfg.output.model_dump() == {"path": "/data/out", "mode": "error", "partition_by": [],
+    assert cfg.output.model_dump() == {"path": "/data/out", "format": "parquet", "mode": "error", "partition_by": [],
                                        "keep_columns": [], "rename": {}}
     assert cfg.quarantine.model_dump() == {"path": None, "on_bad_rows": "quarantine"}
     assert cfg.spark == {}
@@ -46,6 +47,24 @@ def test_load_config_set_parses_yaml_values() -> None:
     assert cfg.input.filter == "age > 40 AND region = 'north'"
     assert cfg.spark == {"spark.master": "local[2]", "spark.sql.shuffle.partitions": 4}
     assert cfg.input.ignore_corrupt_files is True
+
+
+def test_load_config_delta_time_travel_and_output_format() -> None:
+    cfg = load_config(None, [*PATHS, "input.format=delta", "input.timestamp=2026-09-30", "output.format=delta"])
+    assert (cfg.input.timestamp, cfg.input.version, cfg.output.format) == ("2026-09-30", None, "delta")
+    cfg = load_config(None, [*PATHS, "input.format=delta", "input.timestamp=2026-09-30 12:00:00"])
+    assert cfg.input.timestamp == "2026-09-30 12:00:00"  # YAML's datetime, back to Spark's text
+    assert load_config(None, [*PATHS, "input.format=delta", "input.version=0"]).input.version == 0
+    for overrides, message in [
+        (["input.version=3"], r"^config key 'input.version' \(time travel\) needs input.format delta, got 'parquet'$"),
+        (["input.format=table", "input.timestamp=2026-09-30"], r"^config key 'input.timestamp' \(time travel\)"),
+        (["input.format=delta", "input.version=1", "input.timestamp=2026-09-30"],
+         r"^config keys 'input.version' and 'input.timestamp' are mutually exclusive; set one$"),
+        (["input.format=delta", "input.version=-1"], r"^config key 'input.version' must be a Delta table version"),
+        (["output.format=orc"], r"^config key 'output.format' must be one of parquet, delta, got 'orc'$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, [*PATHS, *overrides])
 
 
 def test_load_config_accepts_the_padding_keys() -> None:
@@ -85,7 +104,7 @@ def test_load_config_file_then_overrides(tmp_path) -> None:
         (["model.path=x.y=z", "model.path.deeper=1"], r"--set model.path.deeper: 'path' is not a section"),
         (["output.keep_columns=[1, 2]"], r"'output.keep_columns' must be a list of column names"),
         (["input.colums=[a]"], r"^unknown config key 'input.colums' \(known here: columns, filter, format, "
-                               r"ignore_corrupt_files, lane, mask, pad, pad_multiple, path\)$"),
+                               r"ignore_corrupt_files, lane, mask, pad, pad_multiple, path, timestamp, version\)$"),
         (["input.pad_multiple=0"], r"^config key 'input.pad_multiple' must be a positive integer, got 0$"),
         (["input.pad.tokens=[0]"], r"^config key 'input.pad.tokens' must be a scalar padding value"),
         (["input.mask.tokens=1"], r"^config key 'input.mask.tokens' must name the padded input it masks"),

@@ -19,8 +19,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from batchscore.udfs.arrow_filter import RowFilter
-from batchscore.udfs.errors import InputError
-from batchscore.udfs.storage import list_input_files, parquet_footer_ok, pyarrow_fs, pyarrow_uri
+from batchscore.udfs.errors import ConfigError, InputError
+from batchscore.udfs.storage import (
+    HDFS_SCHEMES,
+    list_input_files,
+    parquet_footer_ok,
+    pyarrow_fs,
+    pyarrow_hdfs_problem,
+    pyarrow_uri,
+)
 
 
 class UnsupportedInput(ValueError):
@@ -88,8 +95,11 @@ def plan_arrow_input(
 
     Raises:
         InputError: the path is missing, or a file is corrupt and not ignored.
+        UnsupportedInput: the input is on HDFS and pyarrow's HDFS client cannot load here.
     """
     uri = pyarrow_uri(root)
+    if uri.startswith(HDFS_SCHEMES) and (problem := pyarrow_hdfs_problem(uri)):
+        raise UnsupportedInput(f"input.path '{root}' is on HDFS and {problem}")
     fs, base = pyarrow_fs(uri)
     infos = [i for i in list_input_files(fs, base) if i.path not in exclude]
     partition_names = _partition_names(infos, base, schema)
@@ -274,8 +284,14 @@ def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: An
 
 
 def corrupt_parquet_files(spark: Any, root: str) -> list[str]:
-    """Files below root whose Parquet footer cannot be read, checked in parallel on the executors."""
+    """Files below root whose Parquet footer cannot be read, checked in parallel on the executors.
+
+    Raises:
+        ConfigError: the input is on HDFS and pyarrow's HDFS client cannot load here.
+    """
     uri = pyarrow_uri(root)
+    if uri.startswith(HDFS_SCHEMES) and (problem := pyarrow_hdfs_problem(uri)):
+        raise ConfigError(f"input.ignore_corrupt_files on HDFS checks footers with pyarrow, and {problem}")
     fs, base = pyarrow_fs(uri)
     paths = [i.path for i in list_input_files(fs, base)]
     if not paths:

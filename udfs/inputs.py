@@ -31,7 +31,7 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
         if fmt == "table":
             df = spark.table(path)
         elif fmt == "delta":
-            df = reader.format("delta").load(path)
+            df = _time_travel(reader, spec).format("delta").load(path)
         else:
             df = reader.format(fmt).load(path)
     except AnalysisException as e:
@@ -40,6 +40,9 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
             raise InputError(f"input.path '{path}' does not exist") from None
         if "TABLE_OR_VIEW_NOT_FOUND" in msg:
             raise InputError(f"input table '{path}' not found") from None
+        travel = ("version", spec.version) if spec.version is not None else ("timestamp", spec.timestamp)
+        if travel[1] is not None:  # e.g. a version the table does not have (any more)
+            raise InputError(f"input.path '{path}' cannot be read at input.{travel[0]} {travel[1]!r}: {msg}") from None
         raise InputError(f"input.path '{path}' cannot be read as {fmt}: {msg}") from None
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -47,6 +50,15 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
             raise InputError(f"input.format '{fmt}' is not available in this Spark: {first[:200]}") from None
         raise
     return apply_filter(df, spec.filter)
+
+
+def _time_travel(reader: Any, spec: InputSpec) -> Any:
+    """`input.version` -> `versionAsOf`, `input.timestamp` -> `timestampAsOf` (at most one is set)."""
+    if spec.version is not None:
+        return reader.option("versionAsOf", spec.version)
+    if spec.timestamp is not None:
+        return reader.option("timestampAsOf", spec.timestamp)
+    return reader
 
 
 def footer_schema(spark: Any, spec: InputSpec) -> Any:

@@ -7,6 +7,7 @@ error becomes one `ConfigError` line naming the dotted key.
 """
 from __future__ import annotations
 
+import datetime as dt
 import typing
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,11 @@ def _none_is_empty(v: Any) -> Any:
     return {} if v is None else v
 
 
+def _date_is_text(v: Any) -> Any:
+    """YAML reads `2026-03-01` as a date and `2026-03-01 12:00:00` as a datetime: Spark takes the text."""
+    return v.isoformat(sep=" ") if isinstance(v, dt.datetime) else v.isoformat() if isinstance(v, dt.date) else v
+
+
 def _one_name_is_a_list(v: Any) -> Any:
     return [v] if isinstance(v, str) else v  # `--set output.partition_by=as_of_date`
 
@@ -45,8 +51,11 @@ class InputSpec(_Section):
     pad: dict[str, int | float | str] = {}
     pad_multiple: PositiveInt = 1
     mask: dict[str, str] = {}
+    version: Annotated[int, Field(strict=True, ge=0)] | None = None  # Delta time travel: a table version
+    timestamp: str | None = None  # ... or a timestamp (`2026-03-01` or `2026-03-01 12:00:00`)
 
     _empty_maps = field_validator("columns", "pad", "mask", mode="before")(_none_is_empty)
+    _timestamp = field_validator("timestamp", mode="before")(_date_is_text)
 
 
 class ModelSpec(_Section):
@@ -65,6 +74,7 @@ class OutputSpec(_Section):
     """`output:` where predictions go and which input columns go with them."""
 
     path: Path
+    format: Literal["parquet", "delta"] = "parquet"
     mode: Literal["error", "overwrite", "append", "overwrite_partitions"] = "error"
     partition_by: ColumnNames = []
     keep_columns: ColumnNames = []
@@ -101,6 +111,8 @@ _EXPECTED = {
     "output.keep_columns": "must be a list of column names",
     "input.pad": "must be a mapping (input name -> padding value)",
     "input.mask": "must be a mapping (mask input -> the padded input it masks)",
+    "input.version": "must be a Delta table version (an integer >= 0)",
+    "input.timestamp": "must be a timestamp string such as '2026-03-01 12:00:00'",
 }
 # ... and for one entry of a mapping key (`output.rename.<output>`).
 _ENTRY_EXPECTED = {
@@ -120,10 +132,22 @@ def parse_job_spec(data: dict[str, Any]) -> JobSpec:
     for section in ("input", "model", "output"):  # a missing section reports its missing path
         data.setdefault(section, {})
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as e:
         errors = sorted(e.errors(), key=lambda err: err["type"] != "extra_forbidden")  # unknown keys first
         raise ConfigError(_message(errors[0])) from None
+    _check_time_travel(spec.input)
+    return spec
+
+
+def _check_time_travel(spec: InputSpec) -> None:
+    """`input.version` / `input.timestamp`: one of them at most, and only for Delta input."""
+    given = [k for k in ("version", "timestamp") if getattr(spec, k) is not None]
+    if len(given) == 2:
+        raise ConfigError("config keys 'input.version' and 'input.timestamp' are mutually exclusive; set one")
+    if given and spec.format != "delta":
+        raise ConfigError(f"config key 'input.{given[0]}' (time travel) needs input.format delta, "
+                          f"got {spec.format!r}")
 
 
 def _message(err: Any) -> str:

@@ -14,6 +14,7 @@ from batchscore.udfs.arrow_lane import ArrowPlan, UnsupportedInput, plan_arrow_i
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.job_spec import InputSpec
 from batchscore.udfs.scoring import ScoringPlan
+from batchscore.udfs.storage import HadoopFs
 
 log = logging.getLogger("batchscore")
 
@@ -51,7 +52,8 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
         return None
     try:
         return plan_arrow_input(
-            spec.path, schema, columns, row_filter=arrow_filter(df, schema) if spec.filter else None,
+            HadoopFs(spark).qualify(spec.path), schema, columns,
+            row_filter=arrow_filter(df, schema) if spec.filter else None,
             target_tasks=2 * spark.sparkContext.defaultParallelism,
             ignore_corrupt_files=spec.ignore_corrupt_files, exclude=exclude)
     except (UnsupportedFilter, UnsupportedInput) as e:

@@ -52,6 +52,7 @@ class OutputInfo:
     # when the run quarantined no rows there. Readers read these.
     data_path: str | None = None
     quarantine_data_path: str | None = None
+    format: str | None = None  # parquet | delta
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from batchscore.udfs import publish
+from batchscore.udfs import delta_output, publish
 from batchscore.udfs.arrow_filter import filter_failure
 from batchscore.udfs.arrow_lane import ArrowPlan, corrupt_parquet_files, with_predictions_from_files
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN
@@ -106,7 +106,14 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: 
         staged = score_into_staging(spark, plan, staging, acc, clock=clock)
         counts = count_and_verify(fs, plan, staged)
         clock.phase("count")
-        published = publish_run(spark, fs, plan, staged)
+        if spec.output.format == "delta":
+            delta_output.publish_delta(
+                spark, fs, staging=staged.path, scored=staged.scored, out_path=plan.out_path, q_path=plan.q_path,
+                mode=spec.output.mode, partition_by=spec.output.partition_by, run_id=plan.run_id,
+                rows_scored=counts.rows_scored)
+            published = Published(plan.out_path, plan.q_path if fs.exists(plan.q_path) else None)
+        else:
+            published = publish_run(spark, fs, plan, staged)
     finally:
         publish.cleanup(fs, staging)
         if plan.warmup is not None:  # ended before the scoring tasks got its slots; cancelled if a run fails early
@@ -138,6 +145,8 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
             warm-up, if started, is cancelled).
     """
     out_path, q_path = output_paths(fs, spec)
+    if spec.output.format == "delta":
+        delta_output.check_delta_output(spark, fs, out_path)
     signature = read_signature(absolute(spec.model.path), spec.model.signature)
     sc = spark.sparkContext
     warmup = (start_warmup(spark, accumulator, tasks=warmup_tasks(sc))
@@ -393,7 +402,8 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         model=ModelInfo(sig.path, sig.fingerprint, sig.signature, spec.model.distribution, spec.model.batch_size),
         input=InputInfo(spec.input.path, spec.input.format, spec.input.filter),
         output=OutputInfo(plan.out_path, spec.output.mode, plan.q_path, [*plan.keep, *plan.scoring.output_names],
-                          *((published.data_path, published.quarantine_data_path) if published else (None, None))),
+                          *((published.data_path, published.quarantine_data_path) if published else (None, None)),
+                          spec.output.format),
         lane=plan.lane,
         started_at=clock.started_at,
         finished_at=_now(),

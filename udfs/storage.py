@@ -79,6 +79,42 @@ def pyarrow_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
+HDFS_SCHEMES = ("hdfs://", "viewfs://")
+
+
+def pyarrow_hdfs_problem(uri: str) -> str | None:
+    """Why pyarrow's HDFS client cannot open `uri` in this process, in one line; None if it can.
+
+    pyarrow reaches HDFS through libhdfs (JNI): it needs `libhdfs.so` (a native Hadoop
+    install: `$ARROW_LIBHDFS_DIR`, `$HADOOP_HOME/lib/native` or the loader's path), a JVM
+    (`$JAVA_HOME`) and the Hadoop jars on `$CLASSPATH`. Where libhdfs is found, connecting
+    is the test.
+    """
+    if _find_libhdfs() is None:
+        unset = [k for k in ("JAVA_HOME", "CLASSPATH", "HADOOP_HOME", "ARROW_LIBHDFS_DIR") if not os.environ.get(k)]
+        return ("pyarrow's HDFS client needs libhdfs.so from a native Hadoop install, not found here"
+                + (f" ({', '.join(unset)} unset)" if unset else ""))
+    try:
+        pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as e:
+        return f"pyarrow's HDFS client cannot connect: {str(e).splitlines()[0][:200]}"
+    return None
+
+
+def _find_libhdfs() -> str | None:
+    """The libhdfs.so pyarrow would load, where it looks for it."""
+    import ctypes.util  # noqa: PLC0415 - only when an hdfs:// input is planned
+
+    dirs = [os.environ.get("ARROW_LIBHDFS_DIR", "")]
+    if os.environ.get("HADOOP_HOME"):
+        dirs.append(os.path.join(os.environ["HADOOP_HOME"], "lib", "native"))
+    dirs += os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    for d in filter(None, dirs):
+        if os.path.isfile(os.path.join(d, "libhdfs.so")):
+            return os.path.join(d, "libhdfs.so")
+    return ctypes.util.find_library("hdfs")
+
+
 def list_input_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
     """Data files below `root` (or root itself if it is a file), sorted, hidden ones left out.
 
