@@ -227,6 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      "unchanged, bench/work/results otherwise)")
     p.add_argument("--work", default=WORK, help="data, models and run directories")
     p.add_argument("--dry-run", action="store_true", help="print the plan, the commands and an estimate; run nothing")
+    p.add_argument("--from-partial", metavar="JSON",
+                   help="write the report of a run stopped early from its <name>.partial.json (its completed "
+                        "rounds; marked as cut short); runs nothing")
     return p.parse_args(argv)
 
 
@@ -293,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.cold_report import write_all
     from bench.coldstats import summarize
 
+    if a.from_partial:
+        return report_partial(a.from_partial, a.out_dir or RESULTS)
+
     unavailable = {}
     ray_version = None
     if "ray_data" in contenders:
@@ -328,6 +334,35 @@ def main(argv: list[str] | None = None) -> int:
                                unit=p.unit)
     for path in write_all(res, out_dir, name):
         _say(f"wrote {path}")
+    return 0
+
+
+def report_partial(path: str, out_dir: str) -> int:
+    """The report of a run stopped early (e.g. out of time), from the slots its partial JSON holds:
+    only rounds every point and contender completed count; the report says it was cut short."""
+    from bench.cold_report import write_all
+    from bench.coldstats import summarize
+
+    with open(path, encoding="utf-8") as fh:
+        res = json.load(fh)
+    st = res["settings"]
+    done = {(s["round"], s["rows"], s["key"]) for s in res["slots"]}
+    rounds = [r for r in range(st["runs"])
+              if all((r, rows, c) in done for rows in st["points"] for c in res["contenders"])]
+    if not rounds:
+        raise SystemExit(f"{path}: no round completed; nothing to report")
+    res["slots"] = [s for s in res["slots"] if s["round"] in rounds]
+    res["settings"] = {**st, "runs": len(rounds)}
+    res["cut_short"] = f"stopped after {len(rounds)} of {st['runs']} rounds; the report holds the completed rounds"
+    saved = dt.datetime.fromtimestamp(os.path.getmtime(path), dt.timezone.utc)
+    res["finished_at"] = res.get("finished_at") or saved.isoformat(timespec="seconds")
+    res["elapsed_s"] = res.get("elapsed_s") or (saved - dt.datetime.fromisoformat(res["started_at"])).total_seconds()
+    res["loadavg_end"] = res.get("loadavg_end") or res["loadavg_start"]
+    res["summary"] = summarize(res["slots"], contenders=res["contenders"], points=tuple(st["points"]),
+                               ratio_rows=tuple(st["ratio_rows"]), unit=st["unit"])
+    name = os.path.basename(path).removesuffix(".partial.json")
+    for out in write_all(res, out_dir, name):
+        _say(f"wrote {out}")
     return 0
 
 

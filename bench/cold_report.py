@@ -104,6 +104,8 @@ def markdown(res: dict[str, Any]) -> str:
            f"foreign CPU > {th['max_foreign_cores']:g} cores during, or a foreign Spark/Ray/benchmark process "
            f"alive) is repeated up to {st['max_repeats']} times. Ratios: bare TF's seconds / the contender's "
            f"(> 1 is faster than bare TF).", ""]
+    if res.get("cut_short"):
+        out += [f"**Cut short**: {res['cut_short']} (`python -m bench.cold --from-partial`).", ""]
     if res.get("unavailable"):
         out += ["Not run: " + "; ".join(f"{k}: {v}" for k, v in res["unavailable"].items()), ""]
     contended = sum(a["contention"]["contended"] for s in res["slots"] for a in s["attempts"] if a.get("accepted"))

@@ -122,6 +122,8 @@ def command(key: str, w: Workload, *, out: str, loads_dir: str, config: str | No
 def _is_worker(cmd: list[str], parent_cmd: list[str], *, root: bool, key: str) -> bool:
     """A process that scores: a forked pyspark worker, a Ray actor, or bare TF's one process."""
     text = " ".join(cmd)
+    if "udfs.daemon" in text:  # batchscore's daemon (udfs/daemon.py): its forks score; it and its stand-in do not
+        return "udfs.daemon" in " ".join(parent_cmd)
     if "pyspark.daemon" in text or "pyspark.worker" in text:
         return "pyspark.daemon" in " ".join(parent_cmd) or "pyspark.worker" in text
     if text.startswith("ray::"):  # only the actors of the model's map (not Ray's idle or read workers)

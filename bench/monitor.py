@@ -110,7 +110,7 @@ def spark_python_workers(jvm_pid: int, pool: str | None = None) -> list[psutil.P
         if not _is_python(p):
             continue
         try:
-            if p.ppid() == jvm_pid and any("pyspark.daemon" in a for a in p.cmdline()):
+            if p.ppid() == jvm_pid and any("pyspark.daemon" in a or "udfs.daemon" in a for a in p.cmdline()):
                 continue  # the daemon only forks workers; it does not score
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue

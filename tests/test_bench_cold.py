@@ -295,3 +295,20 @@ def test_soak_checks_row_accounting_exactly_and_rss_within_ten_percent() -> None
     assert ok["sampled"]["within"] and ok["manifest"]["within"]
     high = rss_check({"peak_worker_rss_mb": 771.0, "manifest": {"peak_worker_rss_mb": 760.0}}, base)
     assert high["sampled"]["within"] is False and high["manifest"]["within"] is False
+
+
+def test_scoring_workers_are_told_apart_from_daemons() -> None:
+    """Only processes that score count as workers (their RSS is the soak's figure): PySpark's
+    forks and those of batchscore's daemon (pre-started or launched), not the daemons or the stand-in."""
+    _is_worker = coldrun._is_worker
+    py = ["/venv/bin/python", "-m"]
+    java = ["java", "-cp", "x", "org.apache.spark.deploy.SparkSubmit"]
+    pre = [*py, "batchscore.udfs.daemon", "--prestart", "/tmp/d/daemon.sock"]
+    launched = [*py, "batchscore.udfs.daemon", "pyspark.worker"]
+    driver = [*py, "batchscore", "score", "--config", "x.yaml"]
+    assert _is_worker(pre, pre, root=False, key="arrow_lane")  # a fork of the pre-started daemon
+    assert not _is_worker(pre, driver, root=False, key="arrow_lane")  # the pre-started daemon itself
+    assert not _is_worker(launched, java, root=False, key="arrow_lane")  # the stand-in (or a daemon serving itself)
+    assert _is_worker(launched, launched, root=False, key="arrow_lane")  # a fork of a daemon serving itself
+    assert _is_worker([*py, "pyspark.daemon"], [*py, "pyspark.daemon"], root=False, key="predict_batch_udf")
+    assert not _is_worker([*py, "pyspark.daemon"], java, root=False, key="predict_batch_udf")
