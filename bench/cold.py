@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_partial(path: str, out_dir: str) -> int:
     """The report of a run stopped early (e.g. out of time), from the slots its partial JSON holds:
-    only rounds every point and contender completed count; the report says it was cut short."""
+    a round's runs at a point count when every contender completed that point in that round;
+    the report says it was cut short and how many runs each figure has."""
     from bench.cold_report import write_all
     from bench.coldstats import summarize
 
@@ -347,13 +348,14 @@ def report_partial(path: str, out_dir: str) -> int:
         res = json.load(fh)
     st = res["settings"]
     done = {(s["round"], s["rows"], s["key"]) for s in res["slots"]}
-    rounds = [r for r in range(st["runs"])
-              if all((r, rows, c) in done for rows in st["points"] for c in res["contenders"])]
-    if not rounds:
-        raise SystemExit(f"{path}: no round completed; nothing to report")
-    res["slots"] = [s for s in res["slots"] if s["round"] in rounds]
-    res["settings"] = {**st, "runs": len(rounds)}
-    res["cut_short"] = f"stopped after {len(rounds)} of {st['runs']} rounds; the report holds the completed rounds"
+    whole = {(r, rows) for r in range(st["runs"]) for rows in st["points"]
+             if all((r, rows, c) in done for c in res["contenders"])}
+    if not whole:
+        raise SystemExit(f"{path}: no point completed by every contender; nothing to report")
+    res["slots"] = [s for s in res["slots"] if (s["round"], s["rows"]) in whole]
+    rounds = {r for r, _ in whole}
+    res["cut_short"] = (f"stopped in round {max(rounds) + 1} of {st['runs']}; a point counts a round's runs when "
+                        "every contender completed it in that round (the runs per figure are in the tables)")
     saved = dt.datetime.fromtimestamp(os.path.getmtime(path), dt.timezone.utc)
     res["finished_at"] = res.get("finished_at") or saved.isoformat(timespec="seconds")
     res["elapsed_s"] = res.get("elapsed_s") or (saved - dt.datetime.fromisoformat(res["started_at"])).total_seconds()
