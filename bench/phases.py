@@ -70,7 +70,7 @@ def profile(manifest: dict[str, Any], timing: dict[str, Any] | None = None, *, t
     if timing:
         lines += [f"Command wall time (start to exit): {timing['command_seconds']:.2f} s; "
                   f"load average before {_load(timing['load_before'])}, after {_load(timing['load_after'])} "
-                  "(shared machine: other work was running; the lead reruns this alone).",
+                  "(a profile is worth reading only from a machine with nothing else running).",
                   f"Session stop (after the manifest): {timing.get('stop_line') or 'not logged'}.", ""]
     lines += ["| phase | seconds | share |", "|---|---:|---:|"]
     for name, secs in phases.items():

@@ -275,7 +275,9 @@ def test_tiny_cold_run_of_two_contenders_end_to_end(tmp_path: Any) -> None:
     assert all(a["rows_written"] == 10_000 for a in runs)
     lane = next(a for a in runs if a["key"] == "arrow_lane")
     assert lane["manifest"]["lane"] == "arrow" and lane["manifest"]["model_loads"] >= 1
-    assert lane["peak_worker_rss_mb"] and lane["scoring_workers"] >= 1
+    # workers forked from the daemon that imported TF for them may use under 0.5 s of CPU on 10k
+    # rows (not "scoring_workers" then); seen and sampled they must be
+    assert lane["peak_worker_rss_mb"] and lane["workers_seen"] >= 1
     assert res["output_checks"]["arrow_lane"]["ok"], res["output_checks"]
     assert not [s for s in quiet.stray_processes({a["pid"] for a in runs}) if s.own]  # nothing left behind
     assert os.path.isfile(tmp_path / "res" / "cold-tiny-custom.png")

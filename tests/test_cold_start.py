@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -178,9 +179,19 @@ def _assert_scored(out: pa.Table, demo_table: pa.Table, demo_reference: np.ndarr
     assert support.max_abs_diff(out.column("output_0").to_numpy(), demo_reference[ids]) <= TOL
 
 
+@pytest.fixture
+def fresh_worker_pool(spark):
+    """A Python worker pool of this test's own: Spark keys pools by the workers' environment, so
+    idle workers left by earlier tests (a third one after some test's concurrent tasks) stay out."""
+    env = spark.sparkContext.environment
+    env["BATCHSCORE_TEST_POOL"] = uuid.uuid4().hex
+    yield
+    env.pop("BATCHSCORE_TEST_POOL", None)
+
+
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
 def test_the_warmup_runs_in_the_workers_that_score_and_loads_nothing(
-        spark, demo_table, demo_model, demo_reference, tmp_path, lane):
+        spark, demo_table, demo_model, demo_reference, tmp_path, lane, fresh_worker_pool):
     manifest, out = _run(spark, demo_table, demo_model, tmp_path, f"input.lane={lane}", "model.warmup=true")
     _assert_scored(out, demo_table, demo_reference)
     scoring = {w: v for w, v in manifest.workers.items() if v["loads"]}
