@@ -178,12 +178,8 @@ def publish_quarantine(fs: HadoopFs, *, staging: str, q_path: str, mode: str, ru
     try:
         if rescored is not None:
             publish.drop_stale_partitions(fs, q_path, new_q, rescored, skip=2)
-        q_mode = "overwrite" if mode == "error" else mode
-        if new_q is not None:
-            publish.publish_dir(fs, new_q, q_path, q_mode, run_id)
-            new_q = None
-        elif q_mode == "overwrite":
-            fs.delete(q_path)  # yesterday's bad rows are not today's
+        publish.publish_quarantine(fs, new_q, q_path, mode, run_id)
+        new_q = None
     finally:
         publish.cleanup(fs, new_q)
 

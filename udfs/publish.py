@@ -88,6 +88,17 @@ def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> 
     raise ValueError(f"unknown output mode {mode}")
 
 
+def publish_quarantine(fs: HadoopFs, new_q: str | None, q_path: str, mode: str, run_id: str) -> None:
+    """Publish the run's quarantine tree `new_q` at `q_path` (mode `error` counts as overwrite
+    there); with no bad rows, an overwrite removes the old quarantine: yesterday's bad rows
+    are not today's."""
+    q_mode = "overwrite" if mode == "error" else mode
+    if new_q is not None:
+        publish_dir(fs, new_q, q_path, q_mode, run_id)
+    elif q_mode == "overwrite":
+        fs.delete(q_path)
+
+
 def partitions_in(fs: HadoopFs, staging: str) -> set[str]:
     """Partition paths (`k=v/...`) the staged run wrote rows to, good or bad alike."""
     return {"/".join(rel.split("/")[2:]) for rel in fs.leaf_dirs(staging)}  # below bs__reason=/bs__column=

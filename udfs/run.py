@@ -353,12 +353,8 @@ def rename_into_place(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -
         if new_out is not None:
             publish.publish_dir(fs, new_out, out_path, mode, run_id)
             new_out = None
-        q_mode = "overwrite" if mode == "error" else mode
-        if new_q is not None:
-            publish.publish_dir(fs, new_q, q_path, q_mode, run_id)
-            new_q = None
-        elif q_mode == "overwrite":
-            fs.delete(q_path)  # yesterday's bad rows are not today's
+        publish.publish_quarantine(fs, new_q, q_path, mode, run_id)
+        new_q = None
         publish.mark_success(fs, out_path)
     finally:
         publish.cleanup(fs, new_out, new_q)
