@@ -100,7 +100,7 @@ def markdown(res: dict[str, Any]) -> str:
            f"Each run: a fresh command alone on the machine, timed from its start to its exit with the output "
            f"committed; {st['runs']} rounds over points {', '.join(f'{p:,}' for p in st['points'])} rows "
            f"({st['rows_per_file']:,} rows a file, model batch {st['batch_size']:,}), contender order rotated; "
-           f"a contended run (load1 > {th['max_load1']:g}, machine > {th['max_pre_busy']:.0%} busy before, "
+           f"a contended run (machine > {th['max_pre_busy']:.0%} busy in the quiet sample before it, "
            f"foreign CPU > {th['max_foreign_cores']:g} cores during, or a foreign Spark/Ray/benchmark process "
            f"alive) is repeated up to {st['max_repeats']} times. Ratios: bare TF's seconds / the contender's "
            f"(> 1 is faster than bare TF).", ""]

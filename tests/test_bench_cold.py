@@ -171,6 +171,14 @@ def test_before_run_marks_a_busy_machine(spinner: Any) -> None:
     assert c.to_json()["contended"] is True
 
 
+def test_load1_alone_does_not_make_a_run_contended() -> None:
+    # load1 lags the harness's own previous run by a minute: recorded, waited for, never a verdict
+    th = quiet.Thresholds(max_load1=-1.0, max_pre_busy=1.01, settle_s=0.2, settle_max_s=0.0)
+    c = quiet.before_run(set(), th, leftover_wait_s=0.0)
+    assert c.load1_before > th.max_load1
+    assert not any("load1" in r for r in c.reasons)
+
+
 def test_after_run_without_foreign_cpu_adds_no_reason() -> None:
     c = quiet.after_run(quiet.Contention(), quiet.Thresholds(), wall_s=10.0, own_cpu_s=15.0,
                         foreign_cpu_s=0.5, run_busy=0.8)
