@@ -53,8 +53,9 @@ PROFILES = {
     "quick": Profile("quick", "mlp", (100_000, 300_000), 50_000, 10_000, runs=3, max_repeats=1,
                      ratio_rows=(100_000, 300_000)),
     # no 20M point: its six cold runs a round (bare TF alone ~45 s at 20M here) would push make bench past 45 min
-    # 2 rounds: one round took 20 min here (2026-11-30, repeats of contended runs included)
-    "full": Profile("full", "mlp", (1 * M, 2 * M, 5 * M, 10 * M), 250_000, 10_000, runs=2, max_repeats=2,
+    # 3 rounds (the design card's median of 3): a round is ~11 min of timed runs plus ~2 min of checks here, once
+    # load1 stopped counting as contention (it made 13 needless repeats in the first sweep)
+    "full": Profile("full", "mlp", (1 * M, 2 * M, 5 * M, 10 * M), 250_000, 10_000, runs=3, max_repeats=1,
                     ratio_rows=(2 * M, 10 * M)),
     # the compute-heavy workload, bare TF and the lanes (make bench-cnn)
     "cnn": Profile("cnn", "cnn", (1_500, 6_000), 750, 256, runs=3, max_repeats=2, ratio_rows=(1_500, 6_000),
