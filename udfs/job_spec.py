@@ -65,6 +65,13 @@ class ModelSpec(_Section):
     signature: str = "serving_default"
     batch_size: PositiveInt = 1024
     distribution: Literal["broadcast", "files", "direct"] = "broadcast"
+    # worker: each Python worker loads its own copy; executor: one model host process per executor
+    # (per assigned GPU) serves every worker of that executor (issue 13)
+    sharing: Literal["worker", "executor"] = "worker"
+    # replicate: the whole model on each task's device; split: consecutive layer groups over the
+    # task's devices, run as a pipeline over micro-batches (issue 13)
+    placement: Literal["replicate", "split"] = "replicate"
+    gpu_memory_mb: PositiveInt | None = None  # a per-process GPU memory limit; default: memory growth
     # Start every task slot's Python worker and import TF while the driver plans. Off until the
     # cold benchmark shows it pays: in the one quiet run measured it did not overlap planning.
     warmup: bool = False
@@ -113,6 +120,7 @@ _EXPECTED = {
     "input.mask": "must be a mapping (mask input -> the padded input it masks)",
     "input.version": "must be a Delta table version (an integer >= 0)",
     "input.timestamp": "must be a timestamp string such as '2026-03-01 12:00:00'",
+    "model.gpu_memory_mb": "must be a positive integer (MB of GPU memory per process)",
 }
 # ... and for one entry of a mapping key (`output.rename.<output>`).
 _ENTRY_EXPECTED = {

@@ -32,6 +32,8 @@ class ModelInfo:
     signature: str | None = None
     distribution: str | None = None
     batch_size: int | None = None
+    sharing: str | None = None  # worker | executor
+    placement: str | None = None  # replicate | split
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,14 @@ from batchscore.udfs.lanes import (
 )
 from batchscore.udfs.manifest import MANIFEST_NAME, InputInfo, ModelInfo, OutputInfo, RunManifest, SparkInfo
 from batchscore.udfs.progress import scoring_progress
-from batchscore.udfs.scoring import ScoringPlan, arrow_schema_of, fixed_row_bytes, plan_scoring, with_predictions
+from batchscore.udfs.scoring import (
+    ModelRuntime,
+    ScoringPlan,
+    arrow_schema_of,
+    fixed_row_bytes,
+    plan_scoring,
+    with_predictions,
+)
 from batchscore.udfs.signature import ModelSignature, read_signature
 from batchscore.udfs.spark_errors import translate_spark_error
 from batchscore.udfs.stats import make_stats_accumulator, model_loads
@@ -170,10 +177,15 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
     clock.phase("input_and_schema")
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
+    runtime = ModelRuntime(spec.model.sharing, spec.model.placement, spec.model.gpu_memory_mb)
+    if runtime != ModelRuntime():
+        raise ConfigError("model.sharing, model.placement and model.gpu_memory_mb other than their defaults "
+                          "(worker, replicate, none) are not supported yet")
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
                            batch_size=spec.model.batch_size, keep_columns=keep,
                            rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
-                           pad=spec.input.pad, pad_multiple=spec.input.pad_multiple, mask=spec.input.mask)
+                           pad=spec.input.pad, pad_multiple=spec.input.pad_multiple, mask=spec.input.mask,
+                           runtime=runtime)
     corrupt: list[str] = []
     if spec.input.ignore_corrupt_files and spec.input.format == "parquet":
         corrupt = corrupt_parquet_files(spark, spec.input.path)
@@ -395,7 +407,8 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         status="succeeded", run_id=plan.run_id,
         rows_in=counts.rows_in, rows_scored=counts.rows_scored, rows_quarantined=counts.rows_quarantined,
         quarantine_reasons=counts.reasons,
-        model=ModelInfo(sig.path, sig.fingerprint, sig.signature, spec.model.distribution, spec.model.batch_size),
+        model=ModelInfo(sig.path, sig.fingerprint, sig.signature, spec.model.distribution, spec.model.batch_size,
+                        spec.model.sharing, spec.model.placement),
         input=InputInfo(spec.input.path, spec.input.format, spec.input.filter),
         output=OutputInfo(plan.out_path, spec.output.mode, plan.q_path, [*plan.keep, *plan.scoring.output_names],
                           data_path=published.data_path if published else None,

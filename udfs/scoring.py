@@ -24,6 +24,15 @@ from batchscore.udfs.worker_tuning import keep_spark_zip_directories
 
 
 @dataclass(frozen=True)
+class ModelRuntime:
+    """Where and how the model runs in the executors (`model.sharing`, `model.placement`, `model.gpu_memory_mb`)."""
+
+    sharing: Literal["worker", "executor"] = "worker"
+    placement: Literal["replicate", "split"] = "replicate"
+    gpu_memory_mb: int | None = None
+
+
+@dataclass(frozen=True)
 class ScoringPlan:
     """Everything a task needs to score, made on the driver and shipped in the closure."""
 
@@ -35,6 +44,7 @@ class ScoringPlan:
     output_names: tuple[str, ...]
     on_bad_rows: Literal["quarantine", "fail"] = "quarantine"
     pad_multiple: int = 1  # padded inputs: each call's length rounded up to a multiple of this
+    runtime: ModelRuntime = dataclasses.field(default_factory=lambda: ModelRuntime())
 
     @property
     def input_columns(self) -> list[str]:
@@ -57,6 +67,7 @@ def plan_scoring(
     pad: dict[str, Any] | None = None,
     pad_multiple: int = 1,
     mask: dict[str, str] | None = None,
+    runtime: ModelRuntime | None = None,
 ) -> ScoringPlan:
     """Bind and check everything on the driver, before any task runs.
 
@@ -67,6 +78,7 @@ def plan_scoring(
         pad: variable-length input -> padding value (`input.pad`).
         pad_multiple: round each call's padded length up to a multiple of this.
         mask: mask input -> the padded input whose row lengths fill it (`input.mask`).
+        runtime: model sharing, placement and GPU memory (default: one copy per worker, replicated).
 
     Raises:
         SchemaError: a feature or keep column is missing or of the wrong type, or
@@ -94,7 +106,8 @@ def plan_scoring(
             f"output column '{clash[0]}' would appear twice (model output and keep column); "
             "use output.rename"
         )
-    return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows, pad_multiple)
+    return ScoringPlan(signature, feeds, source, batch_size, keep, names, on_bad_rows, pad_multiple,
+                       runtime or ModelRuntime())
 
 
 def _check_padded_outputs(signature: ModelSignature, feeds: tuple[InputFeed, ...]) -> None:
@@ -149,6 +162,16 @@ def task_resources() -> tuple[int, list[str]]:
     return ctx.cpus(), list(gpu.addresses) if gpu is not None else []
 
 
+def task_predictor(plan: ScoringPlan) -> model_cache.PredictFn:
+    """The predict function this task calls: devices and threads set up for the task's resources,
+    the model loaded once per worker (`plan.runtime` says where and how it runs)."""
+    cores, gpus = task_resources()
+    model_cache.configure_gpus(gpus)
+    model_cache.configure_threads(cores)
+    return model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature,
+                                      model_loader(plan.source, plan.signature.signature))
+
+
 def score_batches(
     plan: ScoringPlan, batches: Iterable[pa.RecordBatch], stats: dict[str, Any] | None = None
 ) -> Iterator[pa.RecordBatch]:
@@ -160,12 +183,8 @@ def score_batches(
         stats: filled with this call's counters at the end of the stream.
     """
     task_start, spent_before = time.time(), model_cache.seconds_spent()
-    cores, gpus = task_resources()
-    model_cache.configure_gpus(gpus)
-    model_cache.configure_threads(cores)
     loads_before = model_cache.load_count()
-    predict = model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature,
-                                       model_loader(plan.source, plan.signature.signature))
+    predict = task_predictor(plan)
     scorer = StreamScorer(
         plan.signature, plan.feeds, predict, plan.batch_size, list(plan.keep_columns), list(plan.output_names),
         pad_multiple=plan.pad_multiple,
