@@ -155,7 +155,8 @@ def _spark_home(tmp_path: Path) -> str:
 
 
 def fake_gpu_command(job_yaml: Path) -> list[str]:
-    """README, "GPUs": two fake GPUs on local-cluster[1,2,1024], one per task, with conf/spark-cluster-gpu.conf."""
+    """README, "GPUs": two fake GPUs on local-cluster[1,2,1024], one per task, with conf/spark-cluster-gpu.conf
+    (`local[2]` would not do: Spark 4.1's local mode never starts a task that asks for a GPU)."""
     discovery = str(CONF / "spark-gpu-discovery.sh")
     confs = {
         "spark.worker.resource.gpu.amount": "2", "spark.worker.resource.gpu.discoveryScript": discovery,
