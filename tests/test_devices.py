@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import subprocess
@@ -100,6 +101,28 @@ def test_devices_of_a_worker_are_joined_across_its_tasks() -> None:
                  {"devices": {"h:1": "GPU:0"}}):
         total = param.addInPlace(total, task)
     assert total == {"devices": {"h:1": "GPU:0; GPU:1", "h:2": "GPU:1"}}
+
+
+def test_a_worker_configures_its_devices_once_and_says_what_it_could_not_apply(monkeypatch) -> None:
+    for name, fresh in (("_worker", None), ("_said", set()), ("_last_label", None)):
+        monkeypatch.setattr(devices, name, fresh)  # this process plays a fresh worker (TF has no GPU here)
+    monkeypatch.delenv(devices.DEVICE_KIND_ENV, raising=False)
+    said: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]  # collect, print nothing
+    logger = logging.getLogger("batchscore")
+    logger.addHandler(handler)
+    try:
+        for memory_mb in (512, 1024, 1024, 512):
+            device = devices.pin_task(["0"], memory_mb=memory_mb)
+    finally:
+        logger.removeHandler(handler)
+    assert device == devices.TaskDevice("/device:CPU:0", "CPU:0 (gpu 0 assigned, not visible)", ("/device:CPU:0",))
+    assert devices.last_label() == device.label
+    assert len(said) == 2, said  # the fallback once, the cap it could not apply once
+    assert said[0].startswith("Spark assigned gpu 0 to this task, but TensorFlow has no such device")
+    assert said[1].startswith("model.gpu_memory_mb 1024 not applied in this Python worker")
+    assert "configured its GPUs with 512" in said[1]
 
 
 # --- a reused worker moves with its task ---------------------------------------------

@@ -74,10 +74,11 @@ class TaskDevice:
 class _WorkerDevices:
     kind: str  # the TF device type standing for GPUs: GPU, or CPU under the seam
     by_address: dict[str, str]  # GPU address -> TF device name
+    memory_mb: int | None  # the cap it was configured with (None: memory growth)
 
 
 _worker: _WorkerDevices | None = None
-_fallbacks_said: set[tuple[str, ...]] = set()
+_said: set[tuple[str, ...]] = set()  # log lines said once per worker: ("gpu", *addresses), ("memory",)
 _last_label: str | None = None
 
 
@@ -154,6 +155,11 @@ def _configure_worker(memory_mb: int | None) -> _WorkerDevices:
     """Configure this worker's devices once (before TF's runtime starts) and map addresses to them."""
     global _worker
     if _worker is not None:
+        if memory_mb != _worker.memory_mb and ("memory",) not in _said:
+            _said.add(("memory",))
+            log.warning("model.gpu_memory_mb %s not applied in this Python worker (pid %d): an earlier task "
+                        "configured its GPUs with %s, and TF allows that once per process",
+                        memory_mb, os.getpid(), _worker.memory_mb)
         return _worker
     tf: Any = model_cache.import_tensorflow()
     kind = _device_kind()
@@ -179,7 +185,7 @@ def _configure_worker(memory_mb: int | None) -> _WorkerDevices:
         log.warning("TensorFlow was already initialised in this Python worker (by other code run in it): "
                     "its %d %s device(s) keep their configuration (no memory growth or limit set here)",
                     len(logical), kind)
-    _worker = _WorkerDevices(kind, by_address)
+    _worker = _WorkerDevices(kind, by_address, memory_mb)
     return _worker
 
 
@@ -210,8 +216,8 @@ def _label(worker: _WorkerDevices, addresses: list[str], name: str) -> str:
 def _fallback(addresses: list[str]) -> TaskDevice:
     """CPU:0 for a task whose GPUs TF does not have, said once per worker and addresses."""
     what = f"gpu {addresses[0]}" if len(addresses) == 1 else f"gpus {','.join(addresses)}"
-    if tuple(addresses) not in _fallbacks_said:
-        _fallbacks_said.add(tuple(addresses))
+    if ("gpu", *addresses) not in _said:
+        _said.add(("gpu", *addresses))
         log.warning("Spark assigned %s to this task, but TensorFlow has no such device in this Python worker "
                     "(pid %d): scoring on CPU:0", what, os.getpid())
     return TaskDevice("/device:CPU:0", f"CPU:0 ({what} assigned, not visible)", ("/device:CPU:0",))
