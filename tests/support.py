@@ -162,3 +162,21 @@ def max_abs_diff(a: Any, b: Any) -> float:
     b = np.asarray(b, dtype=np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def spark_properties(path: Any) -> dict[str, str]:
+    """A Spark properties file as spark-submit reads it: `key value` lines, `#` comment lines."""
+    import re
+
+    props: dict[str, str] = {}
+    with open(path) as fh:
+        lines = fh.read().splitlines()
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        m = re.match(r"([^\s=:]+)\s*[=:\s]\s*(.*)$", line)
+        assert m, f"{path}: cannot parse {line!r}"
+        assert m.group(1) not in props, f"{path}: '{m.group(1)}' set twice"
+        props[m.group(1)] = m.group(2).strip()
+    return props

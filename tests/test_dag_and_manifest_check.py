@@ -4,7 +4,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import yaml
 from batchscore.jobs.check_manifest import ManifestError, check_manifest, main
 from batchscore.jobs.config import REQUIRED, load_config
 from batchscore.udfs.manifest import RunManifest
+from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -118,7 +118,7 @@ def test_run_manifest_json_round_trip_keeps_fields_in_order_and_drops_secrets() 
     assert list(data)[:6] == ["status", "run_id", "rows_in", "rows_scored", "rows_quarantined", "quarantine_reasons"]
     assert data["input"]["path"] == "s3a://***@bucket/in" and "hunter2" not in m.to_json().decode()
     assert data["model"] == {"path": "/models/m", "fingerprint": "f00d", "signature": "serving_default",
-                             "distribution": None, "batch_size": None}
+                             "distribution": None, "batch_size": None, "sharing": None, "placement": None}
     assert RunManifest.from_json(m.to_json()) == RunManifest.from_dict({**m.to_dict(), "input": data["input"]})
     assert RunManifest.from_dict({**_good_manifest(), "added_by_a_newer_run": 1}) == RunManifest.from_dict(
         _good_manifest())
@@ -172,21 +172,10 @@ def test_databricks_config_reads_the_model_from_a_volume() -> None:
     assert "spark.master" not in cfg.spark  # the cluster owns its session
 
 
-def _properties(path: Path) -> dict[str, str]:
-    """A Spark properties file as spark-submit reads it: `key value` lines, `#` comment lines."""
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "!")):
-            continue
-        m = re.match(r"([^\s=:]+)\s*[=:\s]\s*(.*)$", line)
-        assert m, f"{path.name}: cannot parse {line!r}"
-        assert m.group(1) not in props, f"{path.name}: '{m.group(1)}' set twice"
-        props[m.group(1)] = m.group(2).strip()
-    return props
+_properties = support.spark_properties  # shared with tests/test_devices.py
 
 
-PROFILES = ["spark-local.conf", "spark-cluster-cpu.conf", "spark-cluster-gpu.conf"]
+PROFILES = sorted(p.name for p in CONF.glob("spark-*.conf"))
 
 
 @pytest.mark.parametrize("name", PROFILES)

@@ -18,9 +18,9 @@ executor, an environment that differs in a variable the imports read) and the la
 process preloads and serves by itself, as above.
 
 Fork safety: importing TensorFlow starts no threads and creates no runtime (no eager
-context, no thread pools, no devices); each worker still sizes its thread pools and picks
-its GPUs after the fork (`model_cache.configure_threads` / `configure_gpus`), before the
-runtime starts. The model is never loaded here: loads stay one per worker, counted there.
+context, no thread pools, no devices); each worker still sizes its thread pools and
+configures its GPUs after the fork (`model_cache.configure_threads`, `devices.pin_task`),
+before the runtime starts. The model is never loaded here: loads stay one per worker, counted there.
 On a cluster whose executors have batchscore installed, set
 `spark.python.daemon.module=batchscore.udfs.daemon` to get the preload there too.
 """

@@ -88,6 +88,8 @@ class RunManifest:
     seconds_scoring: float | None = None
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
     workers: dict[str, dict[str, float]] = field(default_factory=dict)  # per Python worker: start, loads, seconds
+    # per Python worker: the device it scored on ("GPU:1", "CPU:0 (gpu 1 assigned, not visible)"; udfs/devices.py)
+    devices: dict[str, str] = field(default_factory=dict)
     rows_per_second: float | None = None
     model_loads: int = 0
     model_calls: int = 0

@@ -1,11 +1,12 @@
 """Load a model once per Python worker process and hand out its predict function.
 
 Spark reuses Python workers across tasks (`spark.python.worker.reuse`, on by
-default), so a module-level cache keyed by the model fingerprint keeps exactly
-one loaded copy per worker process.
+default), so a module-level cache keyed by the model fingerprint (and the device the
+copy lives on, udfs/devices.py) keeps exactly one loaded copy per worker process.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 _lock = threading.Lock()
-_cache: dict[str, tuple[object, PredictFn]] = {}
+_cache: dict[tuple[str, str | None], tuple[object, PredictFn]] = {}  # (model key, device) -> copy
 _loads = 0
 _threads_set: int | None = None
 _seconds = {"tf_import": 0.0, "model_load": 0.0}  # spent in this process, for the run's phases
@@ -95,37 +96,50 @@ def configure_threads(cores: int) -> None:
                     tf.config.threading.get_intra_op_parallelism_threads(), cores)
 
 
-def configure_gpus(addresses: list[str]) -> None:
-    """Make only the GPUs Spark assigned to the task visible to TF, memory growth on."""
-    if not addresses:
-        return
-    tf: Any = import_tensorflow()
+def get_predict_fn(key: str, load: Callable[[], tuple[object, PredictFn]], *, device: str | None = None) -> PredictFn:
+    """The cached predict function for `key` on `device`, loading it on first use.
 
-    gpus = tf.config.list_physical_devices("GPU")
-    wanted = [g for g in gpus if g.name.rsplit(":", 1)[-1] in set(addresses)]
-    try:
-        if wanted:
-            tf.config.set_visible_devices(wanted, "GPU")
-        for g in wanted:
-            tf.config.experimental.set_memory_growth(g, True)
-    except RuntimeError:
-        log.warning("GPUs already initialised in this worker; keeping the first assignment")
+    A worker keeps one copy of a model: asked for it on another device (a reused worker
+    handed another GPU, udfs/devices.py), it drops its copy on the old device before
+    loading the new one, so the old GPU is not left holding a model no task uses.
 
-
-def get_predict_fn(key: str, load: Callable[[], tuple[object, PredictFn]]) -> PredictFn:
-    """The cached predict function for `key`, loading it on first use."""
+    Args:
+        device: the TF device `load` places the model on (None: TF's own placement).
+    """
     global _loads
     with _lock:
-        hit = _cache.get(key)
+        hit = _cache.get((key, device))
         if hit is None:
+            _drop_other_devices(key, device)
             t, tf_before = time.time(), _seconds["tf_import"]
             hit = load()
             # the load's own TF import (outside Spark no task sized the pools first) is not a load
             _seconds["model_load"] += time.time() - t - (_seconds["tf_import"] - tf_before)
-            _cache[key] = hit
+            _cache[(key, device)] = hit
             _loads += 1
             freeze_long_lived_objects()
         return hit[1]
+
+
+def _drop_other_devices(key: str, device: str | None) -> None:
+    """Forget the copies of `key` on other devices, and free them (caller holds the lock)."""
+    stale = [k for k in _cache if k[0] == key and k[1] != device]
+    if not stale:
+        return
+    for k in stale:
+        del _cache[k]
+    # the loads froze the old copy out of the collector's reach; its reference cycles
+    # (a SavedModel's object graph) are freed only by a collection that sees them
+    gc.unfreeze()
+    gc.collect()
+    log.info("model moved to %s in this worker (pid %d): its copy on %s dropped",
+             device, os.getpid(), ", ".join(str(k[1]) for k in stale))
+
+
+def cached_devices(key: str) -> list[str | None]:
+    """The devices this worker holds a copy of model `key` on (one at most)."""
+    with _lock:
+        return [k[1] for k in _cache if k[0] == key]
 
 
 def load_saved_model(path: str, signature: str) -> tuple[object, PredictFn]:

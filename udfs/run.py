@@ -178,9 +178,9 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
     runtime = ModelRuntime(spec.model.sharing, spec.model.placement, spec.model.gpu_memory_mb)
-    if runtime != ModelRuntime():
-        raise ConfigError("model.sharing, model.placement and model.gpu_memory_mb other than their defaults "
-                          "(worker, replicate, none) are not supported yet")
+    if (runtime.sharing, runtime.placement) != ("worker", "replicate"):
+        raise ConfigError("model.sharing and model.placement other than their defaults "
+                          "(worker, replicate) are not supported yet")
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
                            batch_size=spec.model.batch_size, keep_columns=keep,
                            rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
@@ -421,6 +421,7 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         seconds_scoring=round(seconds_scoring, 3),
         seconds_by_phase=clock.phases,
         workers=worker_timings(stats, clock.origin),
+        devices=dict(sorted(stats.get("devices", {}).items())),
         rows_per_second=round(counts.rows_in / seconds_scoring, 1) if seconds_scoring > 0 else None,
         model_loads=model_loads(stats),
         model_calls=stats.get("model_calls", 0),

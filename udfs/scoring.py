@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from batchscore.udfs import model_cache
+from batchscore.udfs import devices, model_cache
 from batchscore.udfs import tensor_types as tt
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import InputFeed, bind_inputs, required_columns
@@ -166,10 +166,11 @@ def task_predictor(plan: ScoringPlan) -> model_cache.PredictFn:
     """The predict function this task calls: devices and threads set up for the task's resources,
     the model loaded once per worker (`plan.runtime` says where and how it runs)."""
     cores, gpus = task_resources()
-    model_cache.configure_gpus(gpus)
     model_cache.configure_threads(cores)
+    device = devices.pin_task(gpus, memory_mb=plan.runtime.gpu_memory_mb)  # before TF's runtime starts
     return model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature,
-                                      model_loader(plan.source, plan.signature.signature))
+                                      devices.placed(model_loader(plan.source, plan.signature.signature), device),
+                                      device=device.name)
 
 
 def score_batches(
@@ -206,11 +207,12 @@ def score_batches(
 def worker_stats(loads: int | None, spent_before: dict[str, float], *, prefix: str = "") -> dict[str, Any]:
     """This worker's part of the run's stats: model loads (None: not a scoring task, the worker
     is not counted in python_workers), seconds spent importing TF and loading the model since
-    `spent_before`, its start time and peak RSS (all keyed by worker)."""
+    `spent_before`, its start time, peak RSS and the device its tasks scored on (all keyed by worker)."""
     wid, spent = worker_id(), model_cache.seconds_spent()
-    started, daemon = process_start_time(), model_cache.daemon_facts()
+    started, daemon, device = process_start_time(), model_cache.daemon_facts(), devices.last_label()
     return {
         **({"loads": {wid: loads}} if loads is not None else {}),
+        **({"devices": {wid: device}} if loads is not None and device is not None else {}),
         f"{prefix}tf_import_s": {wid: spent["tf_import"] - spent_before["tf_import"]},
         f"{prefix}model_load_s": {wid: spent["model_load"] - spent_before["model_load"]},
         "peak_rss_mb": {wid: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},

@@ -8,12 +8,14 @@ from pyspark.accumulators import AccumulatorParam
 _MAX_KEYS = {"max_call_rows", "max_batch_rows", "last_task_end_at"}
 _MIN_KEYS = {"first_task_at"}
 _DICT_MAX_KEYS = {"peak_rss_mb", "worker_started_at", "daemon_tf_import_s", "daemon_prestarted", "daemon_launched_at"}
+_DICT_TEXT_KEYS = {"devices"}  # per worker: the devices its tasks used, "; "-joined
 
 
 class ScoringStatsParam(AccumulatorParam):
     """Counters are summed; `max_call_rows`, the last task's end and per-worker peak RSS,
     start time and daemon import (the same in every task of a worker) take the max, the
-    first task's start the min; per-worker model loads and seconds are summed per worker."""
+    first task's start the min; per-worker model loads and seconds are summed per worker, and
+    per-worker devices joined (a worker moved between GPUs lists each once)."""
 
     def zero(self, value: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -23,7 +25,10 @@ class ScoringStatsParam(AccumulatorParam):
             if isinstance(v, dict):
                 d = a.setdefault(k, {})
                 for wk, wv in v.items():
-                    d[wk] = max(d.get(wk, 0), wv) if k in _DICT_MAX_KEYS else d.get(wk, 0) + wv
+                    if k in _DICT_TEXT_KEYS:
+                        d[wk] = "; ".join(sorted({*d.get(wk, "").split("; "), *wv.split("; ")} - {""}))
+                    else:
+                        d[wk] = max(d.get(wk, 0), wv) if k in _DICT_MAX_KEYS else d.get(wk, 0) + wv
             elif k in _MAX_KEYS:
                 a[k] = max(a.get(k, 0), v)
             elif k in _MIN_KEYS:

@@ -31,13 +31,13 @@ log = logging.getLogger("batchscore")
 
 
 def warm_worker(accumulator: Any) -> None:
-    """In a Python worker: import TensorFlow with its pools sized for the task (and the task's
-    GPUs visible), and report the seconds it took (`warmup_tf_import_s`)."""
+    """In a Python worker: import TensorFlow with its pools sized for the task, and report the
+    seconds it took (`warmup_tf_import_s`). Devices are left alone: the first scoring task
+    configures them (udfs/devices.py), knowing `model.gpu_memory_mb`."""
     from batchscore.udfs.scoring import task_resources, worker_stats  # noqa: PLC0415 - imported at use: the modules import each other
 
     spent_before = model_cache.seconds_spent()
-    cores, gpus = task_resources()
-    model_cache.configure_gpus(gpus)
+    cores, _ = task_resources()
     model_cache.configure_threads(cores)
     model_cache.import_tensorflow()  # outside Spark (no task cores) the pools keep TF's sizes
     accumulator.add(worker_stats(None, spent_before, prefix="warmup_"))
