@@ -62,12 +62,30 @@ def pack_model(path: str) -> bytes:
 
 
 def _unpack_once(data: bytes, fingerprint: str, name: str) -> str:
-    """Unpack to `<tmp>/batchscore-models/<fingerprint>/`; workers on a host share it."""
+    """Unpack to `<tmp>/batchscore-models/<fingerprint>/<name>`; workers on a host share it.
+
+    The same model content may come from folders of different names (one fingerprint,
+    two names): each name gets its own entry under the fingerprint's folder.
+    """
     root = os.path.join(tempfile.gettempdir(), "batchscore-models")
     final = os.path.join(root, fingerprint)
     target = os.path.join(final, name)
     if os.path.exists(target):
         return target
+    os.makedirs(final, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{fingerprint}-", dir=root)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            tar.extractall(staging, filter="data")  # no absolute paths, links out, devices
+        try:
+            os.rename(os.path.join(staging, name), target)  # atomic; another worker may have won the race
+        except OSError:
+            if not os.path.exists(target):
+                raise
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{fingerprint}-", dir=root)
     try:
