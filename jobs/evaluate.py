@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     except BatchscoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the exit code: 2 for a Spark failure a user caused, else 1
         user_error = translate_spark_error(e)
         print(f"error: {user_error if isinstance(user_error, BatchscoreError) else one_line(e)}", file=sys.stderr)
         return 2 if isinstance(user_error, BatchscoreError) else 1

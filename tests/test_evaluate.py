@@ -19,7 +19,7 @@ import pytest
 
 from batchscore.jobs.evaluate import main, roc_auc
 from batchscore.udfs.evaluation import EVALUATION_DIR, read_predictions
-from batchscore.udfs.metrics import evaluate, join_labels, parse_gate
+from batchscore.udfs.metrics import evaluate, parse_gate
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 1e-15  # the log loss's clip, as the metric documents it
@@ -73,7 +73,7 @@ def _assert_metrics(got: dict[str, Any], expected: dict[str, Any]) -> None:
 
 def _assert_rows_equal(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g == pytest.approx(e, abs=TOL)
 
 
@@ -94,20 +94,20 @@ def _binary_rows(n: int = 400, seed: int = 3) -> dict[str, np.ndarray]:
 def _frame(spark: Any, cols: dict[str, Any], schema: str) -> Any:
     names = [f.split()[0] for f in schema.split(",")]
     rows = [tuple(None if (isinstance(v, float) and np.isnan(v)) else (v.item() if hasattr(v, "item") else v)
-                  for v in values) for values in zip(*(cols[c] for c in names))]
+                  for v in values) for values in zip(*(cols[c] for c in names), strict=True)]
     return spark.createDataFrame(rows, schema)
 
 
 BINARY_SCHEMA = "id long, y double, s double, segment string"
 
 
-def test_binary_metrics_and_slices_equal_numpy(spark: Any) -> None:
+def test_binary_metrics_slices_and_curve_equal_numpy(spark: Any) -> None:
     d = _binary_rows()
     y, s = d["y"].copy(), d["s"].copy()
     y[:5] = np.nan  # no label
     s[5:8] = np.nan  # no score
     ev = evaluate(_frame(spark, {**d, "y": y, "s": s}, BINARY_SCHEMA), label="y", score="s",
-                  slice_column="segment", top_slices=2)
+                  slice_column="segment", top_slices=2, max_curve_points=4)
     ok = ~np.isnan(y) & ~np.isnan(s)
     assert ev.task == "binary"
     assert ev.overall.rows == {"evaluated": int(ok.sum()), "without_label": 5, "without_prediction": 3}
@@ -116,24 +116,17 @@ def test_binary_metrics_and_slices_equal_numpy(spark: Any) -> None:
     # slices: the two most frequent values, then "other" (c, d and the nulls)
     seg = d["segment"]
     assert [g.name for g in ev.slices] == ["a", "b", "other"]
-    for g, members in zip(ev.slices, [seg == "a", seg == "b", ~np.isin(seg, ["a", "b"])]):
+    for g, members in zip(ev.slices, [seg == "a", seg == "b", ~np.isin(seg, ["a", "b"])], strict=True):
         m = ok & members
         _assert_metrics(g.metrics, _binary_reference(y[m], s[m]))
         _assert_rows_equal(g.calibration, _calibration_reference(y[m], s[m]))
-
-
-def test_binary_curve_points_are_exact(spark: Any) -> None:
-    d = _binary_rows(n=300, seed=8)
-    d["s"] = np.round(np.random.default_rng(1).random(300), 2)  # ~100 distinct scores, 4 curve points
-    curve = evaluate(_frame(spark, d, BINARY_SCHEMA), label="y", score="s",
-                     max_curve_points=4).overall.curves[""]
-    y, s = d["y"] == 1, d["s"]
-    assert 3 <= len(curve.thresholds) <= 4
-    assert curve.thresholds == sorted(curve.thresholds, reverse=True)
-    assert curve.thresholds[-1] == s.min()  # the last point: every row predicted positive
-    for t, tp, fp in zip(curve.thresholds, curve.tp, curve.fp):
-        assert (tp, fp) == ((y & (s >= t)).sum(), (~y & (s >= t)).sum())
-    assert (curve.positives, curve.negatives) == (y.sum(), (~y).sum())
+    # the sampled curve: every 3rd of the 11 distinct scores and the lowest, with exact counts
+    curve, yy, ss = ev.overall.curves[""], y[ok] == 1, s[ok]
+    distinct = sorted(set(ss.tolist()), reverse=True)
+    assert len(distinct) == 11 and curve.thresholds == [distinct[i] for i in (2, 5, 8, 10)]
+    for t, tp, fp in zip(curve.thresholds, curve.tp, curve.fp, strict=True):
+        assert (tp, fp) == ((yy & (ss >= t)).sum(), (~yy & (ss >= t)).sum())
+    assert (curve.positives, curve.negatives) == (yy.sum(), (~yy).sum())
 
 
 def test_multiclass_metrics_equal_numpy(spark: Any) -> None:
@@ -141,7 +134,7 @@ def test_multiclass_metrics_equal_numpy(spark: Any) -> None:
     n, k = 240, 3
     y = rng.integers(0, k, n)
     p = np.round(rng.dirichlet(np.ones(k), n) * 0.6 + 0.4 * np.eye(k)[y] * rng.random((n, 1)), 1)  # ties
-    df = spark.createDataFrame([(int(a), [float(v) for v in b]) for a, b in zip(y, p)], "y int, p array<double>")
+    df = spark.createDataFrame([(int(a), [float(v) for v in b]) for a, b in zip(y, p, strict=True)], "y int, p array<double>")
     ev = evaluate(df, label="y", score="p")  # multiclass inferred from the array column
     ovr = [_pairwise_auc((y == c).astype(int), p[:, c]) for c in range(k)]
     expected = {"rows": n, "classes": k, "accuracy": np.mean(np.argmax(p, axis=1) == y),
@@ -172,15 +165,6 @@ def test_regression_metrics_and_slices_equal_numpy(spark: Any) -> None:
         _assert_metrics(g.metrics, reference(group == g.name))
 
 
-def test_join_counts_rows_without_label_or_prediction(spark: Any) -> None:
-    d = _binary_rows(n=200, seed=6)
-    predictions = _frame(spark, {"id": d["id"][:180], "s": d["s"][:180]}, "id long, s double")  # ids 0..179
-    labels = _frame(spark, {"id": d["id"][20:], "y": d["y"][20:]}, "id long, y double")  # ids 20..199
-    ev = evaluate(join_labels(predictions, labels, key="id", label="y", columns=["s"]), label="y", score="s")
-    assert ev.overall.rows == {"evaluated": 160, "without_label": 20, "without_prediction": 20}
-    _assert_metrics(ev.metrics, _binary_reference(d["y"][20:180], d["s"][20:180]))
-
-
 # --- the command: predictions read through the manifest, labels joined, files, gates ---
 
 
@@ -200,7 +184,9 @@ def run_output(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "output": {"path": str(out), "data_path": str(out / "_runs" / "r1"), "format": "parquet"}}))
     labels = root / "labels"
     labels.mkdir()
-    pq.write_table(pa.table({"id": d["id"][10:], "label": d["y"][10:]}), labels / "part-0.parquet")
+    # ids 0..9 have no label; labels 300..309 no prediction
+    ids = np.arange(10, 310)
+    pq.write_table(pa.table({"id": ids, "label": np.concatenate([d["y"][10:], np.ones(10)])}), labels / "part-0.parquet")
     return {"out": str(out), "labels": str(labels), "data": d}
 
 
@@ -209,11 +195,18 @@ def _argv(run: dict[str, Any], *extra: str) -> list[str]:
             "--score", "score", *extra]
 
 
-def test_command_writes_metrics_and_plots(spark: Any, run_output: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_command_writes_metrics_and_plots_then_gates(spark: Any, run_output: dict[str, Any],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     imread = pytest.importorskip("matplotlib.image").imread  # the plots need matplotlib (requirements.txt)
 
     assert read_predictions(spark, run_output["out"]).df.count() == 300  # through the manifest
-    assert main(_argv(run_output, "--slice", "segment", "--gate", "auc_roc>=0.5"), spark=spark) == 0
+    code = main(_argv(run_output, "--slice", "segment", "--gate", "auc_roc>=0.5", "--gate", "auc_roc>=0.999",
+                      "--gate", "log_loss<=0.01"), spark=spark)
+    captured = capsys.readouterr()
+    assert code == 3
+    failed = [ln for ln in captured.err.splitlines() if ln.startswith("gate failed: ")]
+    assert [ln.split(":")[1].strip() for ln in failed] == ["auc_roc>=0.999", "log_loss<=0.01"]
+    # written before the verdict
     out = Path(run_output["out"]) / EVALUATION_DIR
     assert sorted(os.listdir(out)) == ["calibration.png", "metrics.json", "pr.png", "roc.png"]
     for png in ("calibration.png", "pr.png", "roc.png"):
@@ -222,22 +215,12 @@ def test_command_writes_metrics_and_plots(spark: Any, run_output: dict[str, Any]
     written = json.loads((out / "metrics.json").read_text())
     d = run_output["data"]
     _assert_metrics(written["metrics"], _binary_reference(d["y"][10:], d["s"][10:]))
-    assert written["rows"] == {"evaluated": 290, "without_label": 10, "without_prediction": 0}
+    assert written["rows"] == {"evaluated": 290, "without_label": 10, "without_prediction": 10}
     assert written["source"]["data_path"].endswith("/_runs/r1") and written["source"]["run"]["run_id"] == "r1"
     assert set(written["slices"]) == {"a", "b", "c", "d", "null"}
-    printed = capsys.readouterr().out
-    assert printed.startswith("evaluate: 290 rows, positive rate ")
-    assert "left out: 10 rows without a label, 0 without a prediction" in printed
-
-
-def test_gate_failures_exit_3_in_process(spark: Any, run_output: dict[str, Any], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(_argv(run_output, "--out", str(tmp_path), "--gate", "auc_roc>=0.999", "--gate", "log_loss<=0.01",
-                      "--gate", "accuracy>=0"), spark=spark)
-    assert code == 3
-    failed = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("gate failed: ")]
-    assert [ln.split(":")[1].strip() for ln in failed] == ["auc_roc>=0.999", "log_loss<=0.01"]
-    assert (tmp_path / "metrics.json").exists()  # written before the verdict
+    assert written["slices"]["null"]["rows"]["without_prediction"] == 10  # labels without a prediction have no segment
+    assert captured.out.startswith("evaluate: 290 rows, positive rate ")
+    assert "left out: 10 rows without a label, 10 without a prediction" in captured.out
 
 
 @pytest.mark.parametrize("gate, message", [

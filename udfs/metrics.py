@@ -87,7 +87,7 @@ class Curve:
     def pr(self) -> tuple[list[float], list[float]]:
         """(recalls, precisions) at the sampled thresholds."""
         p = max(self.positives, 1)
-        return [t / p for t in self.tp], [t / (t + f) for t, f in zip(self.tp, self.fp)]
+        return [t / p for t in self.tp], [t / (t + f) for t, f in zip(self.tp, self.fp, strict=True)]
 
     def to_dict(self) -> dict[str, Any]:
         fpr, tpr = self.roc()
@@ -457,15 +457,16 @@ def rank_curves(df: DataFrame, *, keys: Sequence[str], max_points: int = MAX_CUR
                   .withColumn("fp", F.col("fp_before") + F.sum("neg").over(w))
                   .withColumn("rank", F.col("rows_before") + F.row_number().over(w)))
         # AUC-ROC: each negative gets the positives above it, and half those tied with it.
-        # AUC-PR: each positive gets the precision at its score.
-        areas = ranked.groupBy(*keys).agg(
+        # AUC-PR: each positive gets the precision at its score. The sampled curve points
+        # (<= max_points + 1 per group) come along in the same pass.
+        point = (F.col("rank") % F.col("stride") == 0) | (F.col("rank") == F.col("rows_total"))
+        results = ranked.groupBy(*keys).agg(
             F.sum(F.col("neg") * (F.col("tp") - F.col("pos") / 2)).alias("roc"),
-            F.sum(F.col("pos") * F.col("tp") / (F.col("tp") + F.col("fp"))).alias("ap")).collect()
-        points = (ranked.where((F.col("rank") % F.col("stride") == 0) | (F.col("rank") == F.col("rows_total")))
-                  .select(*keys, SCORE, "tp", "fp").collect())  # <= max_points + 1 per group
+            F.sum(F.col("pos") * F.col("tp") / (F.col("tp") + F.col("fp"))).alias("ap"),
+            F.collect_list(F.when(point, F.struct(SCORE, "tp", "fp"))).alias("points")).collect()
     finally:
         distinct.unpersist()
-    return _curves(groups, areas, points, keys=keys)
+    return _curves(groups, results, keys=keys)
 
 
 def _offsets(totals: Iterable[Any], *, keys: Sequence[str],
@@ -496,12 +497,14 @@ def _offsets_schema(distinct: DataFrame, keys: Sequence[str]) -> Any:
     return StructType(fields)
 
 
-def _curves(groups: dict[tuple[Any, ...], tuple[int, int, int]], areas: Iterable[Any], points: Iterable[Any], *,
+def _curves(groups: dict[tuple[Any, ...], tuple[int, int, int]], results: Iterable[Any], *,
             keys: Sequence[str]) -> dict[tuple[Any, ...], Curve]:
-    sums = {tuple(r[k] for k in keys): (r["roc"], r["ap"]) for r in areas}
+    sums: dict[tuple[Any, ...], tuple[float, float]] = {}
     found: dict[tuple[Any, ...], list[tuple[float, int, int]]] = {}
-    for r in points:
-        found.setdefault(tuple(r[k] for k in keys), []).append((float(r[SCORE]), int(r["tp"]), int(r["fp"])))
+    for r in results:
+        g = tuple(r[k] for k in keys)
+        sums[g] = (r["roc"], r["ap"])
+        found[g] = [(float(p[SCORE]), int(p["tp"]), int(p["fp"])) for p in r["points"]]
     out = {}
     for g, (pos, neg, _) in groups.items():
         roc, ap = sums.get(g, (0.0, 0.0))
