@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import numpy as np
 
@@ -58,6 +58,17 @@ METRICS: dict[Task, tuple[str, ...]] = {
 }
 
 Number = float | int | None
+
+
+class CalibrationBin(TypedDict):
+    """One equal-width bin of scores: its range, rows, mean score and observed positive rate."""
+
+    bin: int
+    lower: float
+    upper: float
+    count: int
+    mean_score: float | None  # None: no row in the bin
+    observed_rate: float | None
 
 
 # --- results ---
@@ -103,7 +114,7 @@ class GroupResult:
     name: str
     rows: dict[str, int]  # evaluated, without_label, without_prediction
     metrics: dict[str, Number]
-    calibration: list[dict[str, Number]] = field(default_factory=list)  # binary: one entry per bin
+    calibration: list[CalibrationBin] = field(default_factory=list)  # binary: one entry per bin
     curves: dict[str, Curve] = field(default_factory=dict)  # binary: {"": ...}; multiclass: per class
 
     def to_dict(self, *, curves: bool) -> dict[str, Any]:
@@ -178,7 +189,7 @@ def resolve_task(df: DataFrame, *, score: str, task: str | None = None) -> Task:
     if task is not None:
         if task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-        return cast(Task, task)  # checked against TASKS just above
+        return task  # narrowed to a Task by the check above
     from pyspark.sql.types import ArrayType  # noqa: PLC0415 - pyspark is the optional [spark] extra
 
     return "multiclass" if isinstance(_field(df, score, "score").dataType, ArrayType) else "binary"
@@ -409,9 +420,9 @@ def _check_binary(s: dict[str, Any], *, label: str, score: str) -> None:
                          f"max {s['max_score']:.4g}): a binary evaluation needs probabilities")
 
 
-def _calibration(found: dict[int, tuple[int, float, float]], bins: int) -> list[dict[str, Number]]:
+def _calibration(found: dict[int, tuple[int, float, float]], bins: int) -> list[CalibrationBin]:
     """Every equal-width bin: its range, rows, mean score and observed positive rate (None when empty)."""
-    out: list[dict[str, Number]] = []
+    out: list[CalibrationBin] = []
     for b in range(bins):
         n, score_sum, positives = found.get(b, (0, 0.0, 0.0))
         out.append({"bin": b, "lower": b / bins, "upper": (b + 1) / bins, "count": n,
