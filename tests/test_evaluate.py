@@ -19,7 +19,8 @@ import pytest
 
 from batchscore.jobs.evaluate import main, roc_auc
 from batchscore.udfs.evaluation import EVALUATION_DIR, read_predictions
-from batchscore.udfs.metrics import evaluate, parse_gate
+from batchscore.udfs.metric_plots import render_plots
+from batchscore.udfs.metrics import Curve, Evaluation, GroupResult, evaluate, parse_gate
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 1e-15  # the log loss's clip, as the metric documents it
@@ -253,6 +254,18 @@ def test_gate_exits_3_as_a_command(run_output: dict[str, Any], tmp_path: Path) -
     failed = [ln for ln in proc.stderr.splitlines() if ln.startswith("gate failed: ")]
     assert len(failed) == 1 and failed[0].startswith("gate failed: auc_pr>=0.99: auc_pr = 0."), proc.stderr
     assert proc.stdout.startswith("evaluate: 290 rows")
+
+
+def test_multiclass_plots_one_curve_per_class_and_regression_none() -> None:
+    pytest.importorskip("matplotlib")
+    curve = Curve(positives=2, negatives=2, auc_roc=0.75, auc_pr=0.8, thresholds=[0.9, 0.5, 0.1], tp=[1, 2, 2],
+                  fp=[0, 1, 2])
+    metrics = {"rows": 4, "classes": 2, "accuracy": 0.5, "log_loss": 0.7, "auc_roc_macro": 0.75}
+    overall = GroupResult(name="all", rows={}, metrics=metrics, curves={"0": curve, "1": curve})
+    plots = render_plots(Evaluation(task="multiclass", label="y", score="p", threshold=0.5, overall=overall))
+    assert sorted(plots) == ["pr.png", "roc.png"] and all(v[:4] == b"\x89PNG" for v in plots.values())
+    regression = GroupResult(name="all", rows={}, metrics={"rows": 4})
+    assert render_plots(Evaluation(task="regression", label="y", score="p", threshold=0.5, overall=regression)) == {}
 
 
 def test_parse_gate() -> None:
