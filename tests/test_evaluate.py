@@ -242,6 +242,16 @@ def test_scores_outside_0_1_exit_2(spark: Any, tmp_path: Path, capsys: pytest.Ca
     assert "score column 'logit' holds values outside [0, 1] (min -2, max 3)" in capsys.readouterr().err
 
 
+def test_duplicate_label_keys_exit_2(spark: Any, run_output: dict[str, Any], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    pq.write_table(pa.table({"id": [1, 2, 2], "label": [0.0, 1.0, 0.0]}), tmp_path / "labels.parquet")
+    argv = ["--predictions", run_output["out"], "--labels", str(tmp_path / "labels.parquet"), "--key", "id",
+            "--label", "label", "--score", "score", "--out", str(tmp_path / "ev")]
+    assert main(argv, spark=spark) == 2
+    assert "key 'id' is not unique (2 appears 2 times)" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a fresh process: its own JVM and Spark session
 def test_gate_exits_3_as_a_command(run_output: dict[str, Any], tmp_path: Path) -> None:
     """The whole command in a fresh process, as a DAG task runs it."""
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "TF_CPP_MIN_LOG_LEVEL": "2"}

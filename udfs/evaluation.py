@@ -97,26 +97,25 @@ def evaluate_run(spark: SparkSession, *, predictions: str, label: str, score: st
         ConfigError: `labels` without `key`, a bad task or an unknown gate metric.
         SchemaError, InputError: as `udfs.metrics.evaluate`; labels whose key is not unique.
     """
-    if labels and not key:
-        raise ConfigError("--labels needs --key, the column that joins predictions and labels")
     pred = read_predictions(spark, predictions)
-    df = pred.df
+    df, label_df = pred.df, None
     source: dict[str, Any] = {"predictions": predictions, "data_path": pred.data_path, "format": pred.format}
     if pred.manifest is not None:
         m = pred.manifest
         source["run"] = {"run_id": m.run_id, "rows_in": m.rows_in, "rows_scored": m.rows_scored,
                          "rows_quarantined": m.rows_quarantined}
     if labels:
-        assert key is not None  # checked above
+        if not key:
+            raise ConfigError("--labels needs --key, the column that joins predictions and labels")
         label_df = read_labels(spark, labels)
-        dup = duplicate_key(label_df, key) if key in label_df.columns else None
-        if dup is not None:
-            raise InputError(f"labels '{labels}': key '{key}' is not unique ({dup[0]!r} appears {dup[1]} times)")
-        columns = [score, *([slice_column] if slice_column else [])]
-        df = join_labels(df, label_df, key=key, label=label, columns=columns)
+        df = join_labels(df, label_df, key=key, label=label, columns=[score, *([slice_column] if slice_column else [])])
         source.update(labels=labels, key=key)
     resolved = resolve_task(df, score=score, task=task)
-    check_gate_metrics(gates, resolved)
+    check_gate_metrics(gates, resolved)  # before any Spark job
+    if label_df is not None and key:
+        dup = duplicate_key(label_df, key)
+        if dup is not None:
+            raise InputError(f"labels '{labels}': key '{key}' is not unique ({dup[0]!r} appears {dup[1]} times)")
     result = evaluate(df, label=label, score=score, task=resolved, threshold=threshold, bins=bins,
                       slice_column=slice_column, top_slices=top_slices)
     return result, source
