@@ -13,6 +13,12 @@ Every night (02:00 UTC) the run for logical date `ds`:
    in the project's `.venv`: the run succeeded, `rows_in == rows_scored + rows_quarantined`,
    and the day had rows.
 
+Where the day's labels are known, a third task could stop a bad model: `python -m
+jobs.evaluate --predictions <output> --labels <labels> --key id --label ... --score ...
+--gate auc_roc>=0.75` exits 3 when a gate fails (metrics and plots are written first to
+`<output>/_evaluation/`); treat 3 like 2 below (AirflowFailException, no retry). Not wired in
+here: the nightly input has no labels yet.
+
 Retries: failures are retried with exponential backoff, except exit 2, a user error (bad
 config, missing input or column, unreadable model, signature mismatch; for the check: a bad
 manifest): running it again cannot help, so the task fails at once (AirflowFailException).

@@ -2,10 +2,12 @@
 # MAGIC %md
 # MAGIC # Evaluate scored output against labels (batchscore)
 # MAGIC
-# MAGIC Reads the predictions a scoring run wrote (`notebooks/score.py`, `batchscore score`),
-# MAGIC with the label kept beside the score (`output.keep_columns`), and computes ROC AUC,
-# MAGIC log loss, the positive rate and, at a threshold, precision, recall and accuracy. The
-# MAGIC metrics are shown and, when `metrics_path` is set, written there as one JSON row.
+# MAGIC Reads the predictions a scoring run wrote (`notebooks/score.py`, `batchscore score`; through
+# MAGIC the run's `_manifest.json`), with the label kept beside the score (`output.keep_columns`),
+# MAGIC and computes on Spark ROC AUC, PR AUC, log loss, the positive rate, calibration bins and, at
+# MAGIC a threshold, precision, recall and accuracy (`batchscore.udfs.metrics.evaluate`, the code of
+# MAGIC `batchscore evaluate`), for all rows and per slice of a column. The metrics are shown and,
+# MAGIC when `metrics_path` is set, written there as one JSON row.
 # MAGIC
 # MAGIC * **On Databricks**: as `notebooks/score.py` (a Git folder or the wheel); set the widgets.
 # MAGIC * **Anywhere else**: `python notebooks/evaluate.py` from the repository root after
@@ -26,11 +28,10 @@ REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "jobs").is_dir() else 
 if (REPO_ROOT / "jobs").is_dir() and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
-
 from batchscore.jobs.widgets import notebook_params  # noqa: E402
-from batchscore.jobs.evaluate import roc_auc  # noqa: E402
 from batchscore.jobs.session import build_session  # noqa: E402
+from batchscore.udfs.evaluation import read_predictions, summary  # noqa: E402
+from batchscore.udfs.metrics import evaluate  # noqa: E402
 
 # COMMAND ----------
 
@@ -40,11 +41,12 @@ from batchscore.jobs.session import build_session  # noqa: E402
 # COMMAND ----------
 
 WIDGETS = {  # name: (default, label)
-    "predictions_path": (str(REPO_ROOT / "data" / "demo" / "predictions_notebook"), "Predictions (Parquet)"),
+    "predictions_path": (str(REPO_ROOT / "data" / "demo" / "predictions_notebook"), "Predictions (a scoring run's output)"),
     "label": ("defaulted", "Label column (0/1)"),
     "score": ("default_probability", "Score column (probability)"),
     "threshold": ("0.5", "Decision threshold"),
     "filter": ("", "Row filter (Spark SQL), empty for all rows"),
+    "slice": ("", "Also per value of this column (its 10 most frequent), empty: none"),
     "metrics_path": ("", "Write the metrics here (JSON), empty: do not write"),
 }
 
@@ -70,51 +72,21 @@ except NameError:
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC ## Read the label and the score
-# MAGIC Only the two columns leave Spark (as Arrow): a few bytes a row, fine for many millions of rows.
+# MAGIC ## Read the predictions and compute the metrics
+# MAGIC Everything is computed on Spark (exact AUCs from counts per distinct score): no table of
+# MAGIC rows comes to the driver. Rows with a null label or score are counted and left out.
 
 # COMMAND ----------
 
-predictions = spark.read.parquet(params["predictions_path"])
+predictions = read_predictions(spark, params["predictions_path"]).df
 if params["filter"]:
     predictions = predictions.where(params["filter"])
-pairs = predictions.select(params["label"], params["score"]).dropna().toArrow()
-labels = pairs.column(0).to_numpy().astype(bool)
-scores = pairs.column(1).to_numpy().astype(np.float64)
-print(f"{len(labels):,} labelled rows ({predictions.count() - len(labels):,} with a null label or score left out)")
-
-# COMMAND ----------
-
-# MAGIC %md
-# MAGIC ## Metrics
-
-# COMMAND ----------
-
-
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float) -> dict[str, float | int]:
-    """ROC AUC, log loss and the confusion-matrix rates at `threshold` of 0/1 labels and probabilities."""
-    eps = 1e-7  # log loss of a probability of exactly 0 or 1
-    p = np.clip(scores, eps, 1 - eps)
-    predicted = scores >= threshold
-    tp = int(np.sum(predicted & labels))
-    fp = int(np.sum(predicted & ~labels))
-    fn = int(np.sum(~predicted & labels))
-    return {
-        "rows": len(labels),
-        "positives": int(labels.sum()),
-        "positive_rate": float(labels.mean()),
-        "mean_score": float(scores.mean()),
-        "roc_auc": roc_auc(labels, scores),
-        "log_loss": float(-np.mean(np.where(labels, np.log(p), np.log(1 - p)))),
-        "threshold": threshold,
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "accuracy": float(np.mean(predicted == labels)),
-    }
-
-
-metrics = binary_metrics(labels, scores, threshold=threshold)
+evaluation = evaluate(predictions, label=params["label"], score=params["score"], threshold=threshold,
+                      slice_column=params["slice"] or None)
+print(summary(evaluation))
+metrics = {**evaluation.metrics, "threshold": threshold}
 print(json.dumps(metrics, indent=2))
+print(json.dumps(evaluation.overall.calibration, indent=2))
 
 # COMMAND ----------
 
@@ -127,7 +99,9 @@ print(json.dumps(metrics, indent=2))
 
 if params["metrics_path"]:
     row = {**metrics, "predictions_path": params["predictions_path"], "filter": params["filter"]}
-    spark.createDataFrame([row]).coalesce(1).write.mode("overwrite").json(params["metrics_path"])
+    # one JSON line as text: a metric that is undefined (None) leaves no column type to infer
+    spark.createDataFrame([(json.dumps(row),)], "value string").coalesce(1).write.mode("overwrite").text(
+        params["metrics_path"])
     print(f"metrics written to {params['metrics_path']}")
 
 # COMMAND ----------

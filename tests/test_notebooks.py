@@ -124,7 +124,7 @@ def test_evaluate_notebook_metrics(spark: Any, scored: dict[str, Any], demo_tabl
     expected = {
         "rows": len(ids), "positives": int(labels.sum()), "threshold": 0.3,
         "positive_rate": labels.mean(), "mean_score": scores.mean(),
-        "roc_auc": _auc_pairwise(labels, scores),
+        "auc_roc": _auc_pairwise(labels, scores),
         "log_loss": -np.mean(labels * np.log(scores) + (~labels) * np.log(1 - scores)),
         "precision": (predicted & labels).sum() / predicted.sum(),
         "recall": (predicted & labels).sum() / labels.sum(),
