@@ -76,9 +76,10 @@ def test_layers_are_cut_in_order_balanced_by_estimated_compute(split_run, models
     from batchscore.udfs.model_cache import load_keras_file
 
     n, report = split_run
-    layers = [layer for layer in load_keras_file(models[name]).layers if type(layer).__name__ != "InputLayer"]
-    bounds = placement.balanced_cuts([placement.layer_cost(layer) for layer in layers], n)
-    want = [[layer.name for layer in layers[a:b]] for a, b in itertools.pairwise(bounds)]
+    nodes = placement.model_nodes(load_keras_file(models[name]))
+    assert len(nodes) == {"mlp": 4, "cnn": 8}[name]  # every layer call once
+    bounds = placement.balanced_cuts([placement.node_cost(node) for node in nodes], n)
+    want = [[node.operation.name for node in nodes[a:b]] for a, b in itertools.pairwise(bounds)]
     assert [s["layers"] for s in report[name]["stages"]] == want
 
 

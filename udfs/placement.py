@@ -12,7 +12,7 @@ placement testable on CPU and cost nothing for `replicate`. With one device, `sp
 `replicate` (logged once per worker).
 
 **Stages.** A `.keras` model's layers (topological order) are cut into consecutive groups
-of about equal estimated compute (multiply-adds per row, `layer_cost`), since the slowest
+of about equal estimated compute (multiply-adds per row, `node_cost`), since the slowest
 stage bounds a pipeline; each group becomes a Keras sub-model (`keras.Model` between the
 tensors live at its cuts), cloned under `tf.device` of its device so its variables live
 there, weights copied. The model is first loaded on the host CPU, so no accelerator ever
@@ -26,8 +26,8 @@ holds the whole model. A SavedModel splits when it exposes stages by this conven
 - the signature itself (serving_default) should compute the same chain, so `replicate`
   and `split` agree. `tests/placement_support.build_staged_model` builds one.
 
-Each stage is loaded on its own device (`tf.__internal__.saved_model.load_partial` of
-`root.stage_i` and its descendants, under `tf.device`), so a device holds only its stage.
+Each stage is loaded on its own device (`_load_stages`: the model without its checkpoint
+under `tf.device`, then only that stage's variable values), so a device holds only its stage.
 
 **Pipeline.** One `tf.function` cuts each call into m micro-batches and chains the stages
 on each: `with tf.device(d_s): h = stage_s(h)`. TensorFlow's dataflow executor runs an op
@@ -161,22 +161,42 @@ def micro_batch_count(batch_size: int, stages: int) -> int:
     return max(1, min(MICRO_BATCHES_PER_STAGE * stages, batch_size // MIN_MICRO_BATCH_ROWS))
 
 
-def layer_cost(layer: Any) -> float:
-    """Estimated multiply-adds per row of one Keras layer.
+def node_cost(node: Any) -> float:
+    """Estimated multiply-adds per row of one layer call (a Keras graph node).
 
     A weight of rank >= 2 (a kernel) is applied once per output position: its size times
-    the layer's output elements over its last dimension (Dense: in x out; Conv2D:
+    the call's output elements over its last dimension (Dense: in x out; Conv2D:
     kh x kw x cin x cout x output pixels). Every output element counts one more (biases,
     activations, pooling).
     """
-    outs = [t for t in _flat(layer.output)]
+    outs = node.output_tensors
     out_elements = sum(_elements(t.shape[1:]) for t in outs)
     cost = float(out_elements)
-    for w in layer.weights:
+    for w in node.operation.weights:
         shape = [d or 1 for d in w.shape]
         if len(shape) >= 2 and outs:
             cost += _elements(shape) * max(1.0, out_elements / max(1, shape[-1]))
     return cost
+
+
+def model_nodes(model: Any) -> list[Any]:
+    """A Keras model's layer calls (graph nodes) in topological order, its Input layers left out.
+
+    Keras keeps no public view of a model's own graph: `layer.input`/`layer.output` give a
+    layer's *first* call, and a loaded Sequential calls its layers once per rebuild. The
+    nodes come from the model's graph (Keras 3 `Functional._nodes_by_depth`; a Sequential's
+    graph is its `_functional`).
+
+    Raises:
+        ModelError: the model has no graph (a subclassed model, or one never built).
+    """
+    graph = getattr(model, "_functional", None) or model
+    by_depth = getattr(graph, "_nodes_by_depth", None)
+    if not by_depth:
+        raise ModelError(f"model.placement split needs a functional or Sequential Keras model with known input "
+                         f"shapes; '{model.name}' has no layer graph")
+    return [n for d in sorted(by_depth, reverse=True) for n in by_depth[d]
+            if not n.is_input and n.operation is not None]
 
 
 def _elements(shape: Sequence[int | None]) -> int:
@@ -197,7 +217,7 @@ def _flat(x: Any) -> list[Any]:
 StageCall = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def pipelined(calls: Sequence[StageCall], devices: Sequence[str], micro_batches: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def pipelined(calls: Sequence[StageCall], devices: Sequence[str], micro_batches: int) -> StageCall:
     """A graph function of the chained stages over `micro_batches` micro-batches (call it inside a tf.function)."""
     tf: Any = model_cache.import_tensorflow()
 
@@ -225,45 +245,40 @@ def pipelined(calls: Sequence[StageCall], devices: Sequence[str], micro_batches:
 
 @dataclass
 class _KerasCut:
-    """One stage of a Keras graph: the layers, the live tensors it reads, and what it hands on."""
+    """One stage of a Keras graph: the layer calls, the live tensors it reads, and what it hands on."""
 
-    layers: list[Any]
-    needed: list[Any]  # tensors from earlier stages (or model inputs) its layers read
+    nodes: list[Any]
+    needed: list[Any]  # tensors from earlier stages (or model inputs) its calls read
     produced: list[Any]  # tensors it makes that later stages or the outputs read
     passed: list[Any]  # tensors from earlier stages it hands on untouched
 
 
 def keras_cuts(model: Any, k: int) -> list[_KerasCut]:
-    """Cut a Keras model's layers into `k` stages balanced by `layer_cost` (fewer if it has fewer layers).
+    """Cut a Keras model's layer calls into `k` stages balanced by `node_cost` (fewer if it has fewer layers).
 
     Raises:
-        ModelError: the model has fewer than two layers, or a layer called more than once.
+        ModelError: the model has no layer graph.
     """
-    import keras  # noqa: PLC0415 - seconds of import: only where a model is split
-
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    shared = [layer.name for layer in layers if len(getattr(layer, "_inbound_nodes", [])) > 1]  # no public API
-    if shared:
-        raise ModelError(f"layer '{shared[0]}' is called more than once (a shared layer): "
-                         "model.placement split needs each layer called once")
-    k = min(k, len(layers))
-    bounds = balanced_cuts([layer_cost(layer) for layer in layers], k)
-    made = {id(t): -1 for t in model.inputs}
-    last_use = {id(t): len(layers) for t in model.outputs}
-    for i, layer in enumerate(layers):
-        for t in _flat(layer.input):
+    nodes = model_nodes(model)
+    if not nodes:
+        return []
+    bounds = balanced_cuts([node_cost(n) for n in nodes], min(k, len(nodes)))
+    made = {id(t): -1 for t in model.inputs}  # tensor -> the call that makes it
+    last_use = {id(t): len(nodes) for t in model.outputs}  # tensor -> the last call that reads it
+    tensors = {id(t): t for t in model.inputs}
+    for i, n in enumerate(nodes):
+        for t in n.input_tensors:
             last_use[id(t)] = max(last_use.get(id(t), i), i)
-        for t in _flat(layer.output):
+            tensors[id(t)] = t
+        for t in n.output_tensors:
             made[id(t)] = i
-    tensors = {id(t): t for layer in layers for t in [*_flat(layer.input), *_flat(layer.output)]}
-    tensors.update({id(t): t for t in model.inputs})
+            tensors[id(t)] = t
     cuts = []
     for a, b in itertools.pairwise(bounds):
-        needed = list({id(t): t for layer in layers[a:b] for t in _flat(layer.input)
-                       if made.get(id(t), -1) < a}.values())
+        needed = list({id(t): t for n in nodes[a:b] for t in n.input_tensors if made.get(id(t), -1) < a}.values())
         produced = [t for i, t in tensors.items() if a <= made.get(i, -1) < b and last_use.get(i, -1) >= b]
         passed = [t for i, t in tensors.items() if made.get(i, -1) < a and last_use.get(i, -1) >= b]
-        cuts.append(_KerasCut(layers[a:b], needed, produced, passed))
+        cuts.append(_KerasCut(nodes[a:b], needed, produced, passed))
     return cuts
 
 
@@ -283,8 +298,9 @@ def _keras_stage(cut: _KerasCut, device: str) -> tuple[StageCall, Stage]:
         out = _flat(placed(xs if len(xs) > 1 else xs[0], training=False))
         return {**{i: h[i] for i in passed}, **dict(zip(produced, out, strict=True))}
 
-    stage = Stage(device, [layer.name for layer in cut.layers], sum(layer.count_params() for layer in cut.layers),
-                  sum(layer_cost(layer) for layer in cut.layers), list(placed.weights))
+    layers = list({id(n.operation): n.operation for n in cut.nodes}.values())
+    stage = Stage(device, [n.operation.name for n in cut.nodes], sum(layer.count_params() for layer in layers),
+                  sum(node_cost(n) for n in cut.nodes), list(placed.weights))
     return call, stage
 
 
@@ -373,9 +389,7 @@ def load_split_saved_model(path: str, inputs: Sequence[TensorSpec], devices: Seq
                          "from a dict of tensors to a dict of tensors (udfs/placement.py)")
     stages, calls = [], []
     for group, device in zip(_group_stages(names, len(devices)), devices, strict=False):
-        with tf.device(device):  # the stage's variables are restored here
-            parts = tf.__internal__.saved_model.load_partial(path, [f"root.{n}" for n in group])
-        objs = [parts[f"root.{n}"] for n in group]
+        objs = _load_stages(path, group, device)
         calls.append(_chain(objs))
         variables = [v for o in objs for v in tf.train.TrackableView(o).descendants() if isinstance(v, tf.Variable)]
         params = sum(int(np.prod(v.shape)) for v in variables)
@@ -393,6 +407,24 @@ def load_split_saved_model(path: str, inputs: Sequence[TensorSpec], devices: Seq
         return {k: v.numpy() for k, v in out.items()}
 
     return SplitModel(label, stages, m, serve, keep=calls), predict
+
+
+def _load_stages(path: str, names: list[str], device: str) -> list[Any]:
+    """The stage objects `names` of a SavedModel, their variables on `device` holding their values.
+
+    The model is loaded without its checkpoint (variables created, no memory for their values),
+    then only these stages' values are read into it; the rest of the model is dropped with the
+    root. (`load_partial` cannot do it: it restores every function of the model, and the
+    serving signature captures every stage's variables.)
+    """
+    tf: Any = model_cache.import_tensorflow()
+
+    with tf.device(device):
+        root = tf.saved_model.load(path, options=tf.saved_model.LoadOptions(experimental_skip_checkpoint=True))
+        objs = [getattr(root, n) for n in names]
+        tf.train.Checkpoint(**dict(zip(names, objs, strict=True))).read(
+            os.path.join(path, "variables", "variables")).expect_partial()
+    return objs
 
 
 def _group_stages(names: list[str], k: int) -> list[list[str]]:
