@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -163,3 +164,16 @@ def test_score_job_with_split_scores_like_keras(models, tmp_path, lane) -> None:
     assert got.column("id").to_pylist() == list(range(500))
     expected = keras.saving.load_model(models["mlp"]).predict(x, verbose=0).reshape(-1)
     assert support.max_abs_diff(got.column("output_0").to_numpy(), expected) <= TOL
+
+
+@pytest.mark.parametrize("which", ["one_layer", "no_stages"])
+def test_split_of_a_model_with_nothing_to_split_fails_on_the_driver(spark, models, multi_model, tmp_path,
+                                                                    which) -> None:
+    from batchscore.udfs.run import run_scoring
+
+    path = models["one_layer"] if which == "one_layer" else multi_model
+    inp = support.write_parquet(pa.table({"id": pa.array([1, 2], pa.int64())}), str(tmp_path / "in"))
+    spec = support.job_spec(inp, path, str(tmp_path / "out"), "model.placement=split")
+    with pytest.raises(ModelError, match=rf"'{re.escape(path)}' has nothing to split: it needs "):
+        run_scoring(spark, spec)
+    assert not os.path.exists(tmp_path / "out")

@@ -54,6 +54,7 @@ import numpy as np
 from batchscore.udfs import model_cache
 from batchscore.udfs.distribution import ModelSource
 from batchscore.udfs.errors import ConfigError, ModelError
+from batchscore.udfs.saved_model_proto import parse_saved_model
 from batchscore.udfs.signature import ModelSignature, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -328,8 +329,7 @@ def load_split_keras(path: str, devices: Sequence[str], *, batch_size: int,
     except ValueError:
         cuts = []
     if len(cuts) < 2:
-        raise ModelError(f"model.placement split: model '{name or path}' has nothing to split: it needs at "
-                         "least two layers")
+        raise _nothing_to_split(name or path, keras=True)
     built = [_keras_stage(cut, d) for cut, d in zip(cuts, devices, strict=False)]
     calls, stages = [c for c, _ in built], [s for _, s in built]
     names = [t.name.split(":")[0] for t in model.inputs]
@@ -356,17 +356,38 @@ def load_split_keras(path: str, devices: Sequence[str], *, batch_size: int,
 
 
 def saved_model_stages(path: str) -> list[str]:
-    """The stage children of a SavedModel's root (`stage_0`, `stage_1`, ...), in order, from its
-    object graph (no variables read)."""
-    model_cache.import_tensorflow()
-    from tensorflow.python.saved_model import loader_impl  # noqa: PLC0415 - tf.saved_model's own proto reader
-
-    nodes = loader_impl.parse_saved_model(path).meta_graphs[0].object_graph_def.nodes
+    """The stage children of a SavedModel's root (`stage_0`, `stage_1`, ...), in order, read from
+    its object graph with the protobuf package alone (no TensorFlow, no variables)."""
+    with open(os.path.join(path, "saved_model.pb"), "rb") as fh:
+        meta_graphs = parse_saved_model(fh.read()).meta_graphs
+    nodes = meta_graphs[0].object_graph_def.nodes if meta_graphs else []
     children = {c.local_name for c in nodes[0].children} if nodes else set()
     out: list[str] = []
     while f"{STAGE_PREFIX}{len(out)}" in children:
         out.append(f"{STAGE_PREFIX}{len(out)}")
     return out
+
+
+def _nothing_to_split(label: str, *, keras: bool) -> ModelError:
+    if keras:
+        return ModelError(f"model.placement split: model '{label}' has nothing to split: it needs at least two "
+                          "layers")
+    return ModelError(f"model.placement split: SavedModel '{label}' has nothing to split: it needs stage "
+                      f"children {STAGE_PREFIX}0, {STAGE_PREFIX}1, ... of its root, each a tf.function "
+                      "from a dict of tensors to a dict of tensors (udfs/placement.py)")
+
+
+def check_splittable(path: str) -> None:
+    """On the driver, before any task: the model at `path` has something to split.
+
+    Raises:
+        ModelError: one line naming the model and what `split` needs.
+    """
+    if path.endswith(".keras"):
+        if len(model_nodes(model_cache.load_keras_file(path))) < 2:
+            raise _nothing_to_split(path, keras=True)
+    elif len(saved_model_stages(path)) < 2:
+        raise _nothing_to_split(path, keras=False)
 
 
 def load_split_saved_model(path: str, inputs: Sequence[TensorSpec], devices: Sequence[str], *, batch_size: int,
@@ -384,9 +405,7 @@ def load_split_saved_model(path: str, inputs: Sequence[TensorSpec], devices: Seq
     names = saved_model_stages(path)
     label = name or path
     if len(names) < 2:
-        raise ModelError(f"model.placement split: SavedModel '{label}' has nothing to split: it needs stage "
-                         f"children {STAGE_PREFIX}0, {STAGE_PREFIX}1, ... of its root, each a tf.function "
-                         "from a dict of tensors to a dict of tensors (udfs/placement.py)")
+        raise _nothing_to_split(label, keras=False)
     stages, calls = [], []
     for group, device in zip(_group_stages(names, len(devices)), devices, strict=False):
         objs = _load_stages(path, group, device)

@@ -40,6 +40,7 @@ from batchscore.udfs.manifest import (
     RunManifest,
     SparkInfo,
 )
+from batchscore.udfs.placement import check_splittable
 from batchscore.udfs.planning import TaskPlanning, plan_tasks, task_slots
 from batchscore.udfs.progress import scoring_progress
 from batchscore.udfs.scoring import (
@@ -192,6 +193,8 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
     if dataclasses.replace(runtime, placement="replicate") != ModelRuntime():  # model.placement split: built
         raise ConfigError("model.sharing and model.gpu_memory_mb other than their defaults "
                           "(worker, none) are not supported yet")
+    if runtime.placement == "split":
+        check_splittable(signature.path)
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
                            batch_size=spec.model.batch_size, keep_columns=keep,
                            rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
