@@ -129,7 +129,18 @@ def plan_arrow_input(
     dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
     kept = list(dataset.get_fragments(filter=prune)) if prune is not None else frags  # partition pruning
     corrupt: list[str] = []
-    sizes = {i.path: i.size for i in infos}
+    units, rebalance = _plan_units(kept, {i.path: i.size for i in infos}, schema, prune, ignore_corrupt_files,
+                                   corrupt, target_tasks=target_tasks, slots=slots)
+    return ArrowPlan(source, _bin_pack(units, target_tasks), files=len(infos),
+                     corrupt_files=sorted(set(corrupt) | set(exclude)), rebalance=rebalance)
+
+
+Unit = tuple[int, dict[str, Any]]  # (weight, {"path", "row_groups", and "rows" for a row range})
+
+
+def _plan_units(kept: list[Any], sizes: dict[str, int], schema: pa.Schema, prune: Any, ignore_corrupt_files: bool,
+                corrupt: list[str], *, target_tasks: int, slots: int) -> tuple[list[Unit], str | None]:
+    """(weighed units to pack, how files were split or None) (`plan_arrow_input` says when files are split)."""
     share = sum(sizes.get(f.path, 1) for f in kept) / max(1, target_tasks)
     split = kept if len(kept) < target_tasks else [f for f in kept if sizes.get(f.path, 1) > share]
     split_paths = {f.path for f in split}
@@ -139,13 +150,10 @@ def plan_arrow_input(
     groups = len(units)
     if not whole:  # all units are row groups weighed by rows (with whole files, units >= target >= slots)
         units = _row_range_units(units, slots)
-    rebalance = None
-    if split:
-        rebalance = (f"{len(split)} of {len(kept)} file(s) split into row groups"
-                     + (f", {len(units) - groups} more piece(s) by row ranges" if len(units) > groups else "")
-                     + f" for {target_tasks} tasks")
-    return ArrowPlan(source, _bin_pack(units, target_tasks), files=len(infos),
-                     corrupt_files=sorted(set(corrupt) | set(exclude)), rebalance=rebalance)
+    if not split:
+        return units, None
+    ranges = f", {len(units) - groups} more piece(s) by row ranges" if len(units) > groups else ""
+    return units, f"{len(split)} of {len(kept)} file(s) split into row groups{ranges} for {target_tasks} tasks"
 
 
 def _partition_names(infos: list[Any], base: str, schema: pa.Schema) -> tuple[str, ...]:
