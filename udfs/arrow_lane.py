@@ -61,6 +61,7 @@ class ArrowPlan:
     tasks: list[list[dict[str, Any]]]
     files: int
     corrupt_files: list[str] = field(default_factory=list)
+    rebalance: str | None = None  # how files were split across tasks (None: whole files packed)
 
 
 def _partitioning(schema: pa.Schema, names: tuple[str, ...]) -> ds.Partitioning:
@@ -80,17 +81,26 @@ def plan_arrow_input(
     *,
     row_filter: RowFilter | None = None,
     target_tasks: int,
+    slots: int = 1,
     ignore_corrupt_files: bool = False,
     exclude: frozenset[str] = frozenset(),
 ) -> ArrowPlan:
     """Plan the fragments of a (hive-partitioned) Parquet dataset for `target_tasks` tasks.
+
+    Fewer files than tasks: every file is split by row group (its footer read); else files
+    larger than an even share (total bytes / target_tasks) are, so one large file among
+    small ones does not make one long task. Fewer pieces than `slots` still (a file of one
+    row group): the largest row groups are cut into row ranges, each read by its own task
+    (every range decodes its row group's columns again: decoding costs far less than
+    scoring the rows).
 
     Args:
         root: dataset path or URI.
         schema: the Spark-typed Arrow schema of the dataset (partition columns included).
         columns: the columns tasks must return.
         row_filter: the rows to keep (`udfs.arrow_filter.arrow_filter`); prunes partitions and row groups too.
-        target_tasks: about how many tasks to make (e.g. 2× the cluster's cores).
+        target_tasks: about how many tasks to make (udfs.planning: 2 per task slot).
+        slots: the executors' task slots: at least this many pieces when rows allow.
         exclude: files to leave out (corrupt files found beforehand).
 
     Raises:
@@ -119,13 +129,31 @@ def plan_arrow_input(
     dataset = ds.FileSystemDataset(frags, schema, fmt, fs)
     kept = list(dataset.get_fragments(filter=prune)) if prune is not None else frags  # partition pruning
     corrupt: list[str] = []
-    if len(kept) >= target_tasks:
-        sizes = {i.path: i.size for i in infos}
-        units = [(sizes.get(f.path, 1), {"path": f.path, "row_groups": None}) for f in kept]
-    else:  # few files: split them by row group (reads their footers) to use every core
-        units = _row_group_units(kept, schema, prune, ignore_corrupt_files, corrupt)
+    units, rebalance = _plan_units(kept, {i.path: i.size for i in infos}, schema, prune, ignore_corrupt_files,
+                                   corrupt, target_tasks=target_tasks, slots=slots)
     return ArrowPlan(source, _bin_pack(units, target_tasks), files=len(infos),
-                     corrupt_files=sorted(set(corrupt) | set(exclude)))
+                     corrupt_files=sorted(set(corrupt) | set(exclude)), rebalance=rebalance)
+
+
+Unit = tuple[int, dict[str, Any]]  # (weight, {"path", "row_groups", and "rows" for a row range})
+
+
+def _plan_units(kept: list[Any], sizes: dict[str, int], schema: pa.Schema, prune: Any, ignore_corrupt_files: bool,
+                corrupt: list[str], *, target_tasks: int, slots: int) -> tuple[list[Unit], str | None]:
+    """(weighed units to pack, how files were split or None) (`plan_arrow_input` says when files are split)."""
+    share = sum(sizes.get(f.path, 1) for f in kept) / max(1, target_tasks)
+    split = kept if len(kept) < target_tasks else [f for f in kept if sizes.get(f.path, 1) > share]
+    split_paths = {f.path for f in split}
+    units = [(sizes.get(f.path, 1), {"path": f.path, "row_groups": None}) for f in kept if f.path not in split_paths]
+    whole = bool(units)  # whole files among the units: row groups are weighed by bytes too
+    units += _row_group_units(split, schema, prune, ignore_corrupt_files, corrupt, sizes=sizes if whole else None)
+    groups = len(units)
+    if not whole:  # all units are row groups weighed by rows (with whole files, units >= target >= slots)
+        units = _row_range_units(units, slots)
+    if not split:
+        return units, None
+    ranges = f", {len(units) - groups} more piece(s) by row ranges" if len(units) > groups else ""
+    return units, f"{len(split)} of {len(kept)} file(s) split into row groups{ranges} for {target_tasks} tasks"
 
 
 def _partition_names(infos: list[Any], base: str, schema: pa.Schema) -> tuple[str, ...]:
@@ -139,9 +167,10 @@ def _partition_names(infos: list[Any], base: str, schema: pa.Schema) -> tuple[st
 
 
 def _row_group_units(kept: list[Any], schema: pa.Schema, prune: Any, ignore_corrupt_files: bool,
-                     corrupt: list[str]) -> list[tuple[int, dict[str, Any]]]:
+                     corrupt: list[str], *, sizes: dict[str, int] | None = None) -> list[tuple[int, dict[str, Any]]]:
     """(rows, unit) for each row group the filter's statistics keep; unreadable files go to `corrupt`
-    when ignored, else raise InputError."""
+    when ignored, else raise InputError. With `sizes` (file bytes), weights are the group's share of
+    its file's bytes instead of rows, to pack beside whole files weighed by bytes."""
     units: list[tuple[int, dict[str, Any]]] = []
     for f in kept:
         try:
@@ -155,10 +184,33 @@ def _row_group_units(kept: list[Any], schema: pa.Schema, prune: Any, ignore_corr
             pieces = f.split_by_row_group(filter=prune, schema=schema)
         except pa.ArrowInvalid as e:
             raise InputError(f"input.filter cannot be applied to {f.path}: {str(e).splitlines()[0]}") from None
+        per_row = sizes[f.path] / max(1, f.metadata.num_rows) if sizes is not None else 1.0
         for p in pieces:
             rg = [r.id for r in p.row_groups]
-            units.append((max(sum(r.num_rows for r in p.row_groups), 1), {"path": f.path, "row_groups": rg}))
+            rows = sum(r.num_rows for r in p.row_groups)
+            units.append((max(round(rows * per_row), 1), {"path": f.path, "row_groups": rg}))
     return units
+
+
+def _row_range_units(units: list[tuple[int, dict[str, Any]]], slots: int) -> list[tuple[int, dict[str, Any]]]:
+    """Cut the largest one-row-group units into halves by row range until there are `slots` units."""
+    units = list(units)
+    while len(units) < slots:
+        ranged = [u for u in units if u[1]["row_groups"] is not None and len(u[1]["row_groups"]) == 1
+                  and _rows_of(u) >= 2]
+        if not ranged:
+            break
+        unit = max(ranged, key=_rows_of)
+        units.remove(unit)
+        start, stop = unit[1].get("rows") or (0, unit[0])
+        mid = (start + stop) // 2
+        units += [(b - a, {**unit[1], "rows": [a, b]}) for a, b in ((start, mid), (mid, stop))]
+    return units
+
+
+def _rows_of(unit: tuple[int, dict[str, Any]]) -> int:
+    rows = unit[1].get("rows")
+    return rows[1] - rows[0] if rows else unit[0]
 
 
 def _bin_pack(units: list[tuple[int, dict[str, Any]]], n: int) -> list[list[dict[str, Any]]]:
@@ -170,17 +222,20 @@ def _bin_pack(units: list[tuple[int, dict[str, Any]]], n: int) -> list[list[dict
     for w, u in sorted(units, key=lambda x: -x[0]):
         i = min(range(n), key=lambda k: bins[k][0])
         bins[i] = (bins[i][0] + w, bins[i][1] + [u])
-    # merge row groups of the same file within a task, in file order
+    # merge row groups of the same file within a task, in file order (row ranges stay apart)
     tasks = []
     for _, us in bins:
         by_file: dict[str, list[int] | None] = {}
+        ranges = sorted((u for u in us if u.get("rows")), key=lambda u: (u["path"], u["row_groups"], u["rows"]))
         for u in us:
+            if u.get("rows"):
+                continue
             if u["row_groups"] is None:
                 by_file[u["path"]] = None
             else:
                 prev = by_file.get(u["path"], [])
                 by_file[u["path"]] = sorted((prev or []) + u["row_groups"])
-        tasks.append([{"path": p, "row_groups": rg} for p, rg in sorted(by_file.items())])
+        tasks.append([*({"path": p, "row_groups": rg} for p, rg in sorted(by_file.items())), *ranges])
     return [t for t in tasks if t]
 
 
@@ -207,9 +262,14 @@ class _UnitReader:
         frag.physical_schema  # noqa: B018 - opens the file and reads its footer
         return ds.FileSystemDataset([frag], self.schema, self.fmt, self.fs)
 
-    def batches(self, dataset: ds.FileSystemDataset, columns: list[str], **scan: Any) -> Iterator[pa.RecordBatch]:
+    def batches(self, dataset: ds.FileSystemDataset, columns: list[str], *, rows: list[int] | None = None,
+                **scan: Any) -> Iterator[pa.RecordBatch]:
         """The rows of `columns` the filter keeps: pruned by statistics where they can be trusted,
-        then filtered exactly (reading the filter's own columns too)."""
+        then filtered exactly (reading the filter's own columns too); only rows `[start, stop)` of a
+        one-row-group dataset when `rows` is given."""
+        if rows is not None:
+            yield from self._row_range(dataset, columns, rows, **scan)
+            return
         f = self.filter
         if f is None or not f.after_read:
             yield from dataset.to_batches(columns=columns, filter=f.prune if f else None, **scan)
@@ -217,6 +277,21 @@ class _UnitReader:
         read = list(dict.fromkeys([*columns, *f.columns]))
         for batch in dataset.to_batches(columns=read, filter=f.prune, **scan):
             yield batch.filter(f.exact).select(columns)
+
+
+    def _row_range(self, dataset: ds.FileSystemDataset, columns: list[str], rows: list[int],
+                   **scan: Any) -> Iterator[pa.RecordBatch]:
+        """Rows `[start, stop)` of the row group, counted before any filter, then filtered exactly."""
+        f, (start, stop), seen = self.filter, rows, 0
+        read = list(dict.fromkeys([*columns, *(f.columns if f else ())]))
+        for batch in dataset.to_batches(columns=read, **scan):  # no filter: positions count every row
+            a, b = max(start - seen, 0), min(stop - seen, batch.num_rows)
+            seen += batch.num_rows
+            if a < b:
+                part = batch.slice(a, b - a)
+                yield (part.filter(f.exact) if f is not None else part).select(columns)
+            if seen >= stop:
+                return
 
 
 def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, int]) -> Iterator[pa.RecordBatch]:
@@ -231,7 +306,7 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
                 raise InputError(_corrupt_message(unit["path"], e)) from None
             counters["corrupt_files"] = counters.get("corrupt_files", 0) + 1
             continue
-        for batch in reader.batches(dataset, list(source.columns), batch_size=READ_BATCH_ROWS,
+        for batch in reader.batches(dataset, list(source.columns), rows=unit.get("rows"), batch_size=READ_BATCH_ROWS,
                                     batch_readahead=2, fragment_readahead=1):
             if batch.num_rows:
                 yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)

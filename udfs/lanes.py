@@ -13,6 +13,7 @@ from batchscore.udfs.arrow_filter import UnsupportedFilter, arrow_filter
 from batchscore.udfs.arrow_lane import ArrowPlan, UnsupportedInput, plan_arrow_input, sample_rows
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.job_spec import InputSpec
+from batchscore.udfs.planning import TASKS_PER_SLOT
 from batchscore.udfs.scoring import ScoringPlan
 from batchscore.udfs.storage import HadoopFs
 
@@ -34,17 +35,20 @@ _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 2
 
 
 def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: list[str],
-                      *, df: Any, exclude: frozenset[str] = frozenset()) -> ArrowPlan | None:
+                      *, df: Any, exclude: frozenset[str] = frozenset(), slots: int | None = None) -> ArrowPlan | None:
     """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged).
 
     `df` is the filtered input DataFrame: Spark's optimised plan of it gives the filter
-    the Arrow lane applies (udfs.arrow_filter).
+    the Arrow lane applies (udfs.arrow_filter). `slots`: the executors' task slots
+    (udfs.planning.task_slots; default: the default parallelism); the plan aims at
+    `TASKS_PER_SLOT` tasks per slot.
 
     Raises:
         ConfigError: `input.lane: arrow` where the Arrow lane cannot read the input.
     """
     if spec.lane == "dataframe":
         return None
+    slots = slots or spark.sparkContext.defaultParallelism
     if spec.format != "parquet":
         if spec.lane == "arrow":
             raise ConfigError(f"input.lane 'arrow' reads plain Parquet only; input.format is '{spec.format}'")
@@ -54,7 +58,7 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
         return plan_arrow_input(
             HadoopFs(spark).qualify(spec.path), schema, columns,
             row_filter=arrow_filter(df, schema) if spec.filter else None,
-            target_tasks=2 * spark.sparkContext.defaultParallelism,
+            target_tasks=TASKS_PER_SLOT * slots, slots=slots,
             ignore_corrupt_files=spec.ignore_corrupt_files, exclude=exclude)
     except (UnsupportedFilter, UnsupportedInput) as e:
         if spec.lane == "arrow":

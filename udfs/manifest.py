@@ -34,6 +34,7 @@ class ModelInfo:
     batch_size: int | None = None
     sharing: str | None = None  # worker | executor
     placement: str | None = None  # replicate | split
+    pipeline_stages: int | None = None  # devices a split model ran on in the workers (max; 1: not split)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,19 @@ class SparkInfo:
     class_archive: str | None = None  # the JVM class-data archive the driver started with (jobs/jvm_cache.py)
 
 
-_NESTED = {"model": ModelInfo, "input": InputInfo, "output": OutputInfo, "spark": SparkInfo}
+@dataclass(frozen=True)
+class PlanningInfo:
+    """How the run spread its rows over the executors (udfs.planning)."""
+
+    slots: int | None = None  # tasks the executors run at once
+    slots_source: str | None = None  # executors | conf | default_parallelism
+    input_partitions: int | None = None  # DataFrame lane: Spark's input partitions; Arrow lane: input files
+    tasks: int | None = None  # scoring tasks
+    rebalanced: bool | None = None
+    reason: str | None = None
+
+
+_NESTED = {"model": ModelInfo, "input": InputInfo, "output": OutputInfo, "spark": SparkInfo, "planning": PlanningInfo}
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class RunManifest:
     input: InputInfo = InputInfo()
     output: OutputInfo = OutputInfo()
     lane: str | None = None
+    planning: PlanningInfo = PlanningInfo()
     started_at: str | None = None
     finished_at: str | None = None
     seconds_total: float | None = None

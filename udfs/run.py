@@ -6,6 +6,7 @@ builds no session) and returns the `RunManifest` it wrote last.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -30,7 +31,17 @@ from batchscore.udfs.lanes import (
     sample_array_columns,
     temporary_conf,
 )
-from batchscore.udfs.manifest import MANIFEST_NAME, InputInfo, ModelInfo, OutputInfo, RunManifest, SparkInfo
+from batchscore.udfs.manifest import (
+    MANIFEST_NAME,
+    InputInfo,
+    ModelInfo,
+    OutputInfo,
+    PlanningInfo,
+    RunManifest,
+    SparkInfo,
+)
+from batchscore.udfs.placement import check_splittable
+from batchscore.udfs.planning import TaskPlanning, plan_tasks, task_slots
 from batchscore.udfs.progress import scoring_progress
 from batchscore.udfs.scoring import (
     ModelRuntime,
@@ -64,6 +75,7 @@ class RunPlan:
     arrow_plan: ArrowPlan | None  # None: the DataFrame lane
     corrupt: list[str]  # input files skipped (input.ignore_corrupt_files)
     warmup: Warmup | None = None  # the warm-up job started while planning (model.warmup)
+    planning: TaskPlanning | None = None  # slots, tasks and rebalancing (udfs.planning)
 
     @property
     def lane(self) -> str:
@@ -178,9 +190,10 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
     runtime = ModelRuntime(spec.model.sharing, spec.model.placement, spec.model.gpu_memory_mb)
-    if (runtime.sharing, runtime.placement) != ("worker", "replicate"):
-        raise ConfigError("model.sharing and model.placement other than their defaults "
-                          "(worker, replicate) are not supported yet")
+    if runtime.sharing != "worker":
+        raise ConfigError("model.sharing other than its default (worker) is not supported yet")
+    if runtime.placement == "split":
+        check_splittable(signature.path)
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
                            batch_size=spec.model.batch_size, keep_columns=keep,
                            rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
@@ -191,15 +204,17 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
         corrupt = corrupt_parquet_files(spark, spec.input.path)
         for f in corrupt:
             log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
+    slots = task_slots(spark.sparkContext)
     arrow_plan = choose_arrow_plan(spark, spec.input, schema, scoring.input_columns, df=df,
-                                   exclude=frozenset(corrupt))
+                                   exclude=frozenset(corrupt), slots=slots.count)
+    planning = plan_tasks(df, slots, arrow_plan=arrow_plan, batch_size=spec.model.batch_size)
     try:
         sample = sample_array_columns(df, scoring, arrow_plan)
     except Exception as e:  # noqa: BLE001 - e.g. a corrupt input file met while sampling
         raise filter_failure(e, spec.input.filter) or translate_spark_error(e) from None
     check_sample(scoring.feeds, sample)
     clock.phase("sample_and_checks")
-    return RunPlan(spec, *ids, keep, signature, df, scoring, arrow_plan, corrupt, warmup)
+    return RunPlan(spec, *ids, keep, signature, df, scoring, arrow_plan, corrupt, warmup, planning)
 
 
 def output_paths(fs: HadoopFs, spec: JobSpec) -> tuple[str, str]:
@@ -264,7 +279,8 @@ def score_into_staging(spark: Any, plan: RunPlan, staging: str, accumulator: Any
     if plan.arrow_plan is not None:
         scored = with_predictions_from_files(spark, plan.arrow_plan, plan.scoring, accumulator)
     else:
-        scored = with_predictions(plan.df, plan.scoring, accumulator)
+        rebalance = plan.planning.tasks if plan.planning is not None and plan.planning.rebalanced else None
+        scored = with_predictions(plan.df, plan.scoring, accumulator, partitions=rebalance)
         write_conf.update(arrow_batch_conf(spark, fixed_row_bytes(arrow_schema_of(plan.df), plan.scoring)))
     log.info("scoring with the %s lane", plan.lane)
     clock.phase("sample_and_checks")
@@ -408,13 +424,14 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         rows_in=counts.rows_in, rows_scored=counts.rows_scored, rows_quarantined=counts.rows_quarantined,
         quarantine_reasons=counts.reasons,
         model=ModelInfo(sig.path, sig.fingerprint, sig.signature, spec.model.distribution, spec.model.batch_size,
-                        spec.model.sharing, spec.model.placement),
+                        spec.model.sharing, spec.model.placement, stats.get("pipeline_stages")),
         input=InputInfo(spec.input.path, spec.input.format, spec.input.filter),
         output=OutputInfo(plan.out_path, spec.output.mode, plan.q_path, [*plan.keep, *plan.scoring.output_names],
                           data_path=published.data_path if published else None,
                           quarantine_data_path=published.quarantine_data_path if published else None,
                           format=spec.output.format),
         lane=plan.lane,
+        planning=PlanningInfo(**dataclasses.asdict(plan.planning)) if plan.planning else PlanningInfo(),
         started_at=clock.started_at,
         finished_at=_now(),
         seconds_total=clock.seconds_total(),

@@ -3,10 +3,12 @@
 Importing TensorFlow costs the driver seconds; `saved_model.pb` is a plain protobuf, so
 the messages on the path to a signature's tensors are declared here with the `protobuf`
 package alone: SavedModel -> MetaGraphDef -> signature_def -> SignatureDef -> TensorInfo
-{name, dtype, tensor_shape} -> TensorShapeProto {dim {size}, unknown_rank}. Field numbers
-are TensorFlow's (tensorflow/core/protobuf/meta_graph.proto, saved_model.proto,
-framework/tensor_shape.proto); the parser skips every field not declared (the graph, the
-object graph, assets).
+{name, dtype, tensor_shape} -> TensorShapeProto {dim {size}, unknown_rank}, and the object
+graph's children names (MetaGraphDef -> object_graph_def -> nodes -> children {node_id,
+local_name}: the stages of `model.placement: split`). Field numbers are TensorFlow's
+(tensorflow/core/protobuf/meta_graph.proto, saved_model.proto, saved_object_graph.proto,
+trackable_object_graph.proto, framework/tensor_shape.proto); the parser skips every field
+not declared (the graph, functions, assets).
 """
 from __future__ import annotations
 
@@ -67,8 +69,16 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     _map_field(sig, "inputs", 1, "TensorInfo")
     _map_field(sig, "outputs", 2, "TensorInfo")
     _field(sig, "method_name", 3, _F.TYPE_STRING)
+    ref = fd.message_type.add(name="ObjectReference")  # TrackableObject.ObjectReference
+    _field(ref, "node_id", 1, _F.TYPE_INT32)
+    _field(ref, "local_name", 2, _F.TYPE_STRING)
+    obj = fd.message_type.add(name="SavedObject")
+    _field(obj, "children", 1, _F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name="ObjectReference")
+    graph = fd.message_type.add(name="SavedObjectGraph")
+    _field(graph, "nodes", 1, _F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name="SavedObject")
     meta = fd.message_type.add(name="MetaGraphDef")
     _map_field(meta, "signature_def", 5, "SignatureDef")
+    _field(meta, "object_graph_def", 7, _F.TYPE_MESSAGE, type_name="SavedObjectGraph")
     saved = fd.message_type.add(name="SavedModel")
     _field(saved, "saved_model_schema_version", 1, _F.TYPE_INT64)
     _field(saved, "meta_graphs", 2, _F.TYPE_MESSAGE, label=_F.LABEL_REPEATED, type_name="MetaGraphDef")

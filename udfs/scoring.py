@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from batchscore.udfs import devices, model_cache
+from batchscore.udfs import devices, model_cache, placement
 from batchscore.udfs import tensor_types as tt
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import InputFeed, bind_inputs, required_columns
@@ -167,10 +167,16 @@ def task_predictor(plan: ScoringPlan) -> model_cache.PredictFn:
     the model loaded once per worker (`plan.runtime` says where and how it runs)."""
     cores, gpus = task_resources()
     model_cache.configure_threads(cores)
+    placement.configure_cpu_devices()  # $BATCHSCORE_CPU_DEVICES: logical CPU devices, before TF's runtime starts
     device = devices.pin_task(gpus, memory_mb=plan.runtime.gpu_memory_mb)  # before TF's runtime starts
-    return model_cache.get_predict_fn(plan.source.fingerprint + "/" + plan.signature.signature,
-                                      devices.placed(model_loader(plan.source, plan.signature.signature), device),
-                                      device=device.name)
+    key = plan.source.fingerprint + "/" + plan.signature.signature
+    load = model_loader(plan.source, plan.signature.signature)
+    if plan.runtime.placement == "split":  # udfs/placement.py: stages over the task's devices
+        names = list(device.names) or None  # the task's assigned GPUs; none: every device the worker has
+        key = f"{key}/split/{plan.batch_size}/{','.join(names or [])}"
+        return model_cache.get_predict_fn(key, placement.split_loader(
+            plan.source, plan.signature, batch_size=plan.batch_size, replicate=load, devices=names))
+    return model_cache.get_predict_fn(key, devices.placed(load, device), device=device.name)
 
 
 def score_batches(
@@ -201,6 +207,7 @@ def score_batches(
         stats.update(scorer.stats.as_dict())
         stats.update(worker_stats(model_cache.load_count() - loads_before, spent_before))
         stats["first_task_at"] = task_start
+        stats["pipeline_stages"] = placement.pipeline_stages(predict)
         stats["last_task_end_at"] = time.time()
 
 
@@ -278,12 +285,19 @@ def pack_stacked_feeds(df: Any, plan: ScoringPlan) -> tuple[list[Any], ScoringPl
     return [*plain, *packed.values()], plan
 
 
-def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None) -> Any:
-    """DataFrame lane: `df` -> keep columns + predictions + bs__reason + bs__column."""
+def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None, *, partitions: int | None = None) -> Any:
+    """DataFrame lane: `df` -> keep columns + predictions + bs__reason + bs__column.
+
+    Args:
+        partitions: rebalance first: a round-robin repartition of the selected columns into this many
+            partitions (udfs.planning.plan_dataframe_tasks says when it pays).
+    """
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     select, plan = pack_stacked_feeds(df, plan)
     selected = df.select(*select)
+    if partitions is not None:  # only the columns scoring reads cross the shuffle
+        selected = selected.repartition(partitions)
     arrow_in = to_arrow_schema(selected.schema)
     out_schema = from_arrow_schema(scored_schema(plan, arrow_in))
     return selected.mapInArrow(partition_scorer(plan, accumulator), out_schema)

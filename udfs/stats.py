@@ -5,7 +5,7 @@ from typing import Any
 
 from pyspark.accumulators import AccumulatorParam
 
-_MAX_KEYS = {"max_call_rows", "max_batch_rows", "last_task_end_at"}
+_MAX_KEYS = {"max_call_rows", "max_batch_rows", "last_task_end_at", "pipeline_stages"}
 _MIN_KEYS = {"first_task_at"}
 _DICT_MAX_KEYS = {"peak_rss_mb", "worker_started_at", "daemon_tf_import_s", "daemon_prestarted", "daemon_launched_at"}
 _DICT_TEXT_KEYS = {"devices"}  # per worker: the devices its tasks used, "; "-joined
