@@ -173,7 +173,8 @@ def _spark_home(tmp_path: Path) -> str:
     home = tmp_path / "spark_home"
     home.mkdir()
     for name in os.listdir(real):
-        (home / name).symlink_to(os.path.join(real, name))
+        if name != "work":  # another local-cluster run's executor logs, if one ran with pyspark's own home
+            (home / name).symlink_to(os.path.join(real, name))
     return str(home)
 
 
