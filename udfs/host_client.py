@@ -37,6 +37,7 @@ import numpy as np
 from batchscore.udfs import host_protocol
 from batchscore.udfs.batching import ModelUnavailable
 from batchscore.udfs.errors import ModelError
+from batchscore.udfs.worker_tuning import freeze_long_lived_objects
 
 HOST_DIR_ENV = "BATCHSCORE_HOST_DIR"
 START_TIMEOUT_S = 600.0  # TF's import and a large model's load
@@ -303,6 +304,8 @@ def client_predictor(plan: Any, *, cores: int, gpus: list[str]) -> HostClient:
     client = connect(model_path=plan.source.local_path, fingerprint=plan.source.fingerprint,
                      signature=plan.signature.signature, batch_size=plan.batch_size,
                      wait_ms=plan.runtime.host_wait_ms, cores=cores, gpus=gpus)
+    if not _task_client:  # this worker's first scoring task: what it holds now (TF's modules from the
+        freeze_long_lived_objects()  # daemon) leaves PySpark's per-task gc pass, as a model load does
     _task_client[:] = [client]
     return client
 
