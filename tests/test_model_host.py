@@ -227,7 +227,7 @@ def test_executor_cores_from_conf_and_local_masters() -> None:
 
 
 def test_host_wait_ms_is_validated_naming_the_key() -> None:
-    with pytest.raises(ConfigError, match="model.host_wait_ms"):
+    with pytest.raises(ConfigError, match=r"model\.host_wait_ms"):
         support.job_spec("in", "m", "out", "model.host_wait_ms=-1")
 
 

@@ -10,7 +10,7 @@ row per tensor row (the tensors of a message share their leading dimension `n`):
 - numeric and bool tensors keep their Arrow type (`kind: native`), string tensors
   (numpy object arrays of str or bytes) are string or binary columns (`kind: object`),
   anything else (e.g. bfloat16) travels as its raw bytes, `uint8` values
-  (`kind: raw`); the numpy dtype is in `dtype`.
+  (`kind: raw`); the numpy dtype is in `dtype` (its name for raw bytes, e.g. `bfloat16`).
 
 The schema's metadata carries the message's fields (`op`: `hello` | `predict` in a
 request; host id, loads, `error` in a reply), all strings. Numeric columns are
@@ -99,7 +99,7 @@ def _column(name: str, a: np.ndarray) -> tuple[pa.Field, pa.Array]:
     col = pa.FixedSizeListArray.from_arrays(values, size) if inner or kind == "raw" else values
     if len(col) != n:
         raise ValueError(f"tensor '{name}' of shape {a.shape} does not fit {n} rows")
-    meta = {"shape": json.dumps(inner), "dtype": a.dtype.str, "kind": kind}
+    meta = {"shape": json.dumps(inner), "dtype": a.dtype.name if kind == "raw" else a.dtype.str, "kind": kind}
     return pa.field(name, col.type, metadata=meta), col
 
 
@@ -111,5 +111,15 @@ def _tensor(field: pa.Field, col: pa.Array) -> np.ndarray:
     if kind == "object":
         return values.to_numpy(zero_copy_only=False).astype(object, copy=False).reshape(n, *inner)
     if kind == "raw":
-        return values.to_numpy().view(np.dtype(meta["dtype"])).reshape(n, *inner)
+        return values.to_numpy().view(_extension_dtype(meta["dtype"])).reshape(n, *inner)
     return values.to_numpy(zero_copy_only=False).astype(np.dtype(meta["dtype"]), copy=False).reshape(n, *inner)
+
+
+def _extension_dtype(name: str) -> np.dtype:
+    """A numpy dtype by name, also those of ml_dtypes (bfloat16, float8_*) that TensorFlow uses."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes  # noqa: PLC0415 - installed with TensorFlow; only tensors of its types need it
+
+        return np.dtype(getattr(ml_dtypes, name))
