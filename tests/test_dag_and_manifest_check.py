@@ -118,7 +118,7 @@ def test_run_manifest_json_round_trip_keeps_fields_in_order_and_drops_secrets() 
     assert list(data)[:6] == ["status", "run_id", "rows_in", "rows_scored", "rows_quarantined", "quarantine_reasons"]
     assert data["input"]["path"] == "s3a://***@bucket/in" and "hunter2" not in m.to_json().decode()
     assert data["model"] == {"path": "/models/m", "fingerprint": "f00d", "signature": "serving_default",
-                             "distribution": None, "batch_size": None}
+                             "distribution": None, "batch_size": None, "sharing": None, "placement": None}
     assert RunManifest.from_json(m.to_json()) == RunManifest.from_dict({**m.to_dict(), "input": data["input"]})
     assert RunManifest.from_dict({**_good_manifest(), "added_by_a_newer_run": 1}) == RunManifest.from_dict(
         _good_manifest())
