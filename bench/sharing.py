@@ -10,9 +10,10 @@ the order; each figure is the median of its runs.
 
 Reported per rows point: seconds (start to committed output), rows/s of the scoring
 (the manifest's), the ratio executor/worker (target >= 0.9 on CPU), model loads, and
-the resident memory of the model copies: the sum of the peak RSS of the processes that
-hold a model (the scoring workers under `worker`; the host under `executor`, plus its
-workers, which only convert and forward rows). Target: one copy per executor.
+the resident memory of the model copies: the sums of the peak RSS and of the peak PSS of
+the processes that hold or serve the model (the Python workers under `worker`; the host
+under `executor`, plus its workers, which only convert and forward rows). Target: one copy
+per executor.
 Writes bench/results/sharing.{md,json} for the default settings, else bench/work/results/.
 """
 from __future__ import annotations
@@ -95,9 +96,9 @@ def host_sampler(host_dir: str, own_sessions: set[int], made: list[coldrun.TreeS
 
 
 def model_memory(sampler: Any) -> dict[str, Any]:
-    """Peak RSS of the processes holding or serving the model: scoring workers and hosts."""
+    """Peak RSS and PSS of the processes holding or serving the model: every Python worker and host."""
     hosts = [p for pid, p in sampler.procs.items() if pid in sampler.hosts and p.peak_rss_mb > 0]
-    workers = [p for pid, p in sampler.procs.items() if p.worker and pid not in sampler.hosts and p.cpu_s >= 0.5]
+    workers = [p for pid, p in sampler.procs.items() if p.worker and pid not in sampler.hosts and p.peak_rss_mb > 0]
     pss = sampler.peak_pss_mb
     return {"hosts": len(hosts), "host_rss_mb": [round(p.peak_rss_mb, 1) for p in hosts],
             "worker_rss_mb": sorted(round(p.peak_rss_mb, 1) for p in workers),
@@ -200,7 +201,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"command alone on the machine; figures are medians. Machine: {res['machine'].get('cpu_model', '?')}, "
         f"{res['machine'].get('usable_cores', '?')} cores. Started {res['started_at']}.", "",
         "Model RSS: the sum of the peak resident memory of the processes that hold or serve the model "
-        "(`worker`: the scoring Python workers; `executor`: the model host plus the workers that forward "
+        "(`worker`: the Python workers; `executor`: the model host plus the workers that forward "
         "rows to it). RSS counts the pages a worker shares with its daemon (TensorFlow imported before "
         "the fork) in every worker; PSS splits them among the sharers (sampled once a second).", "",
         "| rows | mode | seconds | rows/s (cold) | rows/s (scoring) | model loads | model PSS MB | model RSS MB "

@@ -173,6 +173,9 @@ class HostClient:
 
 
 _clients: dict[str, HostClient] = {}  # this worker's connections, by host key
+# `python -c _DETACH -m batchscore.udfs.model_host ...`: fork, the parent exits at once, the child
+# execs the host (a fresh interpreter: nothing is forked after imports)
+_DETACH = "import os, sys; os.fork() and os._exit(0); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
 
 
 def connect(*, model_path: Callable[[], str], fingerprint: str, signature: str, batch_size: int, wait_ms: float,
@@ -239,7 +242,7 @@ def _start_host(files: HostFiles, *, model_path: Callable[[], str], fingerprint:
             os.unlink(stale)
     incarnation, path = _next_incarnation(files), model_path()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the worker's own imports
-    cmd = [sys.executable, "-m", "batchscore.udfs.model_host", "--socket", files.socket, "--model", path,
+    cmd = [sys.executable, "-c", _DETACH, "-m", "batchscore.udfs.model_host", "--socket", files.socket, "--model", path,
            "--fingerprint", fingerprint, "--signature", signature, "--batch-size", str(batch_size),
            "--wait-ms", str(wait_ms), "--cores", str(cores), "--gpus", ",".join(gpus),
            "--watch", str(watch), "--host-id", f"{spark_executor_id()}/{incarnation}",
@@ -247,12 +250,12 @@ def _start_host(files: HostFiles, *, model_path: Callable[[], str], fingerprint:
     with open(files.path("log"), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
                                 start_new_session=True)  # its own session: Spark's signals to workers miss it
+    proc.wait()  # the short-lived parent of the double fork: the host is re-parented, never our zombie
     assert proc.stdout is not None
     try:
         line = _read_line(proc.stdout.fileno(), START_TIMEOUT_S)
     finally:
         proc.stdout.close()
-        proc.wait()  # the intermediate process of the host's double fork
     if line.startswith("ready"):
         return
     if line.startswith("error"):

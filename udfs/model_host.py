@@ -13,8 +13,9 @@ model call of at most `model.batch_size` rows, waiting at most `model.host_wait_
 for more rows after the first request; a request larger than the batch size is
 scored in batch-size chunks.
 
-Lifecycle: started detached (its own session, re-parented by a double fork), so a
-worker's exit or its daemon's SIGHUP to the workers does not end it; it watches the
+Lifecycle: started detached (its own session, re-parented by a double fork, see
+udfs/host_client.py), so a worker's exit or its daemon's SIGHUP to the workers does
+not end it; it watches the
 process that forked the starting worker (PySpark's daemon, or the executor JVM when
 there is no daemon: both end with the executor, also after a kill -9 of the JVM, when
 the daemon reads end-of-file on its stdin) and exits within a second once it is
@@ -268,12 +269,6 @@ def remove_files(*paths: str | None) -> None:
                 os.unlink(p)
 
 
-def _detach() -> None:
-    """Fork; the parent exits at once (its starter reaps it), the child is re-parented and never a zombie."""
-    if os.fork():
-        os._exit(0)
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="batchscore.udfs.model_host", description=__doc__.split("\n", 1)[0])
     p.add_argument("--socket", required=True, help="the Unix socket to listen on")
@@ -319,9 +314,8 @@ def _listen(path: str) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Detach, load the model, say `ready <pid>` (or `error <message>`) on stdout, then serve."""
+    """Load the model, say `ready <pid>` (or `error <message>`) on stdout, then serve."""
     args = _parse_args(argv)
-    _detach()
     files = json.loads(args.files)
     ready = os.fdopen(os.dup(1), "w")
     devnull = os.open(os.devnull, os.O_RDWR)
