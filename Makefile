@@ -11,7 +11,7 @@ export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo test test-fast test-airflow jars jvm-cache lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan \
-	bench-ray-venv bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
+	bench-sharing bench-ray-venv bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
 
 venv: $(VENV)/.installed
 
@@ -78,6 +78,10 @@ bench-cnn: venv jvm-cache
 
 bench-soak: venv jvm-cache
 	$(PY) -m bench.soak
+
+# model.sharing executor vs worker on local[2], cold, each alone (bench/sharing.py; ~6 min)
+bench-sharing: venv jvm-cache
+	$(PY) -m bench.sharing
 
 # The old warm harness (secondary figures: one shared JVM, warm workers).
 bench-warm: venv jvm-cache

@@ -269,8 +269,12 @@ def _last_line(path: str) -> str:
 
 
 def timed_run(key: str, w: Workload, *, run_dir: str, own_sessions: set[int], th: quiet.Thresholds,
-              config: str | None = None, series: bool = False, timeout_s: float = RUN_TIMEOUT_S) -> dict[str, Any]:
-    """Run contender `key` on `w` cold and alone; returns the run's record (see bench/README.md)."""
+              config: str | None = None, series: bool = False, timeout_s: float = RUN_TIMEOUT_S,
+              sampler_cls: type[TreeSampler] | None = None) -> dict[str, Any]:
+    """Run contender `key` on `w` cold and alone; returns the run's record (see bench/README.md).
+
+    `sampler_cls`: a TreeSampler that also finds processes outside the command's session
+    (bench/sharing.py: the model host, detached into a session of its own)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     out, loads_dir = os.path.join(run_dir, "out"), os.path.join(run_dir, "loads")
@@ -282,7 +286,7 @@ def timed_run(key: str, w: Workload, *, run_dir: str, own_sessions: set[int], th
         proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=run_env(), stdout=so, stderr=se,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         own_sessions.add(proc.pid)
-        sampler = TreeSampler(proc.pid, key, series=series)
+        sampler = (sampler_cls or TreeSampler)(proc.pid, key, series=series)
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

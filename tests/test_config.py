@@ -18,7 +18,8 @@ def test_load_config_defaults() -> None:
         "ignore_corrupt_files": False, "pad": {}, "pad_multiple": 1, "mask": {},
         "version": None, "timestamp": None}
     assert cfg.model.model_dump() == {"path": "/models/m", "signature": "serving_default", "batch_size": 1024,
-                                      "distribution": "broadcast", "warmup": False}
+                                      "distribution": "broadcast", "sharing": "worker", "placement": "replicate",
+                                      "gpu_memory_mb": None, "host_wait_ms": 5.0, "warmup": False}
     assert cfg.output.model_dump() == {"path": "/data/out", "format": "parquet", "mode": "error", "partition_by": [],
                                        "keep_columns": [], "rename": {}}
     assert cfg.quarantine.model_dump() == {"path": None, "on_bad_rows": "quarantine"}

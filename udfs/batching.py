@@ -26,6 +26,11 @@ OK_REASON = "ok"
 NO_COLUMN = "_"
 
 
+class ModelUnavailable(RuntimeError):
+    """The process that runs the model is gone (a model host died, udfs/model_host.py): the task
+    fails and Spark retries it; its rows are never quarantined as rejected by the model."""
+
+
 @dataclass
 class ScoreStats:
     """What one partition (or process) did; summed into the job's accumulator."""
@@ -158,6 +163,8 @@ class StreamScorer:
                 self._filler = {k: np.zeros_like(v[:1]) for k, v in out.items()}
             bad = convert.bad_prediction_rows(out, self.signature, m)
             reason = np.where(bad, convert.BAD_PREDICTION, convert.OK).astype(np.int8)
+        except ModelUnavailable:
+            raise
         except Exception as e:  # noqa: BLE001 - isolate the rows the model rejects
             out, reason = self._call_rows(chunk, m, e)
         out["__reason__"] = reason
@@ -175,6 +182,8 @@ class StreamScorer:
                 o = dict(self.predict({k: v[i : i + 1] for k, v in chunk.items()}))
                 reason[i] = convert.BAD_PREDICTION if convert.bad_prediction_rows(o, self.signature, 1)[0] else 0
                 parts.append(o)
+            except ModelUnavailable:
+                raise
             except Exception:  # noqa: BLE001 - isolate the rows the model rejects, whatever it raises
                 parts.append(None)
         template = next((p for p in parts if p is not None), None) or self._filler

@@ -72,6 +72,9 @@ class ModelSpec(_Section):
     # task's devices, run as a pipeline over micro-batches (issue 13)
     placement: Literal["replicate", "split"] = "replicate"
     gpu_memory_mb: PositiveInt | None = None  # a per-process GPU memory limit; default: memory growth
+    # sharing executor: after a request, how long the host waits for requests of other workers
+    # to join into one model call (up to batch_size rows); 0: never wait
+    host_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
     # Start every task slot's Python worker and import TF while the driver plans. Off until the
     # cold benchmark shows it pays: in the one quiet run measured it did not overlap planning.
     warmup: bool = False
@@ -121,6 +124,7 @@ _EXPECTED = {
     "input.version": "must be a Delta table version (an integer >= 0)",
     "input.timestamp": "must be a timestamp string such as '2026-03-01 12:00:00'",
     "model.gpu_memory_mb": "must be a positive integer (MB of GPU memory per process)",
+    "model.host_wait_ms": "must be a number of milliseconds from 0 to 1000",
 }
 # ... and for one entry of a mapping key (`output.rename.<output>`).
 _ENTRY_EXPECTED = {

@@ -106,6 +106,8 @@ class RunManifest:
     devices: dict[str, str] = field(default_factory=dict)
     rows_per_second: float | None = None
     model_loads: int = 0
+    # model.sharing executor: the model hosts' loads per executor id (a restarted host loads again)
+    model_loads_by_executor: dict[str, int] = field(default_factory=dict)
     model_calls: int = 0
     max_rows_per_call: int = 0
     max_rows_per_batch: int = 0

@@ -22,6 +22,7 @@ from batchscore.udfs.binding import check_sample
 from batchscore.udfs.clock import Clock, iso
 from batchscore.udfs.distribution import make_model_source
 from batchscore.udfs.errors import BatchscoreError, ConfigError, InputError
+from batchscore.udfs.host_client import executor_cores
 from batchscore.udfs.inputs import read_input
 from batchscore.udfs.job_spec import JobSpec
 from batchscore.udfs.lanes import (
@@ -53,7 +54,7 @@ from batchscore.udfs.scoring import (
 )
 from batchscore.udfs.signature import ModelSignature, read_signature
 from batchscore.udfs.spark_errors import translate_spark_error
-from batchscore.udfs.stats import make_stats_accumulator, model_loads
+from batchscore.udfs.stats import make_stats_accumulator, model_loads, model_loads_by_executor
 from batchscore.udfs.storage import HadoopFs, absolute, inside, is_object_store, pyarrow_uri
 from batchscore.udfs.warmup import Warmup, start_warmup, warmup_tasks
 
@@ -189,9 +190,13 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
     clock.phase("input_and_schema")
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
-    runtime = ModelRuntime(spec.model.sharing, spec.model.placement, spec.model.gpu_memory_mb)
-    if runtime.sharing != "worker":
-        raise ConfigError("model.sharing other than its default (worker) is not supported yet")
+    conf = spark.sparkContext.getConf()
+    runtime = ModelRuntime(spec.model.sharing, spec.model.placement, spec.model.gpu_memory_mb,
+                           host_wait_ms=spec.model.host_wait_ms,
+                           executor_cores=executor_cores(spark.sparkContext.master, conf.get("spark.executor.cores")))
+    if runtime.sharing == "executor" and runtime.placement == "split":
+        raise ConfigError("model.placement split needs model.sharing worker: the executor's model host "
+                          "replicates the model on its device")
     if runtime.placement == "split":
         check_splittable(signature.path)
     scoring = plan_scoring(signature, schema, source, columns=spec.input.columns,
@@ -441,6 +446,7 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         devices=dict(sorted(stats.get("devices", {}).items())),
         rows_per_second=round(counts.rows_in / seconds_scoring, 1) if seconds_scoring > 0 else None,
         model_loads=model_loads(stats),
+        model_loads_by_executor=model_loads_by_executor(stats),
         model_calls=stats.get("model_calls", 0),
         max_rows_per_call=stats.get("max_call_rows", 0),
         max_rows_per_batch=stats.get("max_batch_rows", 0),

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from batchscore.udfs import devices, model_cache, placement
+from batchscore.udfs import devices, host_client, model_cache, placement
 from batchscore.udfs import tensor_types as tt
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import InputFeed, bind_inputs, required_columns
@@ -30,6 +30,8 @@ class ModelRuntime:
     sharing: Literal["worker", "executor"] = "worker"
     placement: Literal["replicate", "split"] = "replicate"
     gpu_memory_mb: int | None = None
+    host_wait_ms: float = 5.0  # sharing executor: the host's wait for more rows after a request
+    executor_cores: int = 0  # sharing executor: the host's TF threads (0: TF's default), set on the driver
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,8 @@ def task_predictor(plan: ScoringPlan) -> model_cache.PredictFn:
     """The predict function this task calls: devices and threads set up for the task's resources,
     the model loaded once per worker (`plan.runtime` says where and how it runs)."""
     cores, gpus = task_resources()
+    if plan.runtime.sharing == "executor":  # the executor's model host scores for every worker (udfs/model_host.py)
+        return host_client.client_predictor(plan, cores=plan.runtime.executor_cores, gpus=gpus).predict
     model_cache.configure_threads(cores)
     placement.configure_cpu_devices()  # $BATCHSCORE_CPU_DEVICES: logical CPU devices, before TF's runtime starts
     device = devices.pin_task(gpus, memory_mb=plan.runtime.gpu_memory_mb)  # before TF's runtime starts
@@ -206,6 +210,8 @@ def score_batches(
     if stats is not None:
         stats.update(scorer.stats.as_dict())
         stats.update(worker_stats(model_cache.load_count() - loads_before, spent_before))
+        if plan.runtime.sharing == "executor":
+            stats.update(host_client.task_host_stats())
         stats["first_task_at"] = task_start
         stats["pipeline_stages"] = placement.pipeline_stages(predict)
         stats["last_task_end_at"] = time.time()

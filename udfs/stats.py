@@ -7,15 +7,17 @@ from pyspark.accumulators import AccumulatorParam
 
 _MAX_KEYS = {"max_call_rows", "max_batch_rows", "last_task_end_at", "pipeline_stages"}
 _MIN_KEYS = {"first_task_at"}
-_DICT_MAX_KEYS = {"peak_rss_mb", "worker_started_at", "daemon_tf_import_s", "daemon_prestarted", "daemon_launched_at"}
+_DICT_MAX_KEYS = {"peak_rss_mb", "worker_started_at", "daemon_tf_import_s", "daemon_prestarted", "daemon_launched_at",
+                  "host_loads"}
 _DICT_TEXT_KEYS = {"devices"}  # per worker: the devices its tasks used, "; "-joined
 
 
 class ScoringStatsParam(AccumulatorParam):
     """Counters are summed; `max_call_rows`, the last task's end and per-worker peak RSS,
     start time and daemon import (the same in every task of a worker) take the max, the
-    first task's start the min; per-worker model loads and seconds are summed per worker, and
-    per-worker devices joined (a worker moved between GPUs lists each once)."""
+    first task's start the min; per-worker model loads and seconds are summed per worker,
+    per-worker devices joined (a worker moved between GPUs lists each once), and a model
+    host's loads (`host_loads`, reported by every task it served) take the max per host."""
 
     def zero(self, value: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -43,4 +45,14 @@ def make_stats_accumulator(sc: Any) -> Any:
 
 
 def model_loads(stats: dict[str, Any]) -> int:
-    return int(sum(stats.get("loads", {}).values()))
+    """Models loaded in the run: by the workers, and by the model hosts (`model.sharing: executor`)."""
+    return int(sum(stats.get("loads", {}).values()) + sum(stats.get("host_loads", {}).values()))
+
+
+def model_loads_by_executor(stats: dict[str, Any]) -> dict[str, int]:
+    """The model hosts' loads per Spark executor id (a host id is `<executor id>/<incarnation>`)."""
+    out: dict[str, int] = {}
+    for host, n in sorted(stats.get("host_loads", {}).items()):
+        executor = host.rsplit("/", 1)[0]
+        out[executor] = out.get(executor, 0) + int(n)
+    return out
