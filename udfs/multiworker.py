@@ -59,6 +59,7 @@ def run_multi_worker(spark: Any, spec: TrainSpec, *, row_filter: Any = None) -> 
         TrainWorkerError: (in the Spark error) a worker failed.
     """
     n = spec.train.workers
+    spec = absolute_paths(spec)  # the tasks' working directory need not be the driver's
     payload = pickle.dumps({"spec": spec.model_dump(mode="json"), "row_filter": row_filter,
                             "started_at": time.time()})
     rdd = spark.sparkContext.parallelize(range(n), n)
@@ -66,13 +67,27 @@ def run_multi_worker(spark: Any, spec: TrainSpec, *, row_filter: Any = None) -> 
         results = rdd.barrier().mapPartitions(functools.partial(_barrier_task, payload)).collect()
     except Exception as e:
         text = str(e)
-        if "BARRIER" in text and "slots" in text:
+        if "barrier" in text.lower() and "slots" in text:
             raise ConfigError(f"config key 'train.workers' {n} is more than the cluster's task slots "
                               f"(barrier tasks all run at once)") from None
         raise
     chief = next(r for r in results if r["index"] == 0)
     manifest: dict[str, Any] = chief["manifest"]
     return manifest
+
+
+def absolute_paths(spec: TrainSpec) -> TrainSpec:
+    """`spec` with its local paths (data, validation, output, checkpoints) made absolute; URIs stay."""
+    t = spec.train
+
+    def absolute(path: str) -> str:
+        return path if "://" in path else os.path.abspath(path)
+
+    update: dict[str, Any] = {"data": absolute(t.data), "output": absolute(t.output),
+                              "checkpoint_dir": absolute(spec.checkpoint_dir)}
+    if isinstance(t.validation, str):
+        update["validation"] = absolute(t.validation)
+    return spec.model_copy(update={"train": t.model_copy(update=update)})
 
 
 def worker_failure(e: BaseException) -> str | None:
