@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-manifest": ("batchscore.jobs.check_manifest", "check a scoring run's _manifest.json"),
     "report": ("batchscore.jobs.report", "write an HTML report of a scoring run (figures, phases, quarantine)"),
     "evaluate": ("batchscore.jobs.evaluate", "evaluate scored output against labels"),
-    "train": ("batchscore.jobs.train", "train a Keras model on Parquet (tf.distribute, Spark barrier tasks) and export it"),
+    "train": ("batchscore.jobs.train", "train a Keras model on Parquet (tf.distribute, Spark barrier tasks)"),
     "demo": ("batchscore.jobs.demo", "make the demo data and model if missing, then score them"),
     "jvm-cache": ("batchscore.jobs.jvm_cache", "build the JVM class-data archive that cuts local Spark start-up"),
 }

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     except BatchscoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the job's last word: one line and exit 1 (logged with its traceback)
         return _failure(e)
     finally:
         if own_session and spark is not None:

@@ -80,7 +80,7 @@ def test_config_errors_are_one_line_naming_the_key(override, key):
 
 
 def test_required_keys_and_defaults():
-    with pytest.raises(ConfigError, match="config key 'train.data' is required"):
+    with pytest.raises(ConfigError, match=r"config key 'train\.data' is required"):
         load_train_config(None, ["train.features=[a]", "train.label=y", "train.output=/m"])
     spec = load_train_config(None, ["train.data=/d", "train.features=pixels", "train.label=y", "train.output=/m/"])
     assert (spec.train.features, spec.train.strategy, spec.train.reader, spec.train.epochs) == ("pixels", "default",

@@ -284,21 +284,22 @@ def label_max(plan: DatasetPlan) -> int:
     return int(value)
 
 
-def sample_rows(plan: DatasetPlan, *, rows: int, seed: int) -> np.ndarray:
-    """Features of up to `rows` rows from units drawn in a seeded order: the same sample on every worker."""
+def sample_rows(plan: DatasetPlan, *, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of up to `rows` rows from units drawn in a seeded order: the same sample on
+    every worker."""
     rng = np.random.default_rng([seed, 1])
     units = [plan.units[i] for i in rng.permutation(len(plan.units))]
-    taken: list[np.ndarray] = []
+    taken: list[tuple[np.ndarray, np.ndarray]] = []
     n = 0
-    for x, _ in _read_units(plan, units, subset="all", validation=0.0, seed=seed,
+    for x, y in _read_units(plan, units, subset="all", validation=0.0, seed=seed,
                             piece_rows=PIECE_ROWS, stats=ReaderStats()):
-        taken.append(x)
-        n += len(x)
+        taken.append((x, y))
+        n += len(y)
         if n >= rows:
             break
     if not taken:
         raise InputError(f"training data '{plan.path}' has no rows")
-    return np.concatenate(taken)[:rows]
+    return np.concatenate([x for x, _ in taken])[:rows], np.concatenate([y for _, y in taken])[:rows]
 
 
 def tf_dataset(plan: DatasetPlan, *, batch_size: int, shard: int = 0, num_shards: int = 1,

@@ -46,11 +46,13 @@ def output_width(train: TrainSection, classes: int) -> int:
 
 
 def model_builder(train: TrainSection, *, dim: int, classes: int, mean: np.ndarray | None,
-                  variance: np.ndarray | None) -> Callable[[], Any]:
+                  variance: np.ndarray | None, label_scale: tuple[float, float] | None = None) -> Callable[[], Any]:
     """A function that builds a fresh model (the same architecture each call): `features` -> logits.
 
     With `mean` / `variance` the features are standardised inside the model, so the
-    exported SavedModel takes raw features.
+    exported SavedModel takes raw features; with `label_scale` (regression: the label's
+    mean and std) the network predicts the standardised label and the model's last layer
+    maps it back.
     """
     shape = input_shape(train, dim)
     outputs = output_width(train, classes)
@@ -66,6 +68,8 @@ def model_builder(train: TrainSection, *, dim: int, classes: int, mean: np.ndarr
             flat = keras.layers.Normalization(mean=mean, variance=variance, name="normalize")(flat)
             h = keras.layers.Reshape(shape)(flat) if len(shape) > 1 else flat  # [batch, *shape]
         logits = core(shape, outputs)(h)  # [batch, outputs]
+        if label_scale is not None:
+            logits = keras.layers.Rescaling(scale=label_scale[1], offset=label_scale[0], name="label_scale")(logits)
         return keras.Model(inputs, logits, name="batchscore_train")
 
     return build

@@ -68,6 +68,7 @@ class TrainData:
     classes: int
     mean: np.ndarray | None
     variance: np.ndarray | None
+    label_scale: tuple[float, float] | None = None  # regression: the label's (mean, std), undone in the model
 
     @property
     def fingerprint(self) -> str:
@@ -93,11 +94,13 @@ def prepare(spec: TrainSpec, *, row_filter: Any = None) -> TrainData:
         validation = parquet_reader.plan_dataset(t.validation, features=t.features, label=t.label, key=None,
                                                  label_kind=kind)
     classes = t.classes or (parquet_reader.label_max(plan) + 1 if t.task == "multiclass" else 1)
-    mean = variance = None
+    mean = variance = label_scale = None
     if t.normalize:
-        sample = parquet_reader.sample_rows(plan, rows=NORMALIZE_SAMPLE_ROWS, seed=t.seed)  # [n, D]
-        mean, variance = sample.mean(axis=0), sample.var(axis=0)
-    return TrainData(plan, validation, fraction, classes, mean, variance)
+        x, y = parquet_reader.sample_rows(plan, rows=NORMALIZE_SAMPLE_ROWS, seed=t.seed)  # x: [n, D]
+        mean, variance = x.mean(axis=0), x.var(axis=0)
+        if t.task == "regression":
+            label_scale = (float(y.mean()), float(y.std()) or 1.0)
+    return TrainData(plan, validation, fraction, classes, mean, variance, label_scale)
 
 
 def make_local_strategy(spec: TrainSpec) -> Any:
@@ -162,7 +165,7 @@ class _Loop:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def fit(spec: TrainSpec, data: TrainData, strategy: Any, *, role: Role = Role(),
+def fit(spec: TrainSpec, data: TrainData, strategy: Any, *, role: Role | None = None,
         dataset_fn: Callable[..., Any] | None = None) -> Fitted:
     """Train under `strategy`; restore from and write checkpoints in `spec.checkpoint_dir`.
 
@@ -173,12 +176,14 @@ def fit(spec: TrainSpec, data: TrainData, strategy: Any, *, role: Role = Role(),
     import keras  # noqa: PLC0415 - seconds of import: only where a model trains
 
     t = spec.train
+    role = role or Role()
     replicas = strategy.num_replicas_in_sync
     if t.batch_size % replicas:
         raise ConfigError(f"config key 'train.batch_size' {t.batch_size} must be a multiple of the "
                           f"{replicas} replicas")
     keras.utils.set_random_seed(t.seed)
-    build = model_builder(t, dim=data.train.dim, classes=data.classes, mean=data.mean, variance=data.variance)
+    build = model_builder(t, dim=data.train.dim, classes=data.classes, mean=data.mean, variance=data.variance,
+                          label_scale=data.label_scale)
     loop = _build_loop(spec, data, strategy, build)
     start = _restore(spec, data, loop, role)
     history = _read_history(spec) if start else []
@@ -415,11 +420,12 @@ def _write_json(path: str, value: Any) -> None:
 # --- the whole run ---
 
 
-def train(spec: TrainSpec, strategy: Any, *, role: Role = Role(), data: TrainData | None = None,
+def train(spec: TrainSpec, strategy: Any, *, role: Role | None = None, data: TrainData | None = None,
           dataset_fn: Callable[..., Any] | None = None, strategy_name: str | None = None,
           started_at: float | None = None) -> dict[str, Any] | None:
     """prepare -> fit -> finish; the manifest on the chief, None on the other workers."""
     started = started_at or time.time()
+    role = role or Role()
     data = data or prepare(spec)
     fitted = fit(spec, data, strategy, role=role, dataset_fn=dataset_fn)
     if not role.is_chief:
