@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -353,10 +354,14 @@ def run_fingerprint(spec: TrainSpec, data: TrainData) -> str:
     return hashlib.sha256(json.dumps([keys, data.fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _worker_dir(spec: TrainSpec, role: Role) -> str:
-    """The chief checkpoints into the checkpoint directory; other workers into a scratch folder in it."""
-    root = spec.checkpoint_dir
-    return root if role.is_chief else os.path.join(root, f"worker-{role.index}-scratch")
+def _worker_dir(spec: TrainSpec, role: Role, loop: _Loop) -> str:
+    """The chief checkpoints into the checkpoint directory; the others into a local scratch folder
+    (their copies are never read: every worker restores from the chief's)."""
+    if role.is_chief:
+        return spec.checkpoint_dir
+    if "scratch" not in loop.extra:
+        loop.extra["scratch"] = tempfile.mkdtemp(prefix=f"batchscore-train-worker-{role.index}-")
+    return str(loop.extra["scratch"])
 
 
 def _restore(spec: TrainSpec, data: TrainData, loop: _Loop, role: Role) -> int:
@@ -383,7 +388,7 @@ def _save(spec: TrainSpec, loop: _Loop, role: Role, history: list[dict[str, Any]
     """Every worker saves (collectives may run in a save); only the chief's copy is kept."""
     import tensorflow as tf  # noqa: PLC0415 - seconds of import: only where a model trains
 
-    folder = _worker_dir(spec, role)
+    folder = _worker_dir(spec, role, loop)
     manager = loop.extra.get("manager")
     if manager is None:
         manager = tf.train.CheckpointManager(loop.checkpoint, folder, max_to_keep=2)
@@ -394,6 +399,7 @@ def _save(spec: TrainSpec, loop: _Loop, role: Role, history: list[dict[str, Any]
     else:
         shutil.rmtree(folder, ignore_errors=True)
         loop.extra.pop("manager")
+        loop.extra.pop("scratch")
 
 
 def _read_history(spec: TrainSpec) -> list[dict[str, Any]]:
