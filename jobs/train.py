@@ -38,8 +38,10 @@ def summary(manifest: dict[str, Any]) -> str:
     """The few lines printed after a run."""
     final = ", ".join(f"{k} {v:.4f}" for k, v in manifest.get("final", {}).items() if isinstance(v, float))
     resumed = f", resumed after epoch {manifest['resumed_from_epoch']}" if manifest.get("resumed_from_epoch") else ""
+    last = manifest["history"][-1] if manifest.get("history") else {}
+    rows = f"{last.get('rows', 0):,} rows" + (f" (+{last['val_rows']:,} validation)" if last.get("val_rows") else "")
     return (
-        f"batchscore train: {manifest['epochs_run']} epoch(s) on {manifest['data']['rows']:,} rows "
+        f"batchscore train: {manifest['epochs_run']} epoch(s) on {rows} "
         f"({manifest['strategy']}, {manifest['workers']} worker(s), {manifest['replicas']} replica(s){resumed}); "
         f"{manifest.get('rows_per_second') or 0:,.0f} rows/s\n"
         f"  {final}\n"

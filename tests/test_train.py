@@ -177,13 +177,14 @@ def test_default_strategy_trains_to_quality_and_exports_the_design_signature(tmp
     data, held_out = binary_data
     output = str(tmp_path / "model")
     assert train_job.main(["--config", write_config(tmp_path, data, output), "--quiet"]) == 0
-    assert "batchscore train: 3 epoch(s) on 3,000 rows (default" in capsys.readouterr().out
+    m = ts.read_manifest(output)
+    rows, val_rows = m["history"][0]["rows"], m["history"][0]["val_rows"]
+    assert f"batchscore train: 3 epoch(s) on {rows:,} rows (+{val_rows:,} validation) (default" in capsys.readouterr().out
     fn = tf.saved_model.load(output).signatures["serving_default"]
     assert list(fn.structured_input_signature[1]) == ["features"]
     assert fn.structured_input_signature[1]["features"].shape.as_list() == [None, 8]
     assert {k: v.shape.as_list() for k, v in fn.structured_outputs.items()} == {"probability": [None]}
     assert_quality(output, held_out)
-    m = ts.read_manifest(output)
     assert (m["status"], m["strategy"], m["workers"], m["replicas"], m["epochs_run"]) == ("succeeded", "default",
                                                                                        1, 1, 3)
     assert [h["epoch"] for h in m["history"]] == [1, 2, 3]
@@ -334,3 +335,19 @@ def test_dataset_fingerprint_follows_the_files(tmp_path):
     ts.write_dataset(ts.synthetic_table(301, seed=1), path)
     assert parquet_reader.plan_dataset(path, features=ts.FEATURES, label="label", key="id").fingerprint != first
     assert ds.dataset(path).count_rows() == 301
+
+
+def test_filter_is_evaluated_as_spark_evaluates_it(spark, tmp_path, binary_data, capsys):
+    data = binary_data[0]
+    output = str(tmp_path / "filtered")
+    predicate = "f1 > 0.25 AND id NOT IN (1, 2, 3) OR f2 IS NULL"
+    assert train_job.main(["--config", write_config(tmp_path, data, output, epochs=1, filter=predicate),
+                           "--quiet"], spark=spark) == 0
+    first = ts.read_manifest(output)["history"][0]
+    assert first["rows"] + first["val_rows"] == spark.read.parquet(data).where(predicate).count()
+    capsys.readouterr()
+    for bad, message in [("no_such_column > 1", "train.filter 'no_such_column > 1' is not valid"),
+                         ("id % 3 <> 0", "train.filter: the Arrow lane does not evaluate Remainder")]:
+        assert train_job.main(["--config", write_config(tmp_path, data, output, filter=bad), "--quiet"],
+                              spark=spark) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {message}")  # after pyspark's own log
