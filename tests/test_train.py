@@ -351,3 +351,20 @@ def test_filter_is_evaluated_as_spark_evaluates_it(spark, tmp_path, binary_data,
         assert train_job.main(["--config", write_config(tmp_path, data, output, filter=bad), "--quiet"],
                               spark=spark) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: {message}")  # after pyspark's own log
+
+
+def test_tensorflow_binds_a_reserved_port_only_with_tf_grpc_reuse_port():
+    """The race-free port: the barrier task holds it (SO_REUSEPORT) while TensorFlow's gRPC server
+    binds it too, which TensorFlow allows only with TF_GRPC_REUSE_PORT=1 (its default is off)."""
+    from batchscore.udfs.multiworker import reserved_port
+
+    child = "import tensorflow as tf; print(tf.distribute.MultiWorkerMirroredStrategy().num_replicas_in_sync)"
+    with reserved_port() as port:
+        results = {}
+        for reuse in ("0", "1"):
+            tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+            env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_GRPC_REUSE_PORT": reuse}
+            results[reuse] = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True,
+                                            timeout=180)
+    assert results["0"].returncode != 0 and "Could not start gRPC server" in results["0"].stderr
+    assert results["1"].returncode == 0 and results["1"].stdout.strip() == "1"

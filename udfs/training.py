@@ -86,7 +86,7 @@ def prepare(spec: TrainSpec, *, row_filter: Any = None) -> TrainData:
     t = spec.train
     fraction = t.validation if isinstance(t.validation, float) else 0.0
     expr, columns, types = row_filter or (None, (), {})
-    kind = "int" if t.task == "multiclass" else "float"
+    kind: parquet_reader.LabelKind = "int" if t.task == "multiclass" else "float"
     plan = parquet_reader.plan_dataset(t.data, features=t.features, label=t.label, key=t.key if fraction else None,
                                        label_kind=kind, row_filter=expr, filter_columns=columns,
                                        partition_types=types)
@@ -278,7 +278,8 @@ def _arrow_dataset(spec: TrainSpec, data: TrainData) -> Callable[..., Any]:
 
     def read(subset: str, shard: int, num_shards: int, batch_size: int, epoch: int, shuffle: bool) -> Any:
         plan = data.validation if subset == "validation" and data.validation is not None else data.train
-        split = "all" if plan is data.validation else subset
+        split: parquet_reader.Subset = "all" if plan is data.validation else "validation" if subset == "validation" \
+            else "train"
         return parquet_reader.tf_dataset(plan, batch_size=batch_size, shard=shard, num_shards=num_shards,
                                          subset=split, validation=data.validation_fraction, seed=t.seed,
                                          epoch=epoch, shuffle=shuffle, buffer_rows=t.shuffle_buffer)
