@@ -368,3 +368,10 @@ def test_tensorflow_binds_a_reserved_port_only_with_tf_grpc_reuse_port():
                                             timeout=180)
     assert results["0"].returncode != 0 and "Could not start gRPC server" in results["0"].stderr
     assert results["1"].returncode == 0 and results["1"].stdout.strip() == "1"
+
+
+def test_more_workers_than_task_slots_exits_2_naming_the_key(spark, tmp_path, binary_data, capsys):
+    config = write_config(tmp_path, binary_data[0], str(tmp_path / "m"), strategy="multi_worker", workers=3)
+    assert train_job.main(["--config", config, "--quiet"], spark=spark) == 2  # local[2]: two slots
+    assert capsys.readouterr().err.strip() == ("error: config key 'train.workers' 3 is more than the cluster's 2 task "
+                                               "slots (barrier tasks all run at once)")

@@ -59,6 +59,10 @@ def run_multi_worker(spark: Any, spec: TrainSpec, *, row_filter: Any = None) -> 
         TrainWorkerError: (in the Spark error) a worker failed.
     """
     n = spec.train.workers
+    slots = task_slots(spark)
+    if slots is not None and n > slots:  # else Spark retries the barrier stage for 40 x 15 s before it gives up
+        raise ConfigError(f"config key 'train.workers' {n} is more than the cluster's {slots} task slots "
+                          "(barrier tasks all run at once)")
     spec = absolute_paths(spec)  # the tasks' working directory need not be the driver's
     payload = pickle.dumps({"spec": spec.model_dump(mode="json"), "row_filter": row_filter,
                             "started_at": time.time()})
@@ -74,6 +78,15 @@ def run_multi_worker(spark: Any, spec: TrainSpec, *, row_filter: Any = None) -> 
     chief = next(r for r in results if r["index"] == 0)
     manifest: dict[str, Any] = chief["manifest"]
     return manifest
+
+
+def task_slots(spark: Any) -> int | None:
+    """How many tasks the cluster runs at once now (Spark's own barrier check), None when unknown."""
+    try:
+        sc = spark.sparkContext._jsc.sc()
+        return int(sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # noqa: BLE001 - an internal JVM method: without it Spark's own check still runs
+        return None
 
 
 def absolute_paths(spec: TrainSpec) -> TrainSpec:
