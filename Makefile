@@ -1,4 +1,5 @@
 # make demo  -- set up, make the demo data and model, score them with spark-submit
+# make demo-train -- train a model on the demo data (conf/train.yaml), score the data with it, evaluate it
 # make test  -- set up, fetch the connector jars, run the test suite (make test-fast: without the slow tests; make lint)
 # make jars  -- Spark's connectors (hadoop-aws + AWS SDK, delta-spark) and a test HDFS, from Maven Central
 # make test-airflow -- Airflow 3 in its own .venv-airflow: the DAG imports, and runs end to end on local Spark
@@ -10,7 +11,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-fast test-airflow jars jvm-cache lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan \
+.PHONY: demo demo-train test test-fast test-airflow jars jvm-cache lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan \
 	bench-sharing bench-ray-venv bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
 
 venv: $(VENV)/.installed
@@ -33,6 +34,12 @@ jvm-cache: venv
 demo: venv data/demo/features data/demo/model jvm-cache
 	./spark-submit.sh --driver-memory 4g jobs/score.py --config conf/demo.yaml --quiet
 	$(PY) -m jobs.evaluate --predictions data/demo/predictions --label defaulted --score default_probability
+
+# train -> score -> evaluate: the model `batchscore train` exports is scored as is (conf/demo-trained.yaml)
+demo-train: venv data/demo/features jvm-cache
+	$(PY) -m batchscore train --config conf/train.yaml --quiet
+	./spark-submit.sh --driver-memory 4g jobs/score.py --config conf/demo-trained.yaml --quiet
+	$(PY) -m jobs.evaluate --predictions data/demo/trained_predictions --label defaulted --score probability
 
 test: venv jars jvm-cache
 	$(PY) -m pytest -q tests
@@ -132,4 +139,5 @@ test-airflow: venv $(AIRFLOW_VENV)/.installed
 	$(AIRFLOW_PY) -m pytest -q -p no:cacheprovider --noconftest tests/test_dag_airflow.py
 
 clean:
-	rm -rf build data/demo/predictions data/demo/predictions_quarantine
+	rm -rf build data/demo/predictions data/demo/predictions_quarantine data/demo/trained_model \
+		data/demo/trained_model_checkpoints data/demo/trained_predictions data/demo/trained_predictions_quarantine

@@ -5,6 +5,7 @@
     batchscore report PATH [--out FILE]
     batchscore evaluate --predictions DIR --label COL --score COL [--labels PATH --key COL]
                         [--task T] [--slice COL] [--out DIR] [--gate METRIC>=VALUE ...]
+    batchscore train --config FILE [--set key=value ...] [--quiet | --verbose]
     batchscore demo [--out DIR] [--rows N] [--config FILE]
     batchscore jvm-cache [--path | --force]
 
@@ -25,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-manifest": ("batchscore.jobs.check_manifest", "check a scoring run's _manifest.json"),
     "report": ("batchscore.jobs.report", "write an HTML report of a scoring run (figures, phases, quarantine)"),
     "evaluate": ("batchscore.jobs.evaluate", "evaluate scored output against labels"),
+    "train": ("batchscore.jobs.train", "train a Keras model on Parquet (tf.distribute, Spark barrier tasks)"),
     "demo": ("batchscore.jobs.demo", "make the demo data and model if missing, then score them"),
     "jvm-cache": ("batchscore.jobs.jvm_cache", "build the JVM class-data archive that cuts local Spark start-up"),
 }

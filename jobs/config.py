@@ -1,4 +1,5 @@
-"""Job config: YAML file (safe loader) + `--set dotted.key=value` overrides, validated into a JobSpec."""
+"""Job config: YAML file (safe loader) + `--set dotted.key=value` overrides, validated into a JobSpec
+(scoring) or a TrainSpec (training)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,9 @@ import yaml
 
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.job_spec import REQUIRED, JobSpec, parse_job_spec
+from batchscore.udfs.train_spec import TrainSpec, parse_train_spec
 
-__all__ = ["REQUIRED", "JobSpec", "load_config"]
+__all__ = ["REQUIRED", "JobSpec", "TrainSpec", "load_config", "load_train_config"]
 
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> JobSpec:
@@ -23,6 +25,19 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> JobSpec
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
     return parse_job_spec(data)
+
+
+def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainSpec:
+    """Read a training config (YAML + `key=value` overrides), validated once.
+
+    Raises:
+        ConfigError: naming the file or key that is wrong.
+    """
+    data = _read_yaml(path) if path else {}
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_dotted(data, key, value)
+    return parse_train_spec(data)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

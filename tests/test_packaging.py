@@ -32,7 +32,7 @@ def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
 def test_cli_lists_its_commands_and_rejects_an_unknown_one() -> None:
     ok = _run([sys.executable, "-m", "batchscore", "--help"], cwd=ROOT)
     assert ok.returncode == 0
-    for command in ("score", "check-manifest", "evaluate", "demo"):
+    for command in ("score", "check-manifest", "evaluate", "demo", "train"):
         assert command in ok.stdout
     bad = _run([sys.executable, "-m", "batchscore", "scroe"], cwd=ROOT)
     assert bad.returncode == 2 and "invalid choice: 'scroe'" in bad.stderr
@@ -47,6 +47,8 @@ def test_subcommand_help_is_the_jobs_own() -> None:
     assert out.returncode == 0 and "--config" in out.stdout and "--set" in out.stdout
     out = _run([sys.executable, "-m", "batchscore", "check-manifest", "--help"], cwd=ROOT)
     assert out.returncode == 0 and "--min-rows" in out.stdout
+    out = _run([sys.executable, "-m", "batchscore", "train", "--help"], cwd=ROOT)
+    assert out.returncode == 0 and "--config" in out.stdout and "--set" in out.stdout
 
 
 def _small_model(path: Path) -> str:
