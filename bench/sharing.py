@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from batchscore.udfs import host_client
 from bench import coldrun, quiet
 from bench.cold import PROFILES as COLD_PROFILES
 from bench.cold import WORK, machine_summary, make_workload, rotation
@@ -80,9 +81,11 @@ def host_sampler(host_dir: str, own_sessions: set[int], made: list[coldrun.TreeS
 
         def _scan(self) -> None:
             super()._scan()
+            forked = set(host_client.live_host_pids(host_dir))  # a host forked from a worker keeps its command line
             for p in psutil.process_iter(["pid", "cmdline"]):
                 cmd = p.info["cmdline"] or []
-                if p.pid in self.procs or HOST_MODULE not in cmd or not any(a.startswith(host_dir) for a in cmd):
+                started = HOST_MODULE in cmd and any(a.startswith(host_dir) for a in cmd)
+                if p.pid in self.procs or not (started or p.pid in forked):
                     continue
                 try:
                     own_sessions.add(os.getsid(p.pid))

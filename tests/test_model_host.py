@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import time
 import ml_dtypes
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchscore import package_root
@@ -134,8 +136,9 @@ def host_dir(monkeypatch):
 
 
 def _host_pids(folder: str) -> list[int]:
-    """Live model host processes whose socket is under `folder` (from the process list)."""
-    pids = []
+    """Live model host processes whose socket is under `folder`: started fresh (from the process
+    list) or forked from a worker (from their pid files)."""
+    pids = host_client.live_host_pids(folder)
     for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
         try:
             with open(cmdline, "rb") as fh:
@@ -144,7 +147,7 @@ def _host_pids(folder: str) -> list[int]:
             continue
         if b"batchscore.udfs.model_host" in args and any(a.startswith(folder.encode()) for a in args):
             pids.append(int(cmdline.split("/")[2]))
-    return pids
+    return sorted(set(pids))
 
 
 def _wait_gone(pids: list[int], seconds: float) -> list[int]:
@@ -215,6 +218,46 @@ def test_host_serves_two_connections_their_own_rows_restarts_and_ends_with_its_e
         executor.kill()
         executor.wait()
         host_client._clients.clear()
+
+
+_FORK_CHILD = """
+import json, os, subprocess, sys
+import numpy as np
+import pyarrow.parquet as pq
+import tensorflow  # imported and not run, as the Python daemon preloads it before forking workers
+from batchscore.udfs import host_client
+from tests import support
+
+model, rows, watch_forever = sys.argv[1], sys.argv[2], subprocess.Popen(["sleep", "600"])
+forkable = host_client.can_fork_host()
+client = host_client.connect(model_path=lambda: model, fingerprint="fp-fork-" + str(os.getpid()),
+                             signature="serving_default", batch_size=64, wait_ms=1, cores=1, gpus=[],
+                             watch=watch_forever.pid)
+inputs = support.demo_inputs(pq.read_table(rows))
+got = client.predict(inputs)["output_0"].reshape(-1)
+want = support.tf_predict(model, inputs)["output_0"].reshape(-1)  # this process's own TF, after the fork
+pid = int(client.fields["pid"])
+print(json.dumps({"forkable": forkable, "forked_after": host_client.can_fork_host(), "pid": pid,
+                  "comm": open(f"/proc/{pid}/comm").read().strip(),
+                  "cmdline": open(f"/proc/{pid}/cmdline").read(), "max_diff": float(np.max(np.abs(got - want))),
+                  "listed": host_client.live_host_pids(client.files.folder)}))
+watch_forever.kill()
+"""
+
+
+def test_a_worker_with_tensorflow_imported_and_not_run_forks_the_host(host_dir, demo_model, demo_table,
+                                                                       tmp_path) -> None:
+    # a fork shares the daemon's preloaded TensorFlow with the workers (no second ~600 MB import)
+    rows = str(tmp_path / "rows.parquet")
+    pq.write_table(demo_table.slice(0, 200), rows)
+    proc = subprocess.run([sys.executable, "-c", _FORK_CHILD, demo_model, rows], cwd=PROJECT_ROOT,
+                          env=_env(host_dir), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["forkable"] and not got["forked_after"]  # TF ran here afterwards: the next start would exec
+    assert got["comm"] == "bs-model-host" and "batchscore.udfs.model_host" not in got["cmdline"]
+    assert got["max_diff"] <= FLOAT_TOL and got["listed"] == [got["pid"]]
+    assert _wait_gone([got["pid"]], 5) == []  # its watched process ended with the child
 
 
 def test_executor_cores_from_conf_and_local_masters() -> None:

@@ -27,6 +27,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,25 @@ def executor_cores(master: str, conf_cores: str | None) -> int:
         return (os.cpu_count() or 1) if m.group(1) in (None, "*") else int(m.group(1))
     m = LOCAL_CLUSTER.match(master)
     return int(m.group(1)) if m else 0
+
+
+def live_host_pids(folder: str) -> list[int]:
+    """The model hosts alive now whose files are under `folder`, from their pid files (a host
+    forked from a worker keeps the worker's command line, so the process list cannot name it)."""
+    pids = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".pid"):
+            continue
+        try:
+            with open(os.path.join(folder, name)) as fh:
+                pid = int(fh.read().strip())
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            continue
+        if state != "Z":
+            pids.append(pid)
+    return pids
 
 
 @dataclass(frozen=True)
@@ -243,28 +263,86 @@ def _start_host(files: HostFiles, *, model_path: Callable[[], str], fingerprint:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
     incarnation, path = _next_incarnation(files), model_path()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the worker's own imports
-    cmd = [sys.executable, "-c", _DETACH, "-m", "batchscore.udfs.model_host", "--socket", files.socket, "--model", path,
-           "--fingerprint", fingerprint, "--signature", signature, "--batch-size", str(batch_size),
-           "--wait-ms", str(wait_ms), "--cores", str(cores), "--gpus", ",".join(gpus),
-           *(["--gpu-memory-mb", str(gpu_memory_mb)] if gpu_memory_mb else []),
-           "--watch", str(watch), "--host-id", f"{spark_executor_id()}/{incarnation}",
-           "--files", json.dumps(files.for_host())]
-    with open(files.path("log"), "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
-                                start_new_session=True)  # its own session: Spark's signals to workers miss it
-    proc.wait()  # the short-lived parent of the double fork: the host is re-parented, never our zombie
-    assert proc.stdout is not None
-    try:
-        line = _read_line(proc.stdout.fileno(), START_TIMEOUT_S)
-    finally:
-        proc.stdout.close()
+    argv = ["--socket", files.socket, "--model", path,
+            "--fingerprint", fingerprint, "--signature", signature, "--batch-size", str(batch_size),
+            "--wait-ms", str(wait_ms), "--cores", str(cores), "--gpus", ",".join(gpus),
+            *(["--gpu-memory-mb", str(gpu_memory_mb)] if gpu_memory_mb else []),
+            "--watch", str(watch), "--host-id", f"{spark_executor_id()}/{incarnation}",
+            "--files", json.dumps(files.for_host())]
+    line = _fork_host(argv, files.path("log")) if can_fork_host() else _exec_host(argv, files.path("log"))
     if line.startswith("ready"):
         return
     if line.startswith("error"):
         raise ModelError(f"model host for '{path}' could not load it: {line.removeprefix('error ').strip()}")
     raise RuntimeError(f"model host for '{path}' exited while starting; last lines of {files.path('log')}: "
                        f"{_tail(files.path('log'))}")
+
+
+def can_fork_host() -> bool:
+    """Whether this worker can fork the host instead of starting a fresh interpreter.
+
+    A fork shares the TensorFlow this worker's daemon preloaded (udfs/daemon.py) page for page
+    with every worker of the executor, so the host adds its model, not a second TensorFlow
+    (~600 MB resident). Safe only before anything here started threads: no other Python
+    thread, and TF's runtime not started by this process (no thread pools sized, no model
+    loaded: a worker that scored under `sharing: worker` before execs a fresh host instead).
+    """
+    from batchscore.udfs import model_cache  # noqa: PLC0415 - TensorFlow-side module: imported where needed
+
+    return threading.active_count() == 1 and model_cache.load_count() == 0 and not model_cache.runtime_started()
+
+
+def _fork_host(argv: list[str], log_path: str) -> str:
+    """Fork, detach (own session, double fork) and run the host in the grandchild; its start line."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's coverage is the host's own behaviour
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()  # Spark's signals to the worker's process group miss it
+            if os.fork():
+                os._exit(0)
+            _host_stdio(w, log_path)
+            with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+                comm.write("bs-model-host")  # its name in ps/top (the command line stays the worker's)
+            from batchscore.udfs import model_host  # noqa: PLC0415 - only in the host
+
+            code = model_host.main(argv)
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(pid, 0)  # the short-lived parent of the double fork: the host is re-parented, never our zombie
+    try:
+        return _read_line(r, START_TIMEOUT_S)
+    finally:
+        os.close(r)
+
+
+def _host_stdio(ready_fd: int, log_path: str) -> None:
+    """In the forked host: stdin from /dev/null, stdout the start pipe, stderr the log; no other
+    inherited descriptor (the worker's socket to the JVM must not outlive the worker)."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(ready_fd, 1)
+    os.dup2(log, 2)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+
+
+def _exec_host(argv: list[str], log_path: str) -> str:
+    """Start the host as a fresh interpreter (detached by `_DETACH`); its start line."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the worker's own imports
+    cmd = [sys.executable, "-c", _DETACH, "-m", "batchscore.udfs.model_host", *argv]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
+                                start_new_session=True)  # its own session: Spark's signals to workers miss it
+    proc.wait()  # the short-lived parent of the double fork: the host is re-parented, never our zombie
+    assert proc.stdout is not None
+    try:
+        return _read_line(proc.stdout.fileno(), START_TIMEOUT_S)
+    finally:
+        proc.stdout.close()
 
 
 def _read_line(fd: int, timeout: float) -> str:

@@ -61,6 +61,22 @@ def daemon_facts() -> dict[str, float]:
     return dict(_daemon)
 
 
+def runtime_started() -> bool:
+    """Whether TensorFlow's runtime (its devices and thread pools) has started in this process.
+
+    False when TensorFlow is not imported, or imported (e.g. preloaded by the daemon) and not
+    yet run; True when unsure.
+    """
+    if "tensorflow" not in sys.modules:
+        return False
+    try:
+        from tensorflow.python.eager import context  # noqa: PLC0415 - TF's own state: only when TF is imported
+
+        return bool(context.context()._initialized)  # no public "has the runtime started" in TF
+    except Exception:  # noqa: BLE001 - TF's internals moved: assume started (the caller then takes the safe path)
+        return True
+
+
 def load_count() -> int:
     """How many models this process has loaded (not cache hits)."""
     return _loads
