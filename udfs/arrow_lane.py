@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from batchscore.udfs import compat
 from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.errors import ConfigError, InputError
 from batchscore.udfs.storage import (
@@ -234,7 +235,7 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
         for batch in reader.batches(dataset, list(source.columns), batch_size=READ_BATCH_ROWS,
                                     batch_readahead=2, fragment_readahead=1):
             if batch.num_rows:
-                yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
+                yield batch if batch.schema.equals(out_schema) else compat.cast_batch(batch, out_schema)
 
 
 def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:

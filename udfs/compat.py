@@ -52,6 +52,18 @@ def s3a_profile_provider() -> str:
     return "software.amazon.awssdk.auth.credentials.ProfileCredentialsProvider"
 
 
+def arrow_batches_have_a_byte_bound() -> bool:
+    """Whether Spark also bounds the Arrow batches it sends Python by bytes
+    (`spark.sql.execution.arrow.maxBytesPerBatch`, Spark 4.0+); Spark 3.5 counts records only."""
+    return spark_version() >= (4, 0)
+
+
+def udf_gives_null_structs() -> bool:
+    """Whether an `arrow_iter_udf` with a struct result can give a null struct (Spark 4.1's
+    `arrow_udf`); Spark 3.5's pandas UDF turns it into a struct of nulls."""
+    return spark_version() >= (4, 1)
+
+
 def to_arrow(df: Any) -> pa.Table:
     """`df.toArrow()`: the DataFrame collected to the driver as one Arrow table.
 
@@ -119,3 +131,13 @@ def _to_pandas(array: pa.Array) -> Any:
         fields = array.flatten()  # a null struct: null in every field
         return pd.DataFrame({f.name: col.to_pandas() for f, col in zip(array.type, fields, strict=True)})
     return array.to_pandas()
+
+
+def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """`batch.cast(schema)`: RecordBatch.cast is pyarrow 16+; column by column before it."""
+    if hasattr(batch, "cast"):
+        return batch.cast(schema)
+    import pyarrow as pa  # noqa: PLC0415 - kept off this module's import (see the module doc)
+
+    return pa.RecordBatch.from_arrays([col.cast(f.type) for col, f in zip(batch.columns, schema, strict=True)],
+                                      schema=schema)
