@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from batchscore.jobs.widgets import notebook_params  # noqa: E402
 from batchscore.jobs.evaluate import roc_auc  # noqa: E402
 from batchscore.jobs.session import build_session  # noqa: E402
+from batchscore.udfs.compat import to_arrow  # noqa: E402
 
 # COMMAND ----------
 
@@ -78,7 +79,7 @@ except NameError:
 predictions = spark.read.parquet(params["predictions_path"])
 if params["filter"]:
     predictions = predictions.where(params["filter"])
-pairs = predictions.select(params["label"], params["score"]).dropna().toArrow()
+pairs = to_arrow(predictions.select(params["label"], params["score"]).dropna())  # toArrow is Spark 4.0+
 labels = pairs.column(0).to_numpy().astype(bool)
 scores = pairs.column(1).to_numpy().astype(np.float64)
 print(f"{len(labels):,} labelled rows ({predictions.count() - len(labels):,} with a null label or score left out)")

@@ -217,7 +217,7 @@ class _UnitReader:
             return
         read = list(dict.fromkeys([*columns, *f.columns]))
         for batch in dataset.to_batches(columns=read, filter=f.prune, **scan):
-            yield batch.filter(f.exact).select(columns)
+            yield compat.filter_batch(batch, f.exact).select(columns)
 
 
 def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, int]) -> Iterator[pa.RecordBatch]:

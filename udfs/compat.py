@@ -141,3 +141,28 @@ def cast_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 
     return pa.RecordBatch.from_arrays([col.cast(f.type) for col, f in zip(batch.columns, schema, strict=True)],
                                       schema=schema)
+
+
+@functools.cache
+def _pyarrow_version() -> tuple[int, int]:
+    import pyarrow as pa  # noqa: PLC0415 - kept off this module's import (see the module doc)
+
+    major, minor = pa.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def filter_batch(batch: pa.RecordBatch, expression: Any) -> pa.RecordBatch:
+    """`batch.filter(expression)` with a compute Expression: older pyarrow (14) filters a RecordBatch by
+    a boolean mask only, so there the one-batch Table (which takes an Expression) does it."""
+    if _pyarrow_version() >= (16, 0):
+        return batch.filter(expression)
+    import pyarrow as pa  # noqa: PLC0415 - kept off this module's import (see the module doc)
+
+    kept = pa.Table.from_batches([batch]).filter(expression).combine_chunks()
+    return kept.to_batches()[0] if kept.num_rows else batch.slice(0, 0)
+
+
+def spark_rejects_bad_casts() -> bool:
+    """Whether Spark's default SQL mode (ANSI, Spark 4.0+) rejects a comparison whose literal
+    cannot be cast (`x > 'abc'`); Spark 3.5 reads it as null and keeps no row."""
+    return spark_version() >= (4, 0)
