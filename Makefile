@@ -1,6 +1,7 @@
 # make demo  -- set up, make the demo data and model, score them with spark-submit
 # make demo-train -- train a model on the demo data (conf/train.yaml), score the data with it, evaluate it
 # make test  -- set up, fetch the connector jars, run the test suite (make test-fast: without the slow tests; make lint)
+# make test-lts -- the same suite on the lts stack (pyspark 3.5, pyarrow 14, numpy 1.26, petastorm) in .venv-lts
 # make jars  -- Spark's connectors (hadoop-aws + AWS SDK, delta-spark) and a test HDFS, from Maven Central
 # make test-airflow -- Airflow 3 in its own .venv-airflow: the DAG imports, and runs end to end on local Spark
 # make bench -- the cold whole-command benchmark (bench/README.md; make bench-plan shows what it runs)
@@ -11,7 +12,7 @@ export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo demo-train test test-fast test-airflow jars jvm-cache lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan \
+.PHONY: demo demo-train test test-fast test-airflow test-lts venv-lts jars jars-lts jvm-cache lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan \
 	bench-sharing bench-ray-venv bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
 
 venv: $(VENV)/.installed
@@ -108,20 +109,54 @@ bench-cpu: venv jvm-cache
 	$(PY) -m bench.cpu --warm 12
 	$(PY) -m bench.cpu --workload cnn --warm 3
 
-# Connector jars: resolved by Maven from jars/pom.xml (one profile per folder) into jars/lib/.
+# Connector jars: resolved by Maven from a pom (one profile per folder), one jars folder per
+# Spark the project tests: jars/pom.xml -> jars/lib/ (the current stack, `make jars`),
+# jars/pom-spark3.5.xml -> jars/lib-spark3.5/ (the lts stack, `make jars-lts`); jobs/session.py
+# picks the folder of the installed pyspark (`jars_folder`).
 # Cached: re-fetched only when the pom changes (Maven's own cache: build/m2).
 JARS_LIB := jars/lib
-MVN := mvn -B -q -f jars/pom.xml -Dmaven.repo.local=$(abspath build/m2)
+LTS_JARS_LIB := jars/lib-spark3.5
+MVN := mvn -B -q -Dmaven.repo.local=$(abspath build/m2)
+
+# $(call fetch_jars,POM,FOLDER): each profile's runtime jars into FOLDER/<profile>, swapped in whole.
+define fetch_jars
+	rm -rf $(2).tmp && mkdir -p $(2).tmp
+	$(MVN) -f $(1) -P spark dependency:copy-dependencies -DoutputDirectory=$(abspath $(2).tmp/spark)
+	$(MVN) -f $(1) -P hdfs dependency:copy-dependencies -DoutputDirectory=$(abspath $(2).tmp/hdfs)
+	rm -rf $(2) && mv $(2).tmp $(2)
+	ls $(2)/spark $(2)/hdfs
+	touch $(2)/.fetched
+endef
 
 jars: $(JARS_LIB)/.fetched
 
 $(JARS_LIB)/.fetched: jars/pom.xml
-	rm -rf $(JARS_LIB).tmp && mkdir -p $(JARS_LIB).tmp
-	$(MVN) -P spark dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS_LIB).tmp/spark)
-	$(MVN) -P hdfs dependency:copy-dependencies -DoutputDirectory=$(abspath $(JARS_LIB).tmp/hdfs)
-	rm -rf $(JARS_LIB) && mv $(JARS_LIB).tmp $(JARS_LIB)
-	ls $(JARS_LIB)/spark $(JARS_LIB)/hdfs
+	$(call fetch_jars,jars/pom.xml,$(JARS_LIB))
+
+jars-lts: $(LTS_JARS_LIB)/.fetched
+
+$(LTS_JARS_LIB)/.fetched: jars/pom-spark3.5.xml
+	$(call fetch_jars,jars/pom-spark3.5.xml,$(LTS_JARS_LIB))
+
+# The lts stack (requirements-lts.txt; ../shared/DESIGN.md "Stacks"): pyspark 3.5, pyarrow 14,
+# numpy 1.26 and petastorm in .venv-lts, its own connector jars and JVM class-data archive,
+# and the whole suite. Its Spark's Python workers run .venv-lts too (PYSPARK_PYTHON).
+LTS_VENV := .venv-lts
+LTS_PY := $(LTS_VENV)/bin/python
+
+venv-lts: $(LTS_VENV)/.installed
+
+$(LTS_VENV)/.installed: requirements-lts.txt setup.py pyproject.toml
+	test -x $(LTS_PY) || $(PYTHON) -m venv $(LTS_VENV)
+	$(LTS_PY) -m pip install --quiet --upgrade pip
+	$(LTS_PY) -m pip install --quiet -r requirements-lts.txt
+	$(LTS_PY) -m pip install --quiet --no-deps -e .
 	touch $@
+
+test-lts: export PYSPARK_PYTHON := $(abspath $(LTS_PY))
+test-lts: venv-lts jars-lts
+	$(LTS_PY) -m batchscore jvm-cache
+	$(LTS_PY) -m pytest -q tests
 
 # Airflow 3 lives in its own virtualenv: its pins clash with the job's. The DAG's Spark job
 # still runs in .venv (through ./spark-submit.sh), so both venvs and the jars are needed.

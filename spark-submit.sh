@@ -13,11 +13,12 @@ and passes every other option to spark-submit unchanged (quoting preserved).
   spark-submit     $SPARK_HOME/bin/spark-submit when SPARK_HOME is set, else the
                    one inside the installed pyspark (.venv first, then python3)
   --master         defaults to local[*] when not given
-  PYSPARK_PYTHON   the workers' Python; defaults to this checkout's .venv python
+  PYSPARK_PYTHON   the driver's and workers' Python; defaults to this checkout's .venv python
   BATCHSCORE_JVM_CACHE  `off`: a local driver does not use the class-data archive that
                    `batchscore jvm-cache` builds (default: used when it exists)
   BATCHSCORE_JARS  connector jars (hadoop-aws, AWS SDK, delta-spark) added to the classpath:
-                   default jars/lib/spark/*.jar when `make jars` made them; a folder of jars;
+                   default jars/lib/spark/*.jar (jars/lib-spark3.5/spark/ for pyspark 3.5) when
+                   `make jars` made them; a folder of jars;
                    or `none` when the cluster already has them
 
 Examples:
@@ -30,12 +31,21 @@ USAGE
 case "${1:-}" in -h|--help|"") usage; exit 0 ;; esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY="${PYTHON:-python3}"; fi
+# The driver's Python: the workers' (PYSPARK_PYTHON) when that is set, so both run one stack
+# (`make test-lts` points it at .venv-lts); else this checkout's .venv, else $PYTHON / python3.
+if [[ -n "${PYSPARK_PYTHON:-}" ]] && command -v "$PYSPARK_PYTHON" >/dev/null; then PY="$PYSPARK_PYTHON"
+elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY="${PYTHON:-python3}"; fi
 
+# The installed pyspark's spark-submit, and the folder of connector jars `make jars` fetched for
+# its Spark (jars/lib, or jars/lib-spark3.5 for pyspark 3.5: batchscore.udfs.compat).
+mapfile -t found < <(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c 'import os, pyspark
+from batchscore.udfs.compat import jars_folder_name
+print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")); print(jars_folder_name())' 2>/dev/null)
+jars_lib="$ROOT/jars/${found[1]:-lib}"
 if [[ -n "${SPARK_HOME:-}" ]]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"
 else
-  SUBMIT="$("$PY" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit"))')"
+  SUBMIT="${found[0]:-}"
 fi
 [[ -x "$SUBMIT" ]] || { echo "error: spark-submit not found at $SUBMIT (set SPARK_HOME or install pyspark)" >&2; exit 2; }
 
@@ -90,7 +100,7 @@ done
 [[ $have_master -eq 1 ]] || opts+=(--master "local[*]")
 # Spark's connectors (`make jars`). Local masters: straight onto the JVMs' classpath (nothing
 # copied per run; the AWS SDK bundle is ~640 MB); other masters: shipped with --jars.
-jar_dir="${BATCHSCORE_JARS:-$ROOT/jars/lib/spark}"
+jar_dir="${BATCHSCORE_JARS:-$jars_lib/spark}"
 connector_jars=()
 if [[ "$jar_dir" != none && -d "$jar_dir" ]]; then
   shopt -s nullglob; connector_jars=("$jar_dir"/*.jar); shopt -u nullglob

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from batchscore import conf_dir, package_root
+from batchscore.udfs import compat
 from batchscore.udfs.delta_output import DELTA_CATALOG, DELTA_EXTENSION
 
 PROJECT_ROOT = package_root()  # what workers need on their path to import batchscore
@@ -28,20 +29,33 @@ LOCAL_DEFAULTS = {
     "spark.python.daemon.module": "batchscore.udfs.daemon",
 }
 LOG_CONFIG = os.path.join(conf_dir(), "log4j2.properties")
-# `make jars` puts Spark's connectors (hadoop-aws + AWS SDK, delta-spark) here.
-CONNECTOR_JARS_DIR = os.path.join(PROJECT_ROOT, "jars", "lib", "spark")
 JARS_ENV = "BATCHSCORE_JARS"  # "none": add no jars (the cluster has them); or a folder of jars
 # Where a config or spark-submit puts jars: delta-spark among them turns Delta's extension on.
 _JAR_KEYS = ("spark.jars", "spark.jars.packages", "spark.driver.extraClassPath")
 
 
+def jars_folder(kind: str = "spark") -> str:
+    """The folder of jars `make jars` fetched for this pyspark's Spark, one per Spark the project tests.
+
+    Args:
+        kind: `spark` (the connectors a session puts on its classpath) or `hdfs` (the test
+            MiniDFSCluster's jars).
+
+    Returns:
+        `jars/lib/<kind>` (Spark 4, `make jars`) or `jars/lib-spark3.5/<kind>` (Spark 3.5,
+        `make jars-lts`) in this checkout.
+    """
+    return os.path.join(PROJECT_ROOT, "jars", compat.jars_folder_name(), kind)
+
+
 def connector_jars() -> list[str]:
     """The connector jars a session built here puts on its classpath (sorted paths).
 
-    Those of `make jars` (`jars/lib/spark/*.jar` in a checkout), or of the folder in
-    $BATCHSCORE_JARS; none when that is `none` or the folder holds no jars.
+    Those of `make jars` for this pyspark (`jars_folder()`: `jars/lib/spark/*.jar` in a
+    checkout on Spark 4), or of the folder in $BATCHSCORE_JARS; none when that is `none` or
+    the folder holds no jars.
     """
-    folder = os.environ.get(JARS_ENV, "").strip() or CONNECTOR_JARS_DIR
+    folder = os.environ.get(JARS_ENV, "").strip() or jars_folder()
     if folder.lower() == "none" or not os.path.isdir(folder):
         return []
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".jar"))
@@ -86,7 +100,6 @@ def _with_class_archive(conf: dict[str, str], dump: str | None) -> None:
 
 # S3A settings taken from the standard AWS environment when the config leaves them unset.
 S3A = "spark.hadoop.fs.s3a."
-PROFILE_PROVIDER = "software.amazon.awssdk.auth.credentials.ProfileCredentialsProvider"
 
 
 def s3a_env_conf(env: Mapping[str, str]) -> dict[str, str]:
@@ -108,7 +121,7 @@ def s3a_env_conf(env: Mapping[str, str]) -> dict[str, str]:
         conf[S3A + "endpoint.region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
         conf["spark.executorEnv.AWS_ENDPOINT_URL_S3"] = endpoint
     if env.get("AWS_PROFILE") and not env.get("AWS_ACCESS_KEY_ID"):
-        conf[S3A + "aws.credentials.provider"] = PROFILE_PROVIDER
+        conf[S3A + "aws.credentials.provider"] = compat.s3a_profile_provider()
     return conf
 
 

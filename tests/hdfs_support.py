@@ -1,7 +1,7 @@
 """A MiniDFSCluster on 127.0.0.1 for tests: a real HDFS (NameNode + one DataNode) in its own JVM.
 
 `make jars` puts `hadoop-client-minicluster` (the Hadoop of the pinned pyspark) under
-`jars/lib/hdfs/`. Use it in a test module with
+`jars/lib/hdfs/` (`make jars-lts`: under `jars/lib-spark3.5/hdfs/` for pyspark 3.5). Use it in a test module with
 
     pytest_plugins = ["tests.hdfs_support"]
 
@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from batchscore.jobs.session import jars_folder
+
 ROOT = Path(__file__).resolve().parent.parent
-HDFS_JARS = ROOT / "jars" / "lib" / "hdfs"
+HDFS_JARS = Path(jars_folder("hdfs"))  # this pyspark's Hadoop: jars/lib/hdfs (Spark 4) or jars/lib-spark3.5/hdfs
 MANAGER = "org.apache.hadoop.test.MiniDFSClusterManager"
 
 
@@ -93,7 +95,7 @@ def _wait_until_up(proc: subprocess.Popen[bytes], port: int, details: Path, log_
 def hdfs_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`hdfs://127.0.0.1:PORT` of a MiniDFSCluster shared by the session's tests (stopped at the end)."""
     if not hdfs_jars_present():
-        pytest.skip(f"no hadoop-client-minicluster under {HDFS_JARS} (run `make jars`)")
+        pytest.skip(f"no hadoop-client-minicluster under {HDFS_JARS} (run `make jars` / `make jars-lts`)")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     with minidfs(tmp_path_factory.mktemp("minidfs")) as uri:
         yield uri

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from batchscore.udfs import compat
 from batchscore.udfs.binding import InputFeed
 from batchscore.udfs.lanes import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, temporary_conf
 from batchscore.udfs.run import run_scoring
@@ -64,6 +65,8 @@ def sum_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
+@pytest.mark.skipif(not compat.arrow_batches_have_a_byte_bound(),
+                    reason="Spark 3.5 (lts) has no spark.sql.execution.arrow.maxBytesPerBatch: its Arrow batches are bounded by records only")
 def test_dataframe_lane_batches_follow_the_byte_bound(spark, sum_model, tmp_path) -> None:
     """A small byte limit still cuts the batches Python gets; the session's settings come back."""
     rng = np.random.default_rng(5)

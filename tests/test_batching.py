@@ -43,7 +43,7 @@ def _batches(lengths: list[int], *, nulls: set[int] = frozenset()) -> list[pa.Re
     for n in lengths:
         ids = np.arange(start, start + n, dtype=np.int64)
         x = [None if i in nulls else float(i) * 0.5 - 3 for i in ids]
-        out.append(pa.record_batch({"id": pa.array(ids), "x": pa.array(x, pa.float64())}))
+        out.append(pa.RecordBatch.from_pydict({"id": pa.array(ids), "x": pa.array(x, pa.float64())}))
         start += n
     return out
 

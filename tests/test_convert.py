@@ -64,10 +64,10 @@ def test_packed_stacked_columns_give_the_inputs_and_flags_of_separate_columns(ce
     """The DataFrame lane packs D stacked columns into one array column: same tensor, same reasons, same column."""
     sig = ModelSignature("/m", "serving_default", (TensorSpec("x", "float32", (3,)),), (), "f" * 16)
     names = ["a", "b", "c"]
-    separate = pa.record_batch({n: pa.array([row[j] for row in cells], dtype) for j, n in enumerate(names)})
+    separate = pa.RecordBatch.from_pydict({n: pa.array([row[j] for row in cells], dtype) for j, n in enumerate(names)})
     feeds = bind_inputs(sig, separate.schema, {"x": names})
     packed_feeds = (dataclasses.replace(feeds[0], packed="bs__packed_0"),)
-    packed = pa.record_batch({"bs__packed_0": pa.array(cells, pa.list_(dtype))})
+    packed = pa.RecordBatch.from_pydict({"bs__packed_0": pa.array(cells, pa.list_(dtype))})
     want_inputs, want = convert.batch_to_inputs(separate, feeds, names)
     got_inputs, got = convert.batch_to_inputs(packed, packed_feeds, names)
     np.testing.assert_array_equal(got.reason, want.reason)
@@ -78,7 +78,7 @@ def test_packed_stacked_columns_give_the_inputs_and_flags_of_separate_columns(ce
 
 def test_batch_to_inputs_scalar_column_feeds_a_batch_by_one_input() -> None:
     sig = ModelSignature("/m", "serving_default", (TensorSpec("x", "float32", (1,)),), (), "f" * 16)
-    batch = pa.record_batch({"x": pa.array([1.5, 2.5, 3.5], pa.float64())})
+    batch = pa.RecordBatch.from_pydict({"x": pa.array([1.5, 2.5, 3.5], pa.float64())})
     feeds = bind_inputs(sig, batch.schema)
     inputs, _ = convert.batch_to_inputs(batch, feeds, ["x"])
     assert inputs["x"].shape == (3, 1) and inputs["x"].dtype == np.float32
@@ -149,7 +149,7 @@ def test_batch_to_inputs_property_against_a_row_by_row_reference(rows, large, da
     start = data.draw(st.integers(0, len(rows) - 1))
     stop = data.draw(st.integers(start + 1, len(rows)))
     list_type = (pa.large_list if large else pa.list_)(pa.float32())
-    full = pa.record_batch({
+    full = pa.RecordBatch.from_pydict({
         "v": pa.array([r[0] for r in rows], list_type),
         "s": pa.array([r[1] for r in rows], pa.float32()),
     })

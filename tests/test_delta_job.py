@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pytest
 
 from batchscore.jobs.demo_data import DATES, NUMERIC
-from batchscore.jobs.session import with_delta
+from batchscore.jobs.session import jars_folder, with_delta
+from batchscore.udfs.compat import to_arrow
 from batchscore.udfs.delta_output import DELTA_CATALOG, DELTA_EXTENSION, delta_session, replace_where, txn_app_id
 from batchscore.udfs.errors import InputError
 from batchscore.udfs.run import run_scoring
@@ -47,8 +48,8 @@ def test_with_delta_adds_the_extension_and_catalog_when_the_jar_is_there() -> No
     assert conf == {"spark.driver.extraClassPath": "/opt/jars/hadoop-aws-3.4.2.jar"}
 
 
-needs_delta = pytest.mark.skipif(not any((ROOT / "jars" / "lib" / "spark").glob("delta-spark_*.jar")),
-                                 reason="no delta-spark jar under jars/lib/spark (run `make jars`)")
+needs_delta = pytest.mark.skipif(not any(Path(jars_folder()).glob("delta-spark_*.jar")),
+                                 reason=f"no delta-spark jar under {jars_folder()} (run `make jars` / `make jars-lts`)")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def spec(input_path: str, model: str, out: str, *overrides: str) -> Any:
 
 
 def read_delta(spark: Any, path: str, *columns: str) -> pa.Table:
-    return spark.read.format("delta").load(path).select(*columns).toArrow().sort_by("id")
+    return to_arrow(spark.read.format("delta").load(path).select(*columns)).sort_by("id")
 
 
 def history(spark: Any, path: str) -> list[Any]:

@@ -17,26 +17,32 @@ from typing import Any
 import pytest
 
 from batchscore.jobs import session as session_mod
+from batchscore.udfs import compat
 
 pytest_plugins = ["tests.hdfs_support"]  # the hdfs_uri fixture (skips without `make jars`)
 
 ROOT = Path(__file__).resolve().parent.parent
-SPARK_JARS = ROOT / "jars" / "lib" / "spark"
+SPARK_JARS = Path(session_mod.jars_folder())  # this pyspark's: jars/lib/spark (Spark 4) or jars/lib-spark3.5/spark
+POM = ROOT / "jars" / compat.jars_pom_name()
+# The AWS SDK of hadoop-aws: v2 (one `bundle`) from Hadoop 3.4 on, v1 (`aws-java-sdk-bundle`) before.
+AWS_SDK = ({"software.amazon.awssdk.services.s3.S3Client": "bundle-{aws}.jar"} if compat.spark_version() >= (4, 0)
+           else {"com.amazonaws.services.s3.AmazonS3Client": "aws-java-sdk-bundle-{aws}.jar"})
 CLASSES = {  # class -> the pinned jar it must come from
     "org.apache.hadoop.fs.s3a.S3AFileSystem": "hadoop-aws-{hadoop}.jar",
-    "software.amazon.awssdk.services.s3.S3Client": "bundle-{aws}.jar",
-    "io.delta.sql.DeltaSparkSessionExtension": "delta-spark_2.13-{delta}.jar",
-    "io.delta.tables.DeltaTable": "delta-spark_2.13-{delta}.jar",
+    **AWS_SDK,
+    "io.delta.sql.DeltaSparkSessionExtension": "delta-spark_{scala}-{delta}.jar",
+    "io.delta.tables.DeltaTable": "delta-spark_{scala}-{delta}.jar",
 }
 
 needs_jars = pytest.mark.skipif(not any(SPARK_JARS.glob("hadoop-aws-*.jar")),
-                                reason=f"no connector jars under {SPARK_JARS} (run `make jars`)")
+                                reason=f"no connector jars under {SPARK_JARS} (run `make jars` / `make jars-lts`)")
 
 
 def _pom_versions() -> dict[str, str]:
-    pom = (ROOT / "jars" / "pom.xml").read_text()
-    return {name: re.search(rf"<{tag}>([^<]+)</{tag}>", pom).group(1)
-            for name, tag in (("hadoop", "hadoop.version"), ("aws", "aws.sdk.version"), ("delta", "delta.version"))}
+    pom = POM.read_text()
+    tags = {"hadoop": "hadoop.version", "aws": "aws.sdk.version", "delta": "delta.version",
+            "scala": "scala.binary.version", "spark": "spark.binary.version"}
+    return {name: re.search(rf"<{tag}>([^<]+)</{tag}>", pom).group(1) for name, tag in tags.items()}
 
 
 def test_pom_pins_the_hadoop_inside_pyspark() -> None:
@@ -44,9 +50,10 @@ def test_pom_pins_the_hadoop_inside_pyspark() -> None:
 
     jars = Path(pyspark.__file__).parent / "jars"
     (api,) = jars.glob("hadoop-client-api-*.jar")
-    assert api.name == f"hadoop-client-api-{_pom_versions()['hadoop']}.jar"
-    assert len(list(jars.glob("scala-library-2.13.*.jar"))) == 1  # delta-spark_2.13
-    assert pyspark.__version__.startswith("4.1.")  # delta-spark 4.1.0 is built on Spark 4.1
+    versions = _pom_versions()
+    assert api.name == f"hadoop-client-api-{versions['hadoop']}.jar"
+    assert len(list(jars.glob(f"scala-library-{versions['scala']}.*.jar"))) == 1  # delta-spark_<scala>
+    assert pyspark.__version__.startswith(versions["spark"] + ".")  # the Spark the pinned delta-spark is built on
 
 
 def test_connector_jars_opt_out_and_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

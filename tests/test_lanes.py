@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchscore.jobs.demo_data import NUMERIC
+from batchscore.udfs import compat
 from batchscore.udfs.errors import ConfigError
 from batchscore.udfs.run import run_scoring
 from tests import support
@@ -183,6 +184,8 @@ def test_filter_on_nan_column_is_spark_semantics_on_both_lanes(spark, nan_input,
     _assert_same(results["auto"][1], results["dataframe"][1])
 
 
+@pytest.mark.skipif(not compat.spark_rejects_bad_casts(), reason="Spark 3.5 (lts) is not in ANSI mode by default: "
+                    "a literal that cannot be cast reads as null, the filter is not rejected")
 @pytest.mark.parametrize("lane", ["auto", "arrow", "dataframe"])
 @pytest.mark.parametrize("filter_sql", ["amount > 'abc'", "region > 5"])
 def test_filter_spark_rejects_is_a_config_error_on_every_lane(spark, nan_input, demo_model, tmp_path,

@@ -72,7 +72,7 @@ def token_batches(rows: list[list | None], splits: list[int]) -> list[pa.RecordB
     for n in splits:
         part = rows[start : start + n]
         ids = np.arange(start, start + len(part), dtype=np.int64)
-        out.append(pa.record_batch({"id": pa.array(ids), "tokens": pa.array(part, pa.list_(pa.int64()))}))
+        out.append(pa.RecordBatch.from_pydict({"id": pa.array(ids), "tokens": pa.array(part, pa.list_(pa.int64()))}))
         start += len(part)
     return out
 
@@ -166,7 +166,7 @@ def test_fixed_inner_dims_after_the_variable_one_are_validated(nested: bool) -> 
         col = pa.array(cells, pa.list_(pa.list_(pa.float32())))
     else:  # the same rows flat: 4 values per position
         col = pa.array([None if c is None else [v for p in c for v in p] for c in cells], pa.list_(pa.float32()))
-    batch = pa.record_batch({"id": pa.array(np.arange(8)), "x": col})
+    batch = pa.RecordBatch.from_pydict({"id": pa.array(np.arange(8)), "x": col})
     (feed,) = bind_inputs(VEC_SIG, batch.schema, pad={"x": -1.0})
     calls: list[np.ndarray] = []
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
 from batchscore.udfs.binding import bind_inputs
+from batchscore.udfs.compat import to_arrow
 from batchscore.udfs.model_cache import load_saved_model
 from batchscore.udfs.run import run_scoring
 from batchscore.udfs.signature import read_signature
@@ -182,8 +183,8 @@ def test_scoring_job_property_on_both_lanes(spark, rel_model, tmp_path_factory, 
         cfg = support.job_spec(in_path, rel_model, out, *rs.REL_COLUMNS, "output.keep_columns=[id]",
                                f"input.lane={lane}", "model.batch_size=8")
         manifest = run_scoring(spark, cfg)
-        scored = spark.read.parquet(out).toArrow().sort_by("id")
-        q = spark.read.parquet(out + "_quarantine").toArrow().sort_by("id") if os.path.exists(out + "_quarantine") else None
+        scored = to_arrow(spark.read.parquet(out)).sort_by("id")
+        q = to_arrow(spark.read.parquet(out + "_quarantine")).sort_by("id") if os.path.exists(out + "_quarantine") else None
         outcome = {i: ("ok", "_") for i in scored.column("id").to_pylist()}
         if q is not None:
             for i, r, c in zip(q.column("id").to_pylist(), q.column("reason").to_pylist(),

@@ -24,6 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from batchscore.udfs.compat import to_arrow
 from batchscore.udfs.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
 from batchscore.udfs.manifest import RunManifest
 from batchscore.udfs.run import run_scoring
@@ -46,7 +47,7 @@ def config(input_path: str, model_path: str, output_path: str, *overrides: str, 
 
 def read_spark(spark, path: str) -> pa.Table:
     """A directory read back by Spark (partition columns included), sorted by id."""
-    return spark.read.parquet(path).toArrow().sort_by("id")
+    return to_arrow(spark.read.parquet(path)).sort_by("id")
 
 
 def read_manifest(output_path: str) -> dict:

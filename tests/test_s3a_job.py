@@ -21,7 +21,8 @@ import pytest
 
 from batchscore.jobs.check_manifest import check_manifest
 from batchscore.jobs.score import main
-from batchscore.jobs.session import PROFILE_PROVIDER, S3A, s3a_env_conf
+from batchscore.jobs.session import S3A, jars_folder, s3a_env_conf
+from batchscore.udfs.compat import s3a_profile_provider
 from batchscore.udfs.manifest import RunManifest
 from batchscore.udfs.storage import is_object_store, pyarrow_uri
 from tests import support
@@ -37,8 +38,8 @@ MULTI_SETS = ["input.columns.image=pixels", "input.columns.numeric=[f0, f1, f2, 
               "model.batch_size=16"]
 BAD = {7: "null_feature", 50: "bad_shape", 99: "non_finite"}  # id -> quarantine reason
 
-needs_jars = pytest.mark.skipif(not any((ROOT / "jars" / "lib" / "spark").glob("hadoop-aws-*.jar")),
-                                reason="no hadoop-aws jar under jars/lib/spark (run `make jars`)")
+needs_jars = pytest.mark.skipif(not any(Path(jars_folder()).glob("hadoop-aws-*.jar")),
+                                reason=f"no hadoop-aws jar under {jars_folder()} (run `make jars` / `make jars-lts`)")
 
 
 def test_s3a_conf_comes_from_the_aws_environment_without_keys() -> None:
@@ -51,7 +52,7 @@ def test_s3a_conf_comes_from_the_aws_environment_without_keys() -> None:
     env = {"AWS_ENDPOINT_URL": "http://a:1", "AWS_ENDPOINT_URL_S3": "http://b:2", "AWS_PROFILE": "dev"}
     conf = s3a_env_conf(env)
     assert conf[S3A + "endpoint"] == "http://b:2" and conf[S3A + "endpoint.region"] == "us-east-1"
-    assert conf[S3A + "aws.credentials.provider"] == PROFILE_PROVIDER
+    assert conf[S3A + "aws.credentials.provider"] == s3a_profile_provider()
     # real AWS with keys or a role: S3A's own defaults, nothing set
     assert s3a_env_conf({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}) == {}
 

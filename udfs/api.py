@@ -18,13 +18,13 @@ prediction:
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import pyarrow as pa
 
+from batchscore.udfs import compat
 from batchscore.udfs.batching import BAD_COLUMN, OK_REASON, REASON_COLUMN
 from batchscore.udfs.binding import bind_inputs
 from batchscore.udfs.distribution import DISTRIBUTIONS, ModelSource, make_model_source
@@ -176,19 +176,13 @@ class PredictUDF:
 
     def __call__(self, *cols: Any, **named: Any) -> Any:
         """The predictions of `cols` (see `predict_udf`) as a Column."""
-        from pyspark.sql.functions import arrow_udf  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
-        from pyspark.util import PythonEvalType  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
-
         args, columns = _feed_columns(self.input_names, cols, named)
         plan = ScoringPlan(self.signature, (), self.source, self.batch_size, (),
                            tuple(o.name for o in self.signature.outputs), self.on_bad_rows, self.pad_multiple)
         fn = _udf_function(plan, [name for name, _ in args], columns, self.pad, self.mask, self.stats)
         # Iterator[tuple[pa.Array, ...]] -> Iterator[pa.Array]: the worker keeps state (the re-chunking
         # queue) across the task's Arrow batches
-        with warnings.catch_warnings():  # "prefer type hints": the eval type is stated, not inferred
-            warnings.simplefilter("ignore", UserWarning)
-            udf = arrow_udf(fn, self.return_type, functionType=PythonEvalType.SQL_SCALAR_ARROW_ITER_UDF)
-        return udf(*(c for _, c in args))
+        return compat.arrow_iter_udf(fn, self.return_type)(*(c for _, c in args))
 
 
 def _feed_columns(

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from batchscore.udfs import compat
 from batchscore.udfs.arrow_filter import RowFilter
 from batchscore.udfs.errors import ConfigError, InputError
 from batchscore.udfs.storage import (
@@ -276,7 +277,7 @@ class _UnitReader:
             return
         read = list(dict.fromkeys([*columns, *f.columns]))
         for batch in dataset.to_batches(columns=read, filter=f.prune, **scan):
-            yield batch.filter(f.exact).select(columns)
+            yield compat.filter_batch(batch, f.exact).select(columns)
 
 
     def _row_range(self, dataset: ds.FileSystemDataset, columns: list[str], rows: list[int],
@@ -309,7 +310,7 @@ def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[st
         for batch in reader.batches(dataset, list(source.columns), rows=unit.get("rows"), batch_size=READ_BATCH_ROWS,
                                     batch_readahead=2, fragment_readahead=1):
             if batch.num_rows:
-                yield batch if batch.schema.equals(out_schema) else batch.cast(out_schema)
+                yield batch if batch.schema.equals(out_schema) else compat.cast_batch(batch, out_schema)
 
 
 def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from batchscore.udfs import compat
 from batchscore.udfs.arrow_filter import UnsupportedFilter, arrow_filter
 from batchscore.udfs.arrow_lane import ArrowPlan, UnsupportedInput, plan_arrow_input, sample_rows
 from batchscore.udfs.errors import ConfigError
@@ -81,7 +82,7 @@ def sample_array_columns(df: Any, plan: ScoringPlan, arrow_plan: ArrowPlan | Non
     if arrow_plan is not None:
         return sample_rows(arrow_plan, cols, rows)
     sample = df.select(*cols).limit(rows)
-    return sample.toArrow() if hasattr(sample, "toArrow") else pa.Table.from_pandas(sample.toPandas())
+    return compat.to_arrow(sample)
 
 
 def _bytes(text: str) -> int:
