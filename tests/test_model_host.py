@@ -301,6 +301,7 @@ def test_sharing_executor_on_local2_equals_worker_with_one_load(spark, four_file
     assert shared.model_loads == 1 and shared.model_loads_by_executor == {"driver": 1}
     assert shared.python_workers >= 2  # both task slots' workers were served by the one host
     assert all(w["loads"] == 0 for w in shared.workers.values())  # no worker loaded a copy
+    assert list(shared.devices.values()) == ["CPU:0"] and all(k.startswith("host driver/") for k in shared.devices)
     assert worker.model_loads == worker.python_workers >= 2 and worker.model_loads_by_executor == {}
 
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchscore.udfs.errors import ConfigError, SchemaError
+from batchscore.udfs.parquet_reader import plan_dataset, tf_dataset
 from batchscore.udfs.petastorm_reader import PARENT_CACHE_CONF, petastorm_dataset
 from tests import support
 
@@ -90,6 +91,20 @@ def test_two_shards_cover_every_row_once(spark: Any, train_parquet: str) -> None
     shards = [_read(spark, train_parquet, SCALARS, batch_size=50, shard=i, num_shards=2, seed=5) for i in range(2)]
     assert all(shards), "each shard gets row groups"
     assert sorted(shards[0] + shards[1]) == _expected(train_parquet, SCALARS)  # disjoint and complete
+
+
+@needs_petastorm
+def test_the_arrow_and_petastorm_readers_feed_the_same_rows(spark: Any, train_parquet: str) -> None:
+    # train.reader arrow (udfs/parquet_reader.py) and petastorm: the same rows, order aside, one shard or two
+    plan = plan_dataset(train_parquet, features=SCALARS, label="label", key=None, label_kind="int")
+    for shards in (1, 2):
+        arrow_rows: list[tuple[float, ...]] = []
+        for i in range(shards):
+            for x, y in tf_dataset(plan, batch_size=64, shard=i, num_shards=shards, seed=5):
+                arrow_rows.extend((*r, lab) for r, lab in zip(x.numpy().tolist(), y.numpy().tolist(), strict=True))
+        petastorm_rows = sorted(row for i in range(shards) for row in _read(
+            spark, train_parquet, SCALARS, batch_size=64, shard=i, num_shards=shards, seed=5))
+        assert sorted(arrow_rows) == petastorm_rows == _expected(train_parquet, SCALARS)
 
 
 @needs_petastorm

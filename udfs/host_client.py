@@ -188,8 +188,11 @@ class HostClient:
 
     def stats(self) -> dict[str, Any]:
         """This host in the run's stats, by host id (max-merged): its model load when this task
-        started it, else 0 (a host reused from an earlier task, stage or run loaded nothing now)."""
-        return {"host_loads": {self.fields["host_id"]: int(self.fields["loads"]) if self.started_here else 0}}
+        started it, else 0 (a host reused from an earlier task, stage or run loaded nothing now),
+        and the device it scores on (the manifest's `devices`, keyed `host <executor>/<incarnation>`)."""
+        host = self.fields["host_id"]
+        return {"host_loads": {host: int(self.fields["loads"]) if self.started_here else 0},
+                **({"devices": {f"host {host}": self.fields["devices"]}} if self.fields.get("devices") else {})}
 
 
 _clients: dict[str, HostClient] = {}  # this worker's connections, by host key
