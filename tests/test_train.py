@@ -324,7 +324,7 @@ def test_petastorm_reader_outside_the_lts_stack_exits_2(tmp_path, binary_data, c
     from batchscore.udfs.train_run import petastorm_reader
 
     spec = load_train_config(write_config(tmp_path, binary_data[0], str(tmp_path / "m"), reader="petastorm"))
-    with pytest.raises(ConfigError, match=r"petastorm needs the lts stack .*make test-lts"):
+    with pytest.raises(ConfigError, match=r"'petastorm' runs only on the lts stack .*make test-lts"):
         petastorm_reader(None, spec)
 
 

@@ -26,7 +26,7 @@ PARENT_CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"  # petastorm's
 _NUMERIC = ("byte", "short", "integer", "long", "float", "double", "boolean")  # Spark typeName()s
 
 
-def _import_petastorm() -> Any:
+def require_petastorm() -> Any:
     """petastorm's Spark converter module; ConfigError (one line) where it cannot be imported."""
     try:
         from petastorm import spark as petastorm_spark  # noqa: PLC0415 - only the lts stack has it
@@ -135,7 +135,7 @@ def petastorm_dataset(
     """
     _check_args(features, label, batch_size, shard, num_shards)
     df, one_array = _training_frame(spark, path, list(features), label, num_shards)
-    petastorm_spark = _import_petastorm()
+    petastorm_spark = require_petastorm()
     import tensorflow as tf  # noqa: PLC0415 - heavy: imported where a dataset is built
 
     with _cache_url(spark, cache_dir):

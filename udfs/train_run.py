@@ -60,9 +60,13 @@ def petastorm_reader(spark: Any, spec: TrainSpec) -> Callable[[contextlib.ExitSt
     """
     t = spec.train
     try:
-        from batchscore.udfs.petastorm_reader import petastorm_dataset  # noqa: PLC0415 - petastorm: the lts stack only
+        from batchscore.udfs.petastorm_reader import (  # noqa: PLC0415 - petastorm: the lts stack only
+            petastorm_dataset,
+            require_petastorm,
+        )
     except ImportError as e:
         raise ConfigError(f"config key 'train.reader' petastorm: {LTS_HINT}; here: {e}") from None
+    require_petastorm()  # ConfigError, one line, where petastorm cannot be imported (the current stack)
     if t.strategy == "multi_worker":
         raise ConfigError("config key 'train.reader' petastorm works with train.strategy default or mirrored; "
                           "multi_worker reads with the arrow reader")
