@@ -290,7 +290,7 @@ class _UnitReader:
             seen += batch.num_rows
             if a < b:
                 part = batch.slice(a, b - a)
-                yield (part.filter(f.exact) if f is not None else part).select(columns)
+                yield (compat.filter_batch(part, f.exact) if f is not None else part).select(columns)
             if seen >= stop:
                 return
 
