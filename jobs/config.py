@@ -20,11 +20,7 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> JobSpec
     Raises:
         ConfigError: naming the file or key that is wrong.
     """
-    data = _read_yaml(path) if path else {}
-    for item in overrides or []:
-        key, value = _parse_override(item)
-        _set_dotted(data, key, value)
-    return parse_job_spec(data)
+    return parse_job_spec(_read_with_overrides(path, overrides))
 
 
 def load_train_config(path: str | None, overrides: list[str] | None = None) -> TrainSpec:
@@ -33,11 +29,16 @@ def load_train_config(path: str | None, overrides: list[str] | None = None) -> T
     Raises:
         ConfigError: naming the file or key that is wrong.
     """
+    return parse_train_spec(_read_with_overrides(path, overrides))
+
+
+def _read_with_overrides(path: str | None, overrides: list[str] | None) -> dict[str, Any]:
+    """The YAML mapping at `path` (empty without one) with each `key=value` override set."""
     data = _read_yaml(path) if path else {}
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_dotted(data, key, value)
-    return parse_train_spec(data)
+    return data
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

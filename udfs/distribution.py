@@ -86,17 +86,3 @@ def _unpack_once(data: bytes, fingerprint: str, name: str) -> str:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
     return target
-    os.makedirs(root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{fingerprint}-", dir=root)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-            tar.extractall(staging, filter="data")  # no absolute paths, links out, devices
-        try:
-            os.rename(staging, final)  # atomic; another worker may have won the race
-        except OSError:
-            if not os.path.exists(target):
-                raise
-    finally:
-        if os.path.exists(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
