@@ -25,9 +25,9 @@ $(VENV)/.installed: requirements.txt setup.py pyproject.toml
 	touch $@
 
 data/demo/features data/demo/model: | venv
-	$(PY) -m jobs.demo_data --out data/demo
+	$(PY) -m batchscore.demo_data --out data/demo
 
-# The JVM class-data archive local Spark sessions start from (jobs/jvm_cache.py): built once per
+# The JVM class-data archive local Spark sessions start from (batchscore/session/jvm_cache.py): built once per
 # JDK, pyspark and jar set (~1 min), kept in ~/.cache/batchscore; a no-op when it exists.
 jvm-cache: venv
 	$(PY) -m batchscore jvm-cache
@@ -111,7 +111,7 @@ bench-cpu: venv jvm-cache
 
 # Connector jars: resolved by Maven from a pom (one profile per folder), one jars folder per
 # Spark the project tests: jars/pom.xml -> jars/lib/ (the current stack, `make jars`),
-# jars/pom-spark3.5.xml -> jars/lib-spark3.5/ (the lts stack, `make jars-lts`); jobs/session.py
+# jars/pom-spark3.5.xml -> jars/lib-spark3.5/ (the lts stack, `make jars-lts`); batchscore/session/builder.py
 # picks the folder of the installed pyspark (`jars_folder`).
 # Cached: re-fetched only when the pom changes (Maven's own cache: build/m2).
 JARS_LIB := jars/lib

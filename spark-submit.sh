@@ -37,9 +37,9 @@ if [[ -n "${PYSPARK_PYTHON:-}" ]] && command -v "$PYSPARK_PYTHON" >/dev/null; th
 elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"; else PY="${PYTHON:-python3}"; fi
 
 # The installed pyspark's spark-submit, and the folder of connector jars `make jars` fetched for
-# its Spark (jars/lib, or jars/lib-spark3.5 for pyspark 3.5: batchscore.udfs.compat).
+# its Spark (jars/lib, or jars/lib-spark3.5 for pyspark 3.5: batchscore.core.compat).
 mapfile -t found < <(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c 'import os, pyspark
-from batchscore.udfs.compat import jars_folder_name
+from batchscore.core.compat import jars_folder_name
 print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")); print(jars_folder_name())' 2>/dev/null)
 jars_lib="$ROOT/jars/${found[1]:-lib}"
 if [[ -n "${SPARK_HOME:-}" ]]; then

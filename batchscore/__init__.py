@@ -40,7 +40,7 @@ def __getattr__(name: str) -> object:
     """`batchscore.score_dataframe` and `batchscore.predict_udf`, imported on first use, so
     `import batchscore` stays light (no pyspark, no TensorFlow)."""
     if name in _API:
-        from batchscore.udfs import api  # noqa: PLC0415 - on first use: pyspark and TF stay unloaded
+        from batchscore import api  # noqa: PLC0415 - on first use: pyspark and TF stay unloaded
 
         return getattr(api, name)
     raise AttributeError(f"module 'batchscore' has no attribute '{name}'")

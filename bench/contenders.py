@@ -273,7 +273,7 @@ class ProjectLane(Contender):
         self._loads = 0
 
     def config(self, out: str) -> Any:  # a JobSpec
-        from batchscore.jobs.config import load_config
+        from batchscore.config.loader import load_config
 
         w = self.workload
         assert w is not None
@@ -287,7 +287,7 @@ class ProjectLane(Contender):
         return load_config(None, sets)
 
     def run(self, out: str) -> dict[str, Any]:
-        from batchscore.udfs.run import run_scoring
+        from batchscore.run.steps import run_scoring
 
         cfg = self.config(out)
         t0 = time.perf_counter()

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(BENCH_DIR / "work"))
     args = p.parse_args(argv)
 
-    from batchscore.jobs.session import build_session
+    from batchscore.session.builder import build_session
 
     full = PROFILES["full"]
     if args.workload == "cnn":

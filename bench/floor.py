@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jfr and not args.only:
         p.error("--jfr needs --only VARIANT: one variant per recording")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from batchscore.jobs.session import LOG_CONFIG, build_session
-    from batchscore.udfs.lanes import arrow_batch_conf, temporary_conf
+    from batchscore.run.lane_choice import arrow_batch_conf, temporary_conf
+    from batchscore.session.builder import LOG_CONFIG, build_session
 
     work = str(BENCH_DIR / "work")
     w = mlp_workload(work, rows=1_000_000, rows_per_file=125_000, batch_size=4096)

@@ -25,7 +25,7 @@ import psutil
 # Command-line fragments that mark a process a benchmark run must not share the machine with.
 MARKERS = {
     "spark_jvm": ("org.apache.spark",),
-    "pyspark_worker": ("pyspark.daemon", "pyspark.worker", "batchscore.udfs.daemon", "batchscore.udfs.model_host"),
+    "pyspark_worker": ("pyspark.daemon", "pyspark.worker", "batchscore.udfs.daemon", "batchscore.udfs.host.model_host"),
     "ray": ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard"),
     "bench": ("bench.oneshot", "bench.run", "bench.soak", "batchscore score", "jobs.score", "bench.cold_probe"),
 }

@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep_workloads.append(mlp_workload(work, n, rows_per_file=profile.mlp_rows_per_file,
                                                 batch_size=profile.mlp_batch))
 
-    from batchscore.jobs.session import build_session
+    from batchscore.session.builder import build_session
 
     spark_conf = {**SPARK_CONF, "spark.master": args.master}
     spark = build_session(spark_conf, app_name="batchscore-bench")

@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 
-from batchscore.udfs import host_client
+from batchscore.udfs.host import client as host_client
 from bench import coldrun, quiet
 from bench.cold import PROFILES as COLD_PROFILES
 from bench.cold import WORK, machine_summary, make_workload, rotation
@@ -40,7 +40,7 @@ from bench.workloads import Workload
 
 RESULTS = str(coldrun.PROJECT_ROOT / "bench" / "results")
 MODES = ("worker", "executor")
-HOST_MODULE = "batchscore.udfs.model_host"
+HOST_MODULE = "batchscore.udfs.host.model_host"
 TARGET_RATIO = 0.9
 PSS_EVERY_S = 1.0  # proportional set size (smaps_rollup) is dearer than RSS: sampled once a second
 DEFAULTS = {"points": (1_000_000, 2_000_000), "runs": 3, "rows_per_file": 250_000, "batch_size": 10_000}

@@ -13,9 +13,9 @@ import argparse
 import json
 import sys
 
-from batchscore.udfs.errors import BatchscoreError
-from batchscore.udfs.manifest import MANIFEST_NAME, ManifestError, RunManifest
-from batchscore.udfs.storage import read_bytes
+from batchscore.core.errors import BatchscoreError
+from batchscore.core.storage import read_bytes
+from batchscore.output.manifest import MANIFEST_NAME, ManifestError, RunManifest
 
 __all__ = ["ManifestError", "check_manifest", "main"]
 
@@ -45,7 +45,7 @@ def check_manifest(path: str, *, min_rows: int = 0) -> RunManifest:
 
 
 def _check_run_prefix(path: str, manifest: RunManifest) -> None:
-    """On an object store the manifest names the run's own prefix (udfs/publish.py): it must
+    """On an object store the manifest names the run's own prefix (batchscore/output/publish.py): it must
     hold the run's `_SUCCESS` marker, written before the manifest."""
     data = manifest.output.data_path
     if not data or data.rstrip("/") == (manifest.output.path or "").rstrip("/"):

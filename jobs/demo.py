@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=os.path.join(conf_dir(), "demo.yaml"), help="the scoring config")
     p.add_argument("--quiet", action="store_true", help="print only the summaries")
     args = p.parse_args(argv)
-    from batchscore.jobs import demo_data, evaluate, score  # noqa: PLC0415 - heavy imports after --help
+    from batchscore import demo_data  # noqa: PLC0415 - heavy imports after --help
+    from batchscore.jobs import evaluate, score  # noqa: PLC0415 - heavy imports after --help
 
     code = demo_data.main(["--out", args.out, "--rows", str(args.rows)])
     if code:

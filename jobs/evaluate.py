@@ -1,7 +1,7 @@
 """Evaluate scored output against labels: `batchscore evaluate --predictions DIR --label COL --score COL`.
 
 Only wiring: arguments -> session -> `udfs.evaluation.evaluate_run` (metrics on Spark,
-udfs/metrics.py) -> metrics JSON and plots (`<predictions>/_evaluation/` or `--out`) -> summary
+batchscore/evaluation/metrics.py) -> metrics JSON and plots (`<predictions>/_evaluation/` or `--out`) -> summary
 -> gates. Exit codes: 0 success; 2 a user error (a missing path or column, labels out of
 range, a bad `--gate`), one line `error: ...` on stderr; 3 a `--gate` failed, one line
 `gate failed: ...` per failed gate on stderr (the metrics are written first); 1 anything else.
@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import Any
 
-from batchscore.udfs.errors import BatchscoreError, ConfigError
-from batchscore.udfs.metrics import TASKS, failed_gates, parse_gate, roc_auc
-from batchscore.udfs.spark_errors import one_line, translate_spark_error
+from batchscore.core.errors import BatchscoreError, ConfigError
+from batchscore.core.spark_errors import one_line, translate_spark_error
+from batchscore.evaluation.metrics import TASKS, failed_gates, parse_gate, roc_auc
 
 __all__ = ["GATE_FAILED_EXIT", "main", "roc_auc"]
 
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     try:
         gates = [parse_gate(g) for g in args.gate]
         if spark is None:
-            from batchscore.jobs.session import build_session, session_is_shared  # noqa: PLC0415 - imports pyspark
+            from batchscore.session.builder import build_session, session_is_shared  # noqa: PLC0415 - imports pyspark
 
             own_session = not session_is_shared()
             spark = build_session(_spark_conf(args.conf), app_name="batchscore-evaluate")
             spark.sparkContext.setLogLevel("ERROR")
-        from batchscore.udfs import evaluation  # noqa: PLC0415 - imports pyspark and matplotlib, after --help
+        from batchscore.evaluation import run as evaluation  # noqa: PLC0415 - imports pyspark and matplotlib, after --help
 
         result, source = evaluation.evaluate_run(
             spark, predictions=args.predictions, label=args.label, score=args.score, labels=args.labels,

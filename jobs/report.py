@@ -15,8 +15,8 @@ import posixpath
 import sys
 from typing import Any
 
-from batchscore.udfs.manifest import MANIFEST_NAME, ManifestError, RunManifest
-from batchscore.udfs.storage import absolute, pyarrow_fs, pyarrow_uri, read_bytes
+from batchscore.core.storage import absolute, pyarrow_fs, pyarrow_uri, read_bytes
+from batchscore.output.manifest import MANIFEST_NAME, ManifestError, RunManifest
 
 REPORT_NAME = "_report.html"
 _BAR_COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1")

@@ -14,13 +14,13 @@ import threading
 import time
 from typing import Any
 
-from batchscore.jobs.config import load_config
-from batchscore.jobs.session import build_session, session_is_shared
-from batchscore.jobs.tf_logs import tensorflow_logs
-from batchscore.udfs.clock import Clock
-from batchscore.udfs.errors import BatchscoreError
-from batchscore.udfs.manifest import RunManifest
-from batchscore.udfs.spark_errors import one_line, translate_spark_error
+from batchscore.config.loader import load_config
+from batchscore.core.clock import Clock
+from batchscore.core.errors import BatchscoreError
+from batchscore.core.spark_errors import one_line, translate_spark_error
+from batchscore.output.manifest import RunManifest
+from batchscore.session.builder import build_session, session_is_shared
+from batchscore.session.tf_logs import tensorflow_logs
 
 log = logging.getLogger("batchscore")
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
         # The engine's imports (pyarrow.dataset, pandas: ~1 s) run while the JVM starts; PySpark's
         # own first, here, so the two threads never import the same package at once.
         importlib.import_module("pyspark.sql")
-        engine = threading.Thread(target=importlib.import_module, args=("batchscore.udfs.run",), daemon=True)
+        engine = threading.Thread(target=importlib.import_module, args=("batchscore.run.steps",), daemon=True)
         engine.start()
         if spark is None:
             conf = {**spec.spark, **tf_conf} if args.verbose else {**tf_conf, **spec.spark}
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
             spark.sparkContext.setLogLevel("WARN")
         clock.phase("session_start")
         engine.join()
-        from batchscore.udfs.run import run_scoring  # noqa: PLC0415 - imported by the thread above
+        from batchscore.run.steps import run_scoring  # noqa: PLC0415 - imported by the thread above
 
         print(summary(run_scoring(spark, spec, run_id=args.run_id, clock=clock)))
         return 0

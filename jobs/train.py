@@ -14,11 +14,11 @@ import sys
 import time
 from typing import Any
 
-from batchscore.jobs.config import load_train_config
-from batchscore.jobs.session import build_session, session_is_shared
-from batchscore.jobs.tf_logs import tensorflow_logs
-from batchscore.udfs.errors import BatchscoreError
-from batchscore.udfs.spark_errors import one_line, translate_spark_error
+from batchscore.config.loader import load_train_config
+from batchscore.core.errors import BatchscoreError
+from batchscore.core.spark_errors import one_line, translate_spark_error
+from batchscore.session.builder import build_session, session_is_shared
+from batchscore.session.tf_logs import tensorflow_logs
 
 log = logging.getLogger("batchscore")
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     own_session = False
     try:
         spec = load_train_config(args.config, args.overrides)
-        from batchscore.udfs.train_run import needs_spark, run_training  # noqa: PLC0415 - after the log level is set
+        from batchscore.training.run import needs_spark, run_training  # noqa: PLC0415 - after the log level is set
 
         if spark is None and needs_spark(spec):
             own_session = not session_is_shared()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
 
 def _failure(e: Exception) -> int:
     """Exit code and one line for a run that failed other than by a user error."""
-    from batchscore.udfs.multiworker import worker_failure  # noqa: PLC0415 - only when a run failed
+    from batchscore.training.multiworker import worker_failure  # noqa: PLC0415 - only when a run failed
 
     user_error = translate_spark_error(e)
     if isinstance(user_error, BatchscoreError):

@@ -5,7 +5,7 @@
 # MAGIC Reads the predictions a scoring run wrote (`notebooks/score.py`, `batchscore score`; through
 # MAGIC the run's `_manifest.json`), with the label kept beside the score (`output.keep_columns`),
 # MAGIC and computes on Spark ROC AUC, PR AUC, log loss, the positive rate, calibration bins and, at
-# MAGIC a threshold, precision, recall and accuracy (`batchscore.udfs.metrics.evaluate`, the code of
+# MAGIC a threshold, precision, recall and accuracy (`batchscore.evaluation.metrics.evaluate`, the code of
 # MAGIC `batchscore evaluate`), for all rows and per slice of a column. The metrics are shown and,
 # MAGIC when `metrics_path` is set, written there as one JSON row.
 # MAGIC
@@ -28,10 +28,10 @@ REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "jobs").is_dir() else 
 if (REPO_ROOT / "jobs").is_dir() and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from batchscore.jobs.widgets import notebook_params  # noqa: E402
-from batchscore.jobs.session import build_session  # noqa: E402
-from batchscore.udfs.evaluation import read_predictions, summary  # noqa: E402
-from batchscore.udfs.metrics import evaluate  # noqa: E402
+from batchscore.session.widgets import notebook_params  # noqa: E402
+from batchscore.session.builder import build_session  # noqa: E402
+from batchscore.evaluation.run import read_predictions, summary  # noqa: E402
+from batchscore.evaluation.metrics import evaluate  # noqa: E402
 
 # COMMAND ----------
 

@@ -30,11 +30,11 @@ REPO_ROOT = NOTEBOOK_DIR.parent if (NOTEBOOK_DIR.parent / "jobs").is_dir() else 
 if (REPO_ROOT / "jobs").is_dir() and str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from batchscore.jobs.widgets import notebook_params  # noqa: E402
-from batchscore.jobs.config import load_config  # noqa: E402
+from batchscore.session.widgets import notebook_params  # noqa: E402
+from batchscore.config.loader import load_config  # noqa: E402
 from batchscore.jobs.score import summary  # noqa: E402
-from batchscore.jobs.session import ENGINE_DEFAULTS, build_session  # noqa: E402
-from batchscore.udfs.run import run_scoring  # noqa: E402
+from batchscore.session.builder import ENGINE_DEFAULTS, build_session  # noqa: E402
+from batchscore.run.steps import run_scoring  # noqa: E402
 
 # COMMAND ----------
 

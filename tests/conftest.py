@@ -22,7 +22,7 @@ DEMO_ROWS = 1200
 @pytest.fixture(scope="session")
 def spark():
     """The one SparkSession, built the way the jobs build it (workers use this venv and checkout)."""
-    from batchscore.jobs.session import build_session
+    from batchscore.session.builder import build_session
 
     session = build_session(
         {
@@ -46,7 +46,7 @@ def spark():
 @pytest.fixture(scope="session")
 def demo_table() -> pa.Table:
     """`jobs.demo_data.make_table` rows: id, as_of_date, 10 numeric, 3 string, label."""
-    from batchscore.jobs.demo_data import make_table
+    from batchscore.demo_data import make_table
 
     return make_table(DEMO_ROWS, seed=5)
 
@@ -70,7 +70,7 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, Call
 
 @pytest.fixture(scope="session")
 def demo_model(saved_model: Callable[..., str], demo_table: pa.Table) -> str:
-    from batchscore.jobs.demo_data import train_model
+    from batchscore.demo_data import train_model
 
     return saved_model("demo_model", lambda path: train_model(demo_table, path, epochs=1, sample=DEMO_ROWS))
 
@@ -85,7 +85,7 @@ def demo_reference(demo_model: str, demo_table: pa.Table):
 @pytest.fixture(scope="session")
 def demo_input(tmp_path_factory: pytest.TempPathFactory, demo_table: pa.Table) -> str:
     """The demo rows as hive-partitioned Parquet (by as_of_date), like `make demo` writes them."""
-    from batchscore.jobs.demo_data import write_features
+    from batchscore.demo_data import write_features
 
     path = str(tmp_path_factory.mktemp("demo_in") / "features")
     write_features(demo_table, path)

@@ -19,7 +19,8 @@ import sys
 import weakref
 from typing import Any
 
-from batchscore.udfs import devices, model_cache
+from batchscore.udfs.model import cache as model_cache
+from batchscore.udfs.model import devices
 from tests import support
 
 KEY = "multi/serving_default"

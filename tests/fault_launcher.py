@@ -23,7 +23,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from batchscore.jobs import score
-from batchscore.udfs import publish, scoring
+from batchscore.output import publish
+from batchscore.udfs.lanes import scoring
 
 KINDS = ("exit", "sleep", "die-at")
 DIED = 17  # the exit status of a process the launcher killed

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from batchscore.jobs.session import jars_folder
+from batchscore.session.builder import jars_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 HDFS_JARS = Path(jars_folder("hdfs"))  # this pyspark's Hadoop: jars/lib/hdfs (Spark 4) or jars/lib-spark3.5/hdfs

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from batchscore.jobs.demo_data import NUMERIC
-from batchscore.jobs.session import build_session
-from batchscore.udfs.run import run_scoring
+from batchscore.demo_data import NUMERIC
+from batchscore.run.steps import run_scoring
+from batchscore.session.builder import build_session
 from tests import support
 
 

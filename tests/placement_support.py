@@ -60,7 +60,7 @@ def build_one_layer(path: str) -> str:
 
 
 def build_staged_model(path: str, seed: int = 4) -> str:
-    """A SavedModel that exposes three stages (udfs/placement.py's convention); serving_default chains them.
+    """A SavedModel that exposes three stages (udfs/model/placement.py's convention); serving_default chains them.
 
     x [batch, 6] -> stage_0 -> h1 [batch, 16] -> stage_1 -> h2 [batch, 8] -> stage_2 -> score [batch].
     """
@@ -129,7 +129,8 @@ def _ops_by_device(split: Any, types: set[str]) -> dict[str, int]:
 
 
 def check_keras(path: str, devices: list[str], batch_size: int, rows: int) -> dict[str, Any]:
-    from batchscore.udfs import model_cache, placement
+    from batchscore.udfs.model import cache as model_cache
+    from batchscore.udfs.model import placement
 
     model = model_cache.load_keras_file(path)
     rng = np.random.default_rng(0)
@@ -150,8 +151,9 @@ def check_keras(path: str, devices: list[str], batch_size: int, rows: int) -> di
 
 
 def check_staged(path: str, devices: list[str], batch_size: int, rows: int) -> dict[str, Any]:
-    from batchscore.udfs import model_cache, placement
-    from batchscore.udfs.signature import read_signature
+    from batchscore.udfs.model import cache as model_cache
+    from batchscore.udfs.model import placement
+    from batchscore.udfs.model.signature import read_signature
 
     sig = read_signature(path)
     rng = np.random.default_rng(0)
@@ -170,7 +172,7 @@ def check_staged(path: str, devices: list[str], batch_size: int, rows: int) -> d
 
 def main(spec_json: str) -> None:
     """Set up `$BATCHSCORE_CPU_DEVICES` logical devices, split each model, print one JSON line."""
-    from batchscore.udfs import placement
+    from batchscore.udfs.model import placement
 
     spec = json.loads(spec_json)
     placement.configure_cpu_devices()

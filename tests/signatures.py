@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from batchscore.udfs.signature import ModelSignature, TensorSpec
+from batchscore.udfs.model.signature import ModelSignature, TensorSpec
 
 # The multi model's signature, written out by hand so binding tests need no TensorFlow.
 MULTI_SIG = ModelSignature(

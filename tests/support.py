@@ -99,14 +99,14 @@ def multi_inputs(table: pa.Table) -> dict[str, np.ndarray]:
 
 def demo_columns_override() -> str:
     """The `--set` that stacks the demo's numeric columns into the demo model's `numeric` input."""
-    from batchscore.jobs.demo_data import NUMERIC
+    from batchscore.demo_data import NUMERIC
 
     return "input.columns.numeric=[" + ", ".join(NUMERIC) + "]"
 
 
 def demo_inputs(table: pa.Table) -> dict[str, np.ndarray]:
     """The demo model's inputs for `jobs.demo_data.make_table` rows, built by hand."""
-    from batchscore.jobs.demo_data import CATEGORICAL, NUMERIC
+    from batchscore.demo_data import CATEGORICAL, NUMERIC
 
     x = {"numeric": np.stack([table.column(c).to_numpy().astype(np.float32) for c in NUMERIC], axis=1)}
     for k in CATEGORICAL:
@@ -125,7 +125,7 @@ def tf_predict(model_dir: str, inputs: dict[str, np.ndarray], signature: str = "
 
 def job_spec(input_path: str, model_path: str, output_path: str, *overrides: str) -> Any:
     """A validated JobSpec, made the way a user's job is: the three paths, then `--set` overrides."""
-    from batchscore.jobs.config import load_config
+    from batchscore.config.loader import load_config
 
     return load_config(None, [f"input.path={input_path}", f"model.path={model_path}",
                               f"output.path={output_path}", *overrides])

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 import batchscore
-from batchscore.udfs import compat
-from batchscore.udfs.errors import ConfigError, SchemaError
+from batchscore.core import compat
+from batchscore.core.errors import ConfigError, SchemaError
 from tests import support
 
 TOL = 1e-6
@@ -185,7 +185,7 @@ def test_predict_udf_wrong_column_type_names_the_column(spark, image_model) -> N
 
 def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(
         spark, multi_model, multi_table, tmp_path) -> None:
-    from batchscore.udfs.stats import make_stats_accumulator
+    from batchscore.udfs.lanes.stats import make_stats_accumulator
 
     table = multi_table.set_column(multi_table.schema.get_field_index("f1"), "f1",
                                    pa.array([None if i in (3, 77) else v for i, v in

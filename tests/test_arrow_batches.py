@@ -5,12 +5,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs import compat
-from batchscore.udfs.binding import InputFeed
-from batchscore.udfs.lanes import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, temporary_conf
-from batchscore.udfs.run import run_scoring
-from batchscore.udfs.scoring import ScoringPlan, fixed_row_bytes
-from batchscore.udfs.signature import TensorSpec
+from batchscore.core import compat
+from batchscore.run.lane_choice import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_batch_conf, temporary_conf
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.batches.binding import InputFeed
+from batchscore.udfs.lanes.scoring import ScoringPlan, fixed_row_bytes
+from batchscore.udfs.model.signature import TensorSpec
 from tests import support
 
 INT_MAX = str(2**31 - 1)

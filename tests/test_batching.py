@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
-from batchscore.udfs.binding import bind_inputs
-from batchscore.udfs.signature import ModelSignature, TensorSpec
+from batchscore.core.columns import BAD_COLUMN, REASON_COLUMN
+from batchscore.udfs.batches.batching import StreamScorer
+from batchscore.udfs.batches.binding import bind_inputs
+from batchscore.udfs.model.signature import ModelSignature, TensorSpec
 
 # --- re-chunking: StreamScorer with a plain numpy model ---
 

@@ -219,7 +219,7 @@ def test_linked_dataset_matches_a_generated_one_file_for_file(tmp_path: Any) -> 
 
 
 def test_lane_command_and_config_are_what_a_user_runs(tmp_path: Any) -> None:
-    from batchscore.jobs.config import load_config
+    from batchscore.config.loader import load_config
 
     w = _w(1000)
     cfg_path = coldrun.lane_config(w, str(tmp_path / "c.yaml"))

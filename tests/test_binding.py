@@ -4,9 +4,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs.binding import bind_inputs, required_columns
-from batchscore.udfs.errors import SchemaError
-from batchscore.udfs.signature import ModelSignature, TensorSpec
+from batchscore.core.errors import SchemaError
+from batchscore.udfs.batches.binding import bind_inputs, required_columns
+from batchscore.udfs.model.signature import ModelSignature, TensorSpec
 from tests import support
 from tests.signatures import MULTI_SIG, schema_with
 

@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs import warmup
-from batchscore.udfs.clock import Clock, process_start_time
-from batchscore.udfs.run import run_scoring
-from batchscore.udfs.saved_model_proto import DTYPE_NAMES, dtype_name, parse_saved_model
-from batchscore.udfs.signature import read_signature
+from batchscore.core.clock import Clock, process_start_time
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.lanes import warmup
+from batchscore.udfs.model.saved_model_proto import DTYPE_NAMES, dtype_name, parse_saved_model
+from batchscore.udfs.model.signature import read_signature
 from tests import support
 from tests.test_padding import build_token_model
 
@@ -76,7 +76,7 @@ def test_dtype_names_are_tensorflows() -> None:
 
 
 def test_the_driver_reads_a_signature_without_importing_tensorflow(multi_model: str) -> None:
-    code = ("import sys; from batchscore.udfs.signature import read_signature; "
+    code = ("import sys; from batchscore.udfs.model.signature import read_signature; "
             f"s = read_signature({multi_model!r}); "
             "print(sorted(i.name for i in s.inputs), 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
@@ -104,7 +104,7 @@ def test_process_start_time_is_this_process() -> None:
 
     start = process_start_time()
     assert start is not None and start <= time.time()
-    child = subprocess.run([sys.executable, "-c", "import time; from batchscore.udfs.clock import "
+    child = subprocess.run([sys.executable, "-c", "import time; from batchscore.core.clock import "
                             "process_start_time as p; print(time.time() - p())"],
                            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert 0 <= float(child.stdout) < 60  # the child started moments ago, not at boot
@@ -230,8 +230,8 @@ def test_a_failing_warmup_does_not_fail_the_run(
 
 
 def test_footer_schema_equals_sparks_inference(spark, tmp_path) -> None:
-    from batchscore.udfs.inputs import footer_schema
-    from batchscore.udfs.job_spec import InputSpec
+    from batchscore.config.job_spec import InputSpec
+    from batchscore.run.inputs import footer_schema
 
     t = pa.table({
         "i8": pa.array([1, None], pa.int8()), "i16": pa.array([1, 2], pa.int16()), "i32": pa.array([1, 2], pa.int32()),
@@ -251,8 +251,8 @@ def test_footer_schema_equals_sparks_inference(spark, tmp_path) -> None:
 def test_footer_schema_leaves_other_inputs_to_spark(spark, tmp_path) -> None:
     import pyarrow.dataset as ds
 
-    from batchscore.udfs.inputs import footer_schema
-    from batchscore.udfs.job_spec import InputSpec
+    from batchscore.config.job_spec import InputSpec
+    from batchscore.run.inputs import footer_schema
 
     part = str(tmp_path / "part")
     ds.write_dataset(pa.table({"x": [1.0, 2.0], "k": [1, 2]}), part, format="parquet", partitioning=["k"],

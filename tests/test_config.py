@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchscore.jobs.config import load_config
-from batchscore.udfs.errors import ConfigError
+from batchscore.config.loader import load_config
+from batchscore.core.errors import ConfigError
 
 # --- config ---
 

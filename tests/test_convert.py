@@ -9,9 +9,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchscore.udfs import convert
-from batchscore.udfs.binding import bind_inputs, required_columns
-from batchscore.udfs.signature import ModelSignature, TensorSpec
+from batchscore.udfs.batches import convert
+from batchscore.udfs.batches.binding import bind_inputs, required_columns
+from batchscore.udfs.model.signature import ModelSignature, TensorSpec
 from tests import support
 from tests.signatures import MULTI_SIG, schema_with
 

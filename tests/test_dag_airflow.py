@@ -53,7 +53,7 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("airflow")
     _job_python("""
         import json, sys
-        from batchscore.jobs.demo_data import main
+        from batchscore.demo_data import main
         print(json.dumps(main(["--out", sys.argv[1], "--rows", "600", "--epochs", "1"])))
     """, str(tmp / "demo"))
     config = yaml.safe_load((ROOT / "conf" / "demo.yaml").read_text())

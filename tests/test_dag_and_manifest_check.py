@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from batchscore.config.loader import REQUIRED, load_config, load_train_config
 from batchscore.jobs.check_manifest import ManifestError, check_manifest, main
-from batchscore.jobs.config import REQUIRED, load_config, load_train_config
-from batchscore.udfs.manifest import RunManifest
+from batchscore.output.manifest import RunManifest
 from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent

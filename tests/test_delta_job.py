@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from batchscore.jobs.demo_data import DATES, NUMERIC
-from batchscore.jobs.session import jars_folder, with_delta
-from batchscore.udfs.compat import to_arrow
-from batchscore.udfs.delta_output import DELTA_CATALOG, DELTA_EXTENSION, delta_session, replace_where, txn_app_id
-from batchscore.udfs.errors import InputError
-from batchscore.udfs.run import run_scoring
+from batchscore.core.compat import to_arrow
+from batchscore.core.errors import InputError
+from batchscore.demo_data import DATES, NUMERIC
+from batchscore.output.delta_output import DELTA_CATALOG, DELTA_EXTENSION, delta_session, replace_where, txn_app_id
+from batchscore.run.steps import run_scoring
+from batchscore.session.builder import jars_folder, with_delta
 from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs import devices
-from batchscore.udfs.errors import ConfigError
-from batchscore.udfs.job_spec import parse_job_spec
-from batchscore.udfs.run import run_scoring
-from batchscore.udfs.stats import ScoringStatsParam
+from batchscore.config.job_spec import parse_job_spec
+from batchscore.core.errors import ConfigError
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.lanes.stats import ScoringStatsParam
+from batchscore.udfs.model import devices
 from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent

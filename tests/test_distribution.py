@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from batchscore.udfs.distribution import ModelSource, _unpack_once, make_model_source, pack_model
-from batchscore.udfs.errors import ConfigError
-from batchscore.udfs.signature import model_fingerprint
+from batchscore.core.errors import ConfigError
+from batchscore.udfs.model.distribution import ModelSource, _unpack_once, make_model_source, pack_model
+from batchscore.udfs.model.signature import model_fingerprint
 
 
 def test_pack_and_unpack_model_round_trip(multi_model: str) -> None:

@@ -1,7 +1,7 @@
 """batchscore evaluate: every metric against a numpy reference written here, on data with ties.
 
 The references are brute force (AUC-ROC over all positive/negative pairs, AUC-PR as the step
-sum over every distinct threshold), so they share no code with udfs/metrics.py.
+sum over every distinct threshold), so they share no code with batchscore/evaluation/metrics.py.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchscore.evaluation.metrics import Curve, Evaluation, GroupResult, evaluate, parse_gate
+from batchscore.evaluation.plots import render_plots
+from batchscore.evaluation.run import EVALUATION_DIR, read_predictions
 from batchscore.jobs.evaluate import main, roc_auc
-from batchscore.udfs.evaluation import EVALUATION_DIR, read_predictions
-from batchscore.udfs.metric_plots import render_plots
-from batchscore.udfs.metrics import Curve, Evaluation, GroupResult, evaluate, parse_gate
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 1e-15  # the log loss's clip, as the metric documents it

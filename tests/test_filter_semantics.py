@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscore.udfs import compat
-from batchscore.udfs.arrow_filter import UnsupportedFilter, apply_filter, arrow_filter
-from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
-from batchscore.udfs.errors import ConfigError
-from batchscore.udfs.lanes import temporary_conf
-from batchscore.udfs.scoring import arrow_schema_of
+from batchscore.core import compat
+from batchscore.core.errors import ConfigError
+from batchscore.run.lane_choice import temporary_conf
+from batchscore.udfs.batches.arrow_filter import UnsupportedFilter, apply_filter, arrow_filter
+from batchscore.udfs.lanes.arrow import plan_arrow_input, read_task
+from batchscore.udfs.lanes.scoring import arrow_schema_of
 
 UTC = dt.timezone.utc
 NAN, INF = float("nan"), float("inf")

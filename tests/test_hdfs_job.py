@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.jobs.demo_data import NUMERIC
+from batchscore.core.storage import pyarrow_hdfs_problem
+from batchscore.demo_data import NUMERIC
 from batchscore.jobs.score import main
-from batchscore.udfs.storage import pyarrow_hdfs_problem
 from tests import support
 
 pytest_plugins = ["tests.hdfs_support"]  # the hdfs_uri fixture (skips without `make jars`)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from batchscore.jobs import session as session_mod
-from batchscore.udfs import compat
+from batchscore.core import compat
+from batchscore.session import builder as session_mod
 
 pytest_plugins = ["tests.hdfs_support"]  # the hdfs_uri fixture (skips without `make jars`)
 
@@ -132,7 +132,7 @@ def test_spark_submit_sh_puts_the_jars_on_the_classpath(tmp_path: Path) -> None:
 
 DELTA_PROBE = """
 import json, sys
-from batchscore.jobs.session import build_session
+from batchscore.session.builder import build_session
 spark = build_session({"spark.master": "local[1]", "spark.ui.enabled": False,
                        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
                        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog"})

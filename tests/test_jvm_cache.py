@@ -1,4 +1,4 @@
-"""The JVM class-data archive (jobs/jvm_cache.py): keyed by JDK, Spark and classpath, used by
+"""The JVM class-data archive (batchscore/session/jvm_cache.py): keyed by JDK, Spark and classpath, used by
 local sessions when it exists, ignored by the JVM when it does not match, built for real."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batchscore.jobs import jvm_cache
+from batchscore.session import jvm_cache
 from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs.run import run_scoring
+from batchscore.run.steps import run_scoring
 from tests import support
 
 ROWS = 600

@@ -13,10 +13,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.jobs.demo_data import NUMERIC
-from batchscore.udfs import compat
-from batchscore.udfs.errors import ConfigError
-from batchscore.udfs.run import run_scoring
+from batchscore.core import compat
+from batchscore.core.errors import ConfigError
+from batchscore.demo_data import NUMERIC
+from batchscore.run.steps import run_scoring
 from tests import support
 
 NUMERIC_COLUMNS = "input.columns={numeric: [" + ", ".join(NUMERIC) + "]}"
@@ -129,9 +129,9 @@ def test_auto_falls_back_for_sql_outside_the_arrow_subset(spark, demo_input, dem
 
 
 def test_dataframe_lane_packs_same_typed_stacked_columns_only(spark) -> None:
-    from batchscore.udfs.distribution import ModelSource
-    from batchscore.udfs.scoring import arrow_schema_of, pack_stacked_feeds, plan_scoring
-    from batchscore.udfs.signature import ModelSignature, TensorSpec
+    from batchscore.udfs.lanes.scoring import arrow_schema_of, pack_stacked_feeds, plan_scoring
+    from batchscore.udfs.model.distribution import ModelSource
+    from batchscore.udfs.model.signature import ModelSignature, TensorSpec
 
     sig = ModelSignature("/m", "serving_default", (TensorSpec("x", "float32", (3,)), TensorSpec("y", "float32", (2,))),
                          (TensorSpec("out", "float32", ()),), "f" * 16)

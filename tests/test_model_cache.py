@@ -4,9 +4,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs import model_cache
-from batchscore.udfs.errors import ModelError
-from batchscore.udfs.signature import model_fingerprint
+from batchscore.core.errors import ModelError
+from batchscore.udfs.model import cache as model_cache
+from batchscore.udfs.model.signature import model_fingerprint
 from tests import support
 
 

@@ -1,5 +1,5 @@
 """`model.sharing: executor`: one model host process per executor serves every Python worker
-(udfs/model_host.py, udfs/host_client.py, udfs/host_protocol.py)."""
+(udfs/host/model_host.py, udfs/host/client.py, udfs/host/protocol.py)."""
 from __future__ import annotations
 
 import glob
@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchscore import package_root
-from batchscore.jobs.demo_data import NUMERIC
-from batchscore.udfs import host_client, host_protocol
-from batchscore.udfs.batching import ModelUnavailable
-from batchscore.udfs.errors import ConfigError
-from batchscore.udfs.manifest import RunManifest
-from batchscore.udfs.model_host import RequestBatcher
-from batchscore.udfs.run import run_scoring
+from batchscore.core.errors import ConfigError, ModelUnavailable
+from batchscore.demo_data import NUMERIC
+from batchscore.output.manifest import RunManifest
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.host import client as host_client
+from batchscore.udfs.host import protocol as host_protocol
+from batchscore.udfs.host.model_host import RequestBatcher
 from tests import support
 
 PROJECT_ROOT = package_root()
@@ -145,7 +145,7 @@ def _host_pids(folder: str) -> list[int]:
                 args = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"batchscore.udfs.model_host" in args and any(a.startswith(folder.encode()) for a in args):
+        if b"batchscore.udfs.host.model_host" in args and any(a.startswith(folder.encode()) for a in args):
             pids.append(int(cmdline.split("/")[2]))
     return sorted(set(pids))
 
@@ -225,7 +225,7 @@ import json, os, subprocess, sys
 import numpy as np
 import pyarrow.parquet as pq
 import tensorflow  # imported and not run, as the Python daemon preloads it before forking workers
-from batchscore.udfs import host_client
+from batchscore.udfs.host import client as host_client
 from tests import support
 
 model, rows, watch_forever = sys.argv[1], sys.argv[2], subprocess.Popen(["sleep", "600"])
@@ -255,7 +255,7 @@ def test_a_worker_with_tensorflow_imported_and_not_run_forks_the_host(host_dir, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["forkable"] and not got["forked_after"]  # TF ran here afterwards: the next start would exec
-    assert got["comm"] == "bs-model-host" and "batchscore.udfs.model_host" not in got["cmdline"]
+    assert got["comm"] == "bs-model-host" and "batchscore.udfs.host.model_host" not in got["cmdline"]
     assert got["max_diff"] <= FLOAT_TOL and got["listed"] == [got["pid"]]
     assert _wait_gone([got["pid"]], 5) == []  # its watched process ended with the child
 

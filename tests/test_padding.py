@@ -16,16 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscore.jobs.config import load_config
+from batchscore.config.loader import load_config
+from batchscore.core.columns import BAD_COLUMN, REASON_COLUMN
+from batchscore.core.errors import ConfigError, ModelError, SchemaError
 from batchscore.jobs.score import main
-from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
-from batchscore.udfs.binding import bind_inputs, check_sample
-from batchscore.udfs.distribution import ModelSource
-from batchscore.udfs.errors import ConfigError, ModelError, SchemaError
-from batchscore.udfs.model_cache import load_saved_model
-from batchscore.udfs.run import run_scoring
-from batchscore.udfs.scoring import fixed_row_bytes, plan_scoring
-from batchscore.udfs.signature import ModelSignature, TensorSpec, read_signature
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.batches.batching import StreamScorer
+from batchscore.udfs.batches.binding import bind_inputs, check_sample
+from batchscore.udfs.lanes.scoring import fixed_row_bytes, plan_scoring
+from batchscore.udfs.model.cache import load_saved_model
+from batchscore.udfs.model.distribution import ModelSource
+from batchscore.udfs.model.signature import ModelSignature, TensorSpec, read_signature
 from tests import support
 
 TOKENS_SIG = ModelSignature(

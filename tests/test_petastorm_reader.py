@@ -1,4 +1,4 @@
-"""`train.reader: petastorm` (udfs/petastorm_reader.py): the rows of a Parquet, as TensorFlow batches.
+"""`train.reader: petastorm` (batchscore/training/petastorm_reader.py): the rows of a Parquet, as TensorFlow batches.
 
 petastorm runs on the lts stack only (`make test-lts`); there the dataset must hold exactly the
 Parquet's rows (compared with a pyarrow read, order aside), shards together every row once. On
@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.udfs.errors import ConfigError, SchemaError
-from batchscore.udfs.parquet_reader import plan_dataset, tf_dataset
-from batchscore.udfs.petastorm_reader import PARENT_CACHE_CONF, petastorm_dataset
+from batchscore.core.errors import ConfigError, SchemaError
+from batchscore.training.parquet_reader import plan_dataset, tf_dataset
+from batchscore.training.petastorm_reader import PARENT_CACHE_CONF, petastorm_dataset
 from tests import support
 
 ROWS = 600
@@ -95,7 +95,7 @@ def test_two_shards_cover_every_row_once(spark: Any, train_parquet: str) -> None
 
 @needs_petastorm
 def test_the_arrow_and_petastorm_readers_feed_the_same_rows(spark: Any, train_parquet: str) -> None:
-    # train.reader arrow (udfs/parquet_reader.py) and petastorm: the same rows, order aside, one shard or two
+    # train.reader arrow (batchscore/training/parquet_reader.py) and petastorm: the same rows, order aside, one shard or two
     plan = plan_dataset(train_parquet, features=SCALARS, label="label", key=None, label_kind="int")
     for shards in (1, 2):
         arrow_rows: list[tuple[float, ...]] = []

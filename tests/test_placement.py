@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs import placement
-from batchscore.udfs.errors import ConfigError, ModelError
+from batchscore.core.errors import ConfigError, ModelError
+from batchscore.udfs.model import placement
 from tests import placement_support as ps
 from tests import support
 
@@ -74,7 +74,7 @@ def test_keras_split_equals_replicate_with_variables_on_the_planned_devices(spli
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_layers_are_cut_in_order_balanced_by_estimated_compute(split_run, models, name) -> None:
-    from batchscore.udfs.model_cache import load_keras_file
+    from batchscore.udfs.model.cache import load_keras_file
 
     n, report = split_run
     nodes = placement.model_nodes(load_keras_file(models[name]))
@@ -169,7 +169,7 @@ def test_score_job_with_split_scores_like_keras(models, tmp_path, lane) -> None:
 @pytest.mark.parametrize("which", ["one_layer", "no_stages"])
 def test_split_of_a_model_with_nothing_to_split_fails_on_the_driver(spark, models, multi_model, tmp_path,
                                                                     which) -> None:
-    from batchscore.udfs.run import run_scoring
+    from batchscore.run.steps import run_scoring
 
     path = models["one_layer"] if which == "one_layer" else multi_model
     inp = support.write_parquet(pa.table({"id": pa.array([1, 2], pa.int64())}), str(tmp_path / "in"))

@@ -9,10 +9,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
-from batchscore.udfs.lanes import temporary_conf
-from batchscore.udfs.planning import Slots, slots_per_executor, task_slots
-from batchscore.udfs.run import run_scoring
+from batchscore.run.lane_choice import temporary_conf
+from batchscore.run.planning import Slots, slots_per_executor, task_slots
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.lanes.arrow import plan_arrow_input, read_task
 from tests import placement_support as ps
 from tests import support
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from batchscore.udfs.progress import Progress, scoring_progress
+from batchscore.run.progress import Progress, scoring_progress
 from tests.test_score_job import DEMO_COLUMNS, PROJECT_ROOT
 
 PROGRESS_LINE = re.compile(r"INFO batchscore\.progress: scoring: [\d,]+ (of ~?[\d,]+ )?rows \((\d+/\d+ tasks|waiting "
@@ -35,8 +35,8 @@ class _Terminal(io.StringIO):
 
 def test_terminal_progress_rewrites_one_line_and_ends_it(spark, demo_input, demo_model, monkeypatch, caplog) -> None:
     import batchscore
-    from batchscore.udfs import progress
-    from batchscore.udfs.stats import make_stats_accumulator
+    from batchscore.run import progress
+    from batchscore.udfs.lanes.stats import make_stats_accumulator
 
     monkeypatch.setattr(progress, "TERMINAL_SECONDS", 0.05)
     caplog.set_level(logging.INFO, logger="batchscore.progress")
@@ -65,7 +65,7 @@ def test_progress_is_off_when_its_logger_is_quiet(spark, caplog) -> None:
 
 
 def _numeric() -> list[str]:
-    from batchscore.jobs.demo_data import NUMERIC
+    from batchscore.demo_data import NUMERIC
 
     return list(NUMERIC)
 
@@ -108,7 +108,7 @@ def test_job_quiet_has_no_progress_and_verbose_keeps_tensorflow_logs(tmp_path, d
 
 
 def test_known_rows_from_the_plan_when_spark_states_them(spark, demo_input) -> None:
-    from batchscore.udfs.progress import known_rows
+    from batchscore.run.progress import known_rows
 
     assert known_rows(spark.range(1234)) == 1234
     assert known_rows(spark.read.parquet(demo_input)) is None  # file sources state bytes, not rows

@@ -18,12 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscore.udfs.batching import BAD_COLUMN, REASON_COLUMN, StreamScorer
-from batchscore.udfs.binding import bind_inputs
-from batchscore.udfs.compat import to_arrow
-from batchscore.udfs.model_cache import load_saved_model
-from batchscore.udfs.run import run_scoring
-from batchscore.udfs.signature import read_signature
+from batchscore.core.columns import BAD_COLUMN, REASON_COLUMN
+from batchscore.core.compat import to_arrow
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.batches.batching import StreamScorer
+from batchscore.udfs.batches.binding import bind_inputs
+from batchscore.udfs.model.cache import load_saved_model
+from batchscore.udfs.model.signature import read_signature
 from tests import reliability_support as rs
 from tests import support
 from tests.support import tf_predict

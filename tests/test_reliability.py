@@ -24,11 +24,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.udfs.compat import to_arrow
-from batchscore.udfs.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
-from batchscore.udfs.manifest import RunManifest
-from batchscore.udfs.run import run_scoring
-from batchscore.udfs.signature import model_fingerprint
+from batchscore.core.compat import to_arrow
+from batchscore.core.errors import BadRowsError, ConfigError, InputError, ModelError, SchemaError
+from batchscore.output.manifest import RunManifest
+from batchscore.run.steps import run_scoring
+from batchscore.udfs.model.signature import model_fingerprint
 from tests import reliability_support as rs
 from tests import support
 

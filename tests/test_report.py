@@ -6,7 +6,7 @@ import re
 from html.parser import HTMLParser
 
 from batchscore import cli
-from batchscore.udfs.manifest import ModelInfo, OutputInfo, RunManifest, SparkInfo
+from batchscore.output.manifest import ModelInfo, OutputInfo, RunManifest, SparkInfo
 
 
 def _manifest() -> RunManifest:

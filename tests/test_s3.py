@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from batchscore.udfs.arrow_filter import RowFilter
-from batchscore.udfs.arrow_lane import plan_arrow_input, read_task
+from batchscore.udfs.batches.arrow_filter import RowFilter
+from batchscore.udfs.lanes.arrow import plan_arrow_input, read_task
 from tests.s3_support import BUCKET, put_parquet
 
 pytest_plugins = ["tests.s3_support"]  # the s3_endpoint fixture: moto_server on 127.0.0.1
@@ -39,7 +39,7 @@ def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:
 
 
 def test_corrupt_object_on_s3_is_named(s3_endpoint) -> None:
-    from batchscore.udfs.errors import InputError
+    from batchscore.core.errors import InputError
 
     t = pa.table({"id": pa.array(range(10), pa.int64())})
     put_parquet(s3_endpoint, "mixed/part-0.parquet", t)

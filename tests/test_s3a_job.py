@@ -1,5 +1,5 @@
 """The scoring job on S3 through S3A (moto_server on 127.0.0.1): both lanes s3a -> s3a, and the
-object-store publish protocol (udfs/publish.py) surviving a run killed while publishing.
+object-store publish protocol (batchscore/output/publish.py) surviving a run killed while publishing.
 
 The in-process runs use the shared session, pointed at the server the way `jobs.session`
 points a job's own session (`s3a_env_conf` of the AWS environment, set on its Hadoop
@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from batchscore.core.compat import s3a_profile_provider
+from batchscore.core.storage import is_object_store, pyarrow_uri
 from batchscore.jobs.check_manifest import check_manifest
 from batchscore.jobs.score import main
-from batchscore.jobs.session import S3A, jars_folder, s3a_env_conf
-from batchscore.udfs.compat import s3a_profile_provider
-from batchscore.udfs.manifest import RunManifest
-from batchscore.udfs.storage import is_object_store, pyarrow_uri
+from batchscore.output.manifest import RunManifest
+from batchscore.session.builder import S3A, jars_folder, s3a_env_conf
 from tests import support
 from tests.fault_launcher import DIED
 from tests.s3_support import ACCESS_KEY, SECRET_KEY, S3Server, put_parquet

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from batchscore.jobs import jvm_cache
-from batchscore.jobs.demo_data import NUMERIC
+from batchscore.core.errors import ConfigError
+from batchscore.demo_data import NUMERIC
 from batchscore.jobs.score import main
-from batchscore.jobs.session import local_driver_class_path
-from batchscore.udfs.errors import ConfigError
-from batchscore.udfs.manifest import RunManifest, SparkInfo
-from batchscore.udfs.run import run_scoring
-from batchscore.udfs.signature import model_fingerprint
+from batchscore.output.manifest import RunManifest, SparkInfo
+from batchscore.run.steps import run_scoring
+from batchscore.session import jvm_cache
+from batchscore.session.builder import local_driver_class_path
+from batchscore.udfs.model.signature import model_fingerprint
 from tests import support
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ def config(input_path: str, model_path: str, output_path: str, *overrides: str) 
 
 def sql_conf(spark, **settings: str):
     """Set runtime SQL confs for one block, then put the old values back."""
-    from batchscore.udfs.lanes import temporary_conf
+    from batchscore.run.lane_choice import temporary_conf
 
     return temporary_conf(spark, settings)
 

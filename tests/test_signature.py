@@ -7,8 +7,8 @@ import shutil
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs.errors import ModelError
-from batchscore.udfs.signature import model_fingerprint, read_signature
+from batchscore.core.errors import ModelError
+from batchscore.udfs.model.signature import model_fingerprint, read_signature
 from tests import support
 
 # --- a real SavedModel: signature, loading, cache ---

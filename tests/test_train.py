@@ -13,10 +13,10 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
+from batchscore.config.loader import load_train_config
+from batchscore.core.errors import ConfigError
 from batchscore.jobs import train as train_job
-from batchscore.jobs.config import load_train_config
-from batchscore.udfs import parquet_reader
-from batchscore.udfs.errors import ConfigError
+from batchscore.training import parquet_reader
 from tests import support
 from tests import train_support as ts
 
@@ -321,7 +321,7 @@ def test_petastorm_reader_outside_the_lts_stack_exits_2(tmp_path, binary_data, c
         pytest.skip("petastorm is installed: the lts stack's tests cover its reader")
     except ImportError:
         pass
-    from batchscore.udfs.train_run import petastorm_reader
+    from batchscore.training.run import petastorm_reader
 
     spec = load_train_config(write_config(tmp_path, binary_data[0], str(tmp_path / "m"), reader="petastorm"))
     with pytest.raises(ConfigError, match=r"'petastorm' runs only on the lts stack .*make test-lts"):
@@ -356,7 +356,7 @@ def test_filter_is_evaluated_as_spark_evaluates_it(spark, tmp_path, binary_data,
 def test_tensorflow_binds_a_reserved_port_only_with_tf_grpc_reuse_port():
     """The race-free port: the barrier task holds it (SO_REUSEPORT) while TensorFlow's gRPC server
     binds it too, which TensorFlow allows only with TF_GRPC_REUSE_PORT=1 (its default is off)."""
-    from batchscore.udfs.multiworker import reserved_port
+    from batchscore.training.multiworker import reserved_port
 
     child = "import tensorflow as tf; print(tf.distribute.MultiWorkerMirroredStrategy().num_replicas_in_sync)"
     with reserved_port() as port:

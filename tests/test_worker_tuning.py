@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from batchscore.udfs import worker_tuning
+from batchscore.udfs.model import worker_tuning
 
 
 def _zip_with_package(path: str, package: str) -> str:
@@ -77,7 +77,7 @@ def _probe(plan: Any) -> Any:
         import sys
         import zipimport
 
-        from batchscore.udfs.scoring import score_batches
+        from batchscore.udfs.lanes.scoring import score_batches
 
         scored = 0
         for b in batches:
@@ -96,10 +96,10 @@ def _probe(plan: Any) -> Any:
 
 
 def test_a_scoring_worker_freezes_the_model_and_keeps_spark_zips(spark, demo_input: str, demo_model: str) -> None:
-    from batchscore.jobs.demo_data import NUMERIC
-    from batchscore.udfs.distribution import make_model_source
-    from batchscore.udfs.scoring import arrow_schema_of, plan_scoring
-    from batchscore.udfs.signature import read_signature
+    from batchscore.demo_data import NUMERIC
+    from batchscore.udfs.lanes.scoring import arrow_schema_of, plan_scoring
+    from batchscore.udfs.model.distribution import make_model_source
+    from batchscore.udfs.model.signature import read_signature
 
     sig = read_signature(demo_model)
     df = spark.read.parquet(demo_input)

@@ -54,7 +54,8 @@ def preload() -> None:
     try:
         import pyspark.worker  # noqa: F401, PLC0415 - imported for the forks to inherit
 
-        from batchscore.udfs import model_cache, scoring  # noqa: F401, PLC0415 - imported for the forks to inherit
+        from batchscore.udfs.lanes import scoring  # noqa: F401, PLC0415 - imported for the forks to inherit
+        from batchscore.udfs.model import cache as model_cache  # noqa: PLC0415 - imported for the forks to inherit
 
         model_cache.import_tensorflow()
         model_cache.mark_daemon(tf_import_s=time.time() - t, prestarted=float(PRESTART_FLAG in sys.argv),
@@ -152,7 +153,7 @@ def _take_over(conn: socket.socket) -> bool:
     os.chdir(launch["cwd"])
     sys.argv = launch["argv"]
     sys.path[:] = [*launch["path"], *(p for p in sys.path if p not in launch["path"])]
-    from batchscore.udfs import model_cache  # noqa: PLC0415 - imported by the preload already
+    from batchscore.udfs.model import cache as model_cache  # noqa: PLC0415 - imported by the preload already
 
     model_cache.mark_daemon(launched_at=float(launch.get("launched_at", time.time())))
     conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")

@@ -1,0 +1,292 @@
+"""The Python API for pipelines and notebooks: `score_dataframe` and `predict_udf`.
+
+Both read the model's signature on the driver, ship the model to the executors
+once (`model.distribution`), load it once per Python worker (udfs.model_cache)
+and re-chunk rows to `batch_size` across Arrow batches (udfs.batching), like the
+score job's DataFrame lane.
+
+Bad rows (a null or non-finite feature, an array of the wrong length, a row the
+model rejects or answers with NaN) never get a value that looks like a
+prediction:
+
+- `score_dataframe` keeps them with null predictions and says why in
+  `bs__reason` / `bs__column` (`bad_rows="keep"`, the default), drops them and the
+  two columns (`bad_rows="drop"`), or fails the Spark job (`bad_rows="fail"`).
+- `predict_udf` gives them a null prediction (a null struct for several outputs),
+  or fails the Spark job (`bad_rows="fail"`).
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from batchscore.core import compat
+from batchscore.core.columns import BAD_COLUMN, OK_REASON, REASON_COLUMN
+from batchscore.core.errors import BadRowsError, ConfigError, SchemaError
+from batchscore.core.storage import absolute
+from batchscore.udfs.batches.binding import bind_inputs
+from batchscore.udfs.lanes.scoring import ScoringPlan, arrow_schema_of, plan_scoring, score_batches, with_predictions
+from batchscore.udfs.model.distribution import DISTRIBUTIONS, ModelSource, make_model_source
+from batchscore.udfs.model.signature import ModelSignature, read_signature
+
+BAD_ROWS = ("keep", "drop", "fail")
+
+
+def score_dataframe(
+    df: Any,
+    model: str,
+    *,
+    columns: dict[str, Any] | list[str] | None = None,
+    batch_size: int = 1024,
+    keep: Iterable[str] | None = None,
+    rename: dict[str, str] | None = None,
+    bad_rows: Literal["keep", "drop", "fail"] = "keep",
+    signature: str = "serving_default",
+    distribution: Literal["broadcast", "files", "direct"] = "broadcast",
+    pad: dict[str, Any] | None = None,
+    pad_multiple: int = 1,
+    mask: dict[str, str] | None = None,
+    stats: Any = None,
+) -> Any:
+    """Score `df` with a TensorFlow model; returns a lazy DataFrame (nothing runs until an action).
+
+    Args:
+        df: any DataFrame (a table, Delta, a join...).
+        model: a SavedModel directory or a `.keras` file, readable by the driver.
+        columns: signature input -> column, or a list of scalar columns stacked in order
+            into one `[batch, D]` input (the score job's `input.columns`); default: the
+            column named like each input.
+        batch_size: rows per model call.
+        keep: columns copied beside the predictions; default: every column of `df`.
+        rename: signature output -> column name.
+        bad_rows: `keep`: bad rows stay, with null predictions, their reason in
+            `bs__reason` (`ok` for scored rows) and the offending column in `bs__column`;
+            `drop`: only scored rows, without those two columns; `fail`: the first bad
+            row fails the Spark job with its reason.
+        signature: the SavedModel signature to call.
+        distribution: how the model reaches the executors (`model.distribution`).
+        pad, pad_multiple, mask: variable-length inputs (`input.pad`, `input.pad_multiple`,
+            `input.mask`).
+        stats: a Spark accumulator (`udfs.stats.make_stats_accumulator`) summing the
+            tasks' counters (rows, model calls, loads per worker) when an action runs.
+
+    Returns:
+        keep columns + one column per signature output (+ `bs__reason`, `bs__column`).
+
+    Raises:
+        ConfigError, ModelError, SchemaError: on the driver, before any task runs.
+    """
+    _check_choice("bad_rows", bad_rows, BAD_ROWS)
+    _check_batch_size(batch_size)
+    sig = _read_model(model, signature)
+    keep_cols = list(df.columns) if keep is None else list(keep)
+    source = _model_source(df.sparkSession.sparkContext, sig, distribution)
+    plan = plan_scoring(sig, arrow_schema_of(df), source, columns=columns, batch_size=batch_size,
+                        keep_columns=keep_cols, rename=rename,
+                        on_bad_rows="fail" if bad_rows == "fail" else "quarantine",
+                        pad=pad, pad_multiple=pad_multiple, mask=mask)
+    scored = with_predictions(df, plan, stats)
+    if bad_rows == "keep":
+        return scored
+    if bad_rows == "drop":
+        scored = scored.where(scored[REASON_COLUMN] == OK_REASON)
+    return scored.drop(REASON_COLUMN, BAD_COLUMN)
+
+
+def predict_udf(
+    model: str,
+    *,
+    batch_size: int = 1024,
+    signature: str = "serving_default",
+    bad_rows: Literal["null", "fail"] = "null",
+    distribution: Literal["broadcast", "files", "direct"] = "broadcast",
+    pad: dict[str, Any] | None = None,
+    pad_multiple: int = 1,
+    mask: dict[str, str] | None = None,
+    spark: Any = None,
+) -> PredictUDF:
+    """A column function scoring with a TensorFlow model, for `select` / `withColumn`.
+
+    A drop-in for `pyspark.ml.functions.predict_batch_udf` with the model loading,
+    the input shapes and the return type taken from the model's signature:
+
+        score = batchscore.predict_udf("models/cnn", batch_size=256)
+        df.withColumn("pred", score("pixels"))             # a flat array reshaped to [H, W, C]
+        df.withColumn("pred", score("f0", "f1", "f2"))      # scalar columns stacked into [batch, 3]
+        df.withColumn("pred", score(image="pixels", numeric=["f0", "f1"], category="cat"))
+
+    Positional columns feed the inputs in `score.input_names` order (a single input
+    takes one array column or several scalar columns stacked); named ones feed the
+    input of that name (a list of columns is stacked). One output gives a plain
+    column, several a struct with one field per output. Bad rows get a null
+    prediction (`bad_rows="null"`) or fail the Spark job (`bad_rows="fail"`).
+
+    Raises:
+        ConfigError, ModelError: on the driver. A column of the wrong type raises
+        SchemaError from the first task (Spark wraps it in a PythonException).
+    """
+    _check_choice("bad_rows", bad_rows, ("null", "fail"))
+    _check_batch_size(batch_size)
+    if spark is None:
+        from pyspark.sql import SparkSession  # noqa: PLC0415 - pyspark is the API's optional extra
+
+        spark = SparkSession.getActiveSession()
+        if spark is None:
+            raise ConfigError("predict_udf needs a running SparkSession (start one, or pass spark=...)")
+    sig = _read_model(model, signature)
+    source = _model_source(spark.sparkContext, sig, distribution)
+    from batchscore.udfs.lanes.stats import make_stats_accumulator  # noqa: PLC0415 - imported at use: the modules import each other
+
+    return PredictUDF(sig, source, batch_size, "fail" if bad_rows == "fail" else "quarantine",
+                      dict(pad or {}), pad_multiple, dict(mask or {}), make_stats_accumulator(spark.sparkContext))
+
+
+@dataclass(frozen=True)
+class PredictUDF:
+    """What `predict_udf` returns: call it with columns to get a Column of predictions.
+
+    `stats` is a Spark accumulator summing what its tasks did (`rows`, `rows_bad`,
+    `model_calls`, `loads` per worker process) once an action has run.
+    """
+
+    signature: ModelSignature
+    source: ModelSource
+    batch_size: int
+    on_bad_rows: Literal["quarantine", "fail"]
+    pad: dict[str, Any]
+    pad_multiple: int
+    mask: dict[str, str]
+    stats: Any
+
+    @property
+    def input_names(self) -> list[str]:
+        """The signature's inputs, in the order positional columns feed them (masks excluded)."""
+        return [s.name for s in self.signature.inputs if s.name not in self.mask]
+
+    @property
+    def return_type(self) -> Any:
+        """The Spark type of the column: the one output's type, or a struct of all outputs."""
+        from pyspark.sql.pandas.types import from_arrow_type  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
+
+        return from_arrow_type(_result_type(self.signature))
+
+    def __call__(self, *cols: Any, **named: Any) -> Any:
+        """The predictions of `cols` (see `predict_udf`) as a Column."""
+        args, columns = _feed_columns(self.input_names, cols, named)
+        plan = ScoringPlan(self.signature, (), self.source, self.batch_size, (),
+                           tuple(o.name for o in self.signature.outputs), self.on_bad_rows, self.pad_multiple)
+        fn = _udf_function(plan, [name for name, _ in args], columns, self.pad, self.mask, self.stats)
+        # Iterator[tuple[pa.Array, ...]] -> Iterator[pa.Array]: the worker keeps state (the re-chunking
+        # queue) across the task's Arrow batches
+        return compat.arrow_iter_udf(fn, self.return_type)(*(c for _, c in args))
+
+
+def _feed_columns(
+    inputs: list[str], cols: tuple[Any, ...], named: dict[str, Any]
+) -> tuple[list[tuple[str, Any]], dict[str, str | list[str]]]:
+    """The UDF's argument columns, each with a unique name, and signature input -> argument name(s).
+
+    Raises:
+        SchemaError: too many columns, an unknown or twice-fed input, or a missing one.
+    """
+    unknown = sorted(set(named) - set(inputs))
+    if unknown:
+        raise SchemaError(f"predict_udf: '{unknown[0]}' is not an input of the model (inputs: {', '.join(inputs)})")
+    wanted: dict[str, Any] = {}
+    if len(inputs) == 1 and len(cols) > 1:
+        wanted[inputs[0]] = list(cols)  # several scalar columns stacked into the one input
+    else:
+        if len(cols) > len(inputs):
+            raise SchemaError(f"predict_udf: {len(cols)} columns given for {len(inputs)} model inputs "
+                              f"({', '.join(inputs)}); stack scalar columns with a list, e.g. name=[...]")
+        wanted.update(zip(inputs, cols, strict=False))  # fewer columns: the rest come by name
+    twice = sorted(set(wanted) & set(named))
+    if twice:
+        raise SchemaError(f"predict_udf: model input '{twice[0]}' is given both by position and by name")
+    wanted.update(named)
+    missing = [n for n in inputs if n not in wanted]
+    if missing:
+        raise SchemaError(f"predict_udf: no column for model input '{missing[0]}' (inputs: {', '.join(inputs)})")
+    args: list[tuple[str, Any]] = []
+    columns: dict[str, str | list[str]] = {}
+    for name in inputs:
+        given = wanted[name]
+        many = isinstance(given, (list, tuple))
+        names = [_arg_name(c, len(args) + i, args) for i, c in enumerate(given if many else [given])]
+        args.extend(zip(names, given if many else [given], strict=True))
+        columns[name] = names if many else names[0]
+    return args, columns
+
+
+def _arg_name(col: Any, i: int, taken: list[tuple[str, Any]]) -> str:
+    """A readable, unique name for an argument column (errors name it)."""
+    name = col if isinstance(col, str) else str(getattr(col, "_jc", None) or f"argument {i}")
+    used = {n for n, _ in taken}
+    return name if name not in used else f"{name} (argument {i})"
+
+
+def _udf_function(
+    plan: ScoringPlan, names: list[str], columns: dict[str, str | list[str]],
+    pad: dict[str, Any], mask: dict[str, str], stats: Any,
+) -> Any:
+    """The function each task runs: bind the columns on the first batch, then score the stream."""
+
+    def predict(arrays: Iterator[tuple[pa.Array, ...] | pa.Array]) -> Iterator[pa.Array]:
+        batches = (pa.RecordBatch.from_arrays(list(a) if isinstance(a, tuple) else [a], names=names)
+                   for a in arrays)
+        first = next(batches, None)
+        if first is None:
+            return
+        feeds = bind_inputs(plan.signature, first.schema, columns, pad=pad, mask=mask)
+        task_stats: dict[str, Any] = {}
+        try:
+            for out in score_batches(replace(plan, feeds=feeds), itertools.chain([first], batches), task_stats):
+                yield _result_column(out, plan)
+        except BadRowsError as e:  # the engine words it for the job's config
+            message = str(e).replace(" (add a key to output.keep_columns to name it)", "")
+            raise BadRowsError(message.replace("quarantine.on_bad_rows: fail", "predict_udf bad_rows='fail'")) from None
+        if stats is not None and task_stats:
+            stats.add(task_stats)
+
+    return predict
+
+
+def _result_type(sig: ModelSignature) -> pa.DataType:
+    schema = sig.output_schema()
+    return schema.field(0).type if len(schema) == 1 else pa.struct(list(schema))
+
+
+def _result_column(batch: pa.RecordBatch, plan: ScoringPlan) -> pa.Array:
+    """One output's column, or a struct of all outputs, null on the batch's bad rows."""
+    if len(plan.output_names) == 1:
+        return batch.column(plan.output_names[0])  # bad rows are null already
+    import pyarrow.compute as pc  # noqa: PLC0415 - loaded on first use, off the import path of `import batchscore`
+
+    bad = pc.not_equal(batch.column(REASON_COLUMN), OK_REASON)
+    return pa.StructArray.from_arrays([batch.column(n) for n in plan.output_names],
+                                      names=list(plan.output_names), mask=bad)
+
+
+def _read_model(model: str, signature: str) -> ModelSignature:
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"model must be a SavedModel directory or a .keras file path, got {model!r}")
+    return read_signature(absolute(model), signature)
+
+
+def _model_source(sc: Any, sig: ModelSignature, distribution: str) -> ModelSource:
+    _check_choice("distribution", distribution, DISTRIBUTIONS)
+    return make_model_source(sc, sig.path, sig.fingerprint, distribution)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")

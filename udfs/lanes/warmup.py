@@ -1,0 +1,111 @@
+"""Start the Python workers and import TensorFlow while the driver still plans.
+
+A cold run otherwise pays for these in its scoring job: seconds of Python worker start
+and TensorFlow import before the first row is scored. The warm-up is a Spark job of one
+task per task slot, submitted from a thread (its own job group) right after the
+signature is read; each task imports TensorFlow and sizes its thread pools for the
+task's cores, and the scoring tasks reuse those workers (`spark.python.worker.reuse`).
+
+The model itself is not touched: its load (a fraction of a second per worker, against
+seconds for the TF import) stays in each worker's first scoring task, so a user error
+the driver finds while planning (a missing column, a wrong array length in the sample)
+still fails before any executor unpacks or loads the model, and `model_loads` still
+counts scoring workers only (one each).
+
+A warm-up that fails (a worker dies, the job is cancelled) only did not warm: it is
+logged, and the scoring tasks import TensorFlow themselves as without it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchscore.udfs.model import cache as model_cache
+
+log = logging.getLogger("batchscore")
+
+
+def warm_worker(accumulator: Any) -> None:
+    """In a Python worker: import TensorFlow with its pools sized for the task, and report the
+    seconds it took (`warmup_tf_import_s`). Devices are left alone: the first scoring task
+    configures them (udfs/model/devices.py), knowing `model.gpu_memory_mb`."""
+    from batchscore.udfs.lanes.scoring import task_resources, worker_stats  # noqa: PLC0415 - imported at use: the modules import each other
+
+    spent_before = model_cache.seconds_spent()
+    cores, _ = task_resources()
+    model_cache.configure_threads(cores)
+    model_cache.import_tensorflow()  # outside Spark (no task cores) the pools keep TF's sizes
+    accumulator.add(worker_stats(None, spent_before, prefix="warmup_"))
+
+
+@dataclass
+class Warmup:
+    """A warm-up job running in a thread; `wait()` joins it, `cancel()` stops it."""
+
+    sc: Any
+    group: str
+    thread: threading.Thread | None = None
+    outcome: dict[str, Any] = field(default_factory=dict)  # "ok": bool, "seconds", "error"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the warm-up to end; True when it warmed every task slot."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return bool(self.outcome.get("ok"))
+
+    def cancel(self) -> None:
+        """Cancel the warm-up's tasks (a run that fails before scoring leaves nothing behind)."""
+        if self.thread is not None and self.thread.is_alive():
+            self.sc.cancelJobGroup(self.group)
+            self.thread.join(10)
+
+
+def start_warmup(spark: Any, accumulator: Any, *, tasks: int) -> Warmup:
+    """Submit the warm-up job (`tasks` tasks, one per task slot) from a thread; returns at once.
+
+    The job is a `mapInArrow`, as both lanes' scoring jobs: Spark keeps one pool of idle
+    Python workers per kind of runner (its environment differs between RDD and SQL
+    jobs), and only workers of the same pool are reused.
+    """
+    warm = warm_worker  # read here: the closure ships whatever this module holds now (tests wrap it)
+    sc = spark.sparkContext
+    warmup = Warmup(sc, f"batchscore-warmup-{uuid.uuid4().hex[:8]}")
+
+    def task(batches: Iterator[Any]) -> Iterator[Any]:
+        for _ in batches:
+            pass
+        try:
+            warm(accumulator)
+        except Exception as e:  # noqa: BLE001 - a warm-up never fails a task: scoring imports TF itself
+            logging.getLogger("batchscore").warning("warm-up did not import TensorFlow: %s", e)
+        yield from ()
+
+    def run() -> None:
+        t = time.time()
+        try:
+            sc.setJobGroup(warmup.group, "batchscore: warm up the Python workers", interruptOnCancel=False)
+            spark.range(0, tasks, 1, tasks).mapInArrow(task, "id long").collect()
+            warmup.outcome.update(ok=True)
+        except Exception as e:  # noqa: BLE001 - a warm-up that fails only did not warm
+            warmup.outcome.update(ok=False, error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            log.info("the warm-up job did not complete (scoring tasks import TensorFlow themselves): %s",
+                     warmup.outcome["error"])
+        finally:
+            warmup.outcome["seconds"] = round(time.time() - t, 3)
+
+    from pyspark import InheritableThread  # noqa: PLC0415 - pyspark is the job's optional extra
+
+    warmup.thread = InheritableThread(target=run, name=warmup.group, daemon=True)
+    warmup.thread.start()
+    return warmup
+
+
+def warmup_tasks(sc: Any) -> int:
+    """One task per task slot: the cores Spark schedules on, over `spark.task.cpus`."""
+    cpus = int(sc.getConf().get("spark.task.cpus", "1") or 1)
+    return max(1, sc.defaultParallelism // max(1, cpus))
