@@ -48,11 +48,18 @@ test: venv jars jvm-cache
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
+# Lint on the installed layout: the wheel's files installed into build/lint/site (as users get them),
+# then ruff, the import-linter contracts (pyproject.toml: the one-way layers) and mypy (the package
+# strict, tests/bench/dags looser). mypy names files under build/lint/site/batchscore/...: udfs/ and
+# jobs/ there are the checkout's udfs/ and jobs/.
+LINT_SITE := build/lint/site
+
 lint: venv
 	$(PY) -m ruff check .
-	rm -rf build/typecheck && mkdir -p build/typecheck/batchscore
-	cd build/typecheck/batchscore && for f in ../../../batchscore/*.py; do ln -s $$f .; done && ln -s ../../../jobs jobs && ln -s ../../../udfs udfs
-	cd build/typecheck && ../../$(PY) -m mypy --config-file ../../pyproject.toml batchscore
+	rm -rf $(LINT_SITE) && $(PY) -m pip install --quiet --no-deps --target $(LINT_SITE) .
+	cd $(LINT_SITE) && $(abspath $(VENV))/bin/lint-imports --config $(abspath pyproject.toml)
+	MYPYPATH=$(LINT_SITE) $(PY) -m mypy --config-file pyproject.toml -p batchscore
+	MYPYPATH=$(LINT_SITE) $(PY) -m mypy --config-file pyproject.toml tests bench dags
 
 # The cold whole-command benchmark (bench/README.md): every contender a fresh command, alone.
 RAY_VENV := bench/.venv-ray
@@ -171,7 +178,7 @@ $(AIRFLOW_VENV)/.installed: requirements-airflow.txt requirements-airflow.lock
 	touch $@
 
 test-airflow: venv $(AIRFLOW_VENV)/.installed
-	$(AIRFLOW_PY) -m pytest -q -p no:cacheprovider --noconftest tests/test_dag_airflow.py
+	$(AIRFLOW_PY) -m pytest -q -p no:cacheprovider --noconftest tests/ops/test_dag_airflow.py
 
 clean:
 	rm -rf build data/demo/predictions data/demo/predictions_quarantine data/demo/trained_model \

@@ -9,6 +9,7 @@ top-level `jobs` or `udfs`.
 """
 from __future__ import annotations
 
+import importlib
 import os as _os
 
 __version__ = "0.2.0"
@@ -40,8 +41,7 @@ def __getattr__(name: str) -> object:
     """`batchscore.score_dataframe` and `batchscore.predict_udf`, imported on first use, so
     `import batchscore` stays light (no pyspark, no TensorFlow)."""
     if name in _API:
-        from batchscore import api  # noqa: PLC0415 - on first use: pyspark and TF stay unloaded
-
+        api = importlib.import_module("batchscore.api")  # on first use: pyspark and TF stay unloaded
         return getattr(api, name)
     raise AttributeError(f"module 'batchscore' has no attribute '{name}'")
 

@@ -14,7 +14,7 @@ from tests import support
 
 # Fixture plugins that test modules also import names from (`pytest_plugins = [...]` there):
 # their asserts are rewritten like the tests' own.
-pytest.register_assert_rewrite("tests.s3_support")
+pytest.register_assert_rewrite("tests.support.s3")
 
 DEMO_ROWS = 1200
 
@@ -100,19 +100,19 @@ def multi_model(saved_model: Callable[..., str]) -> str:
     return saved_model("multi_model", support.build_multi_model)
 
 
-# --- the reliability models (tests/reliability_support.py): every quarantine reason, unfeedable signatures ---
+# --- the reliability models (tests/support/reliability.py): every quarantine reason, unfeedable signatures ---
 
 
 @pytest.fixture(scope="session")
 def rel_model(saved_model: Callable[..., str]) -> str:
-    from tests import reliability_support as rs
+    from tests.support import reliability as rs
 
     return saved_model("rel_model", rs.build_rel_model)
 
 
 @pytest.fixture(scope="session")
 def odd_model(saved_model: Callable[..., str]) -> str:
-    from tests import reliability_support as rs
+    from tests.support import reliability as rs
 
     return saved_model("odd_model", rs.build_unfeedable_model)
 
