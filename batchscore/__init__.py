@@ -1,11 +1,12 @@
 """batchscore: offline batch scoring of TensorFlow models on Apache Spark.
 
-One import root. Installed from a wheel, the engine and the jobs are the
-subpackages `batchscore.udfs` and `batchscore.jobs`. In a checkout they live at
-the repository's top level (`udfs/`, `jobs/`), as the design card lays them
-out; this package then adds the repository root to its own search path so the
-same `batchscore.udfs...` imports resolve there. Nothing is installed as a
-top-level `jobs` or `udfs`.
+One import root. `batchscore.jobs` (entry points) and `batchscore.udfs` (code that runs in
+Spark's Python workers) are the repository's top-level `jobs/` and `udfs/` folders, as the
+design card lays them out: the wheel installs them under `batchscore/`, and in a checkout
+this package appends the repository root to its own search path so the same imports
+resolve there. The driver-side engine lives in this folder's subpackages (core, config,
+session, run, output, training, evaluation). Nothing is installed as a top-level `jobs`
+or `udfs`.
 """
 from __future__ import annotations
 

@@ -76,9 +76,13 @@ def test_wheel_installs_alone_and_scores(tmp_path: Path) -> None:
     (wheel,) = dist.glob("batchscore-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/", 1)[0] for n in names} == {"batchscore", wheel.name.split("-py")[0] + ".dist-info"}
-    for expected in ("batchscore/udfs/scoring.py", "batchscore/jobs/score.py", "batchscore/conf/demo.yaml",
-                     "batchscore/cli.py"):
-        assert expected in names
+    # every module of the checkout, each subpackage included (pyproject lists them one by one)
+    shipped = {n for n in names if n.endswith(".py")}
+    checkout = {f"batchscore/{p.relative_to(ROOT / 'batchscore')}" for p in (ROOT / "batchscore").rglob("*.py")}
+    for top in ("jobs", "udfs"):
+        checkout |= {f"batchscore/{top}/{p.relative_to(ROOT / top)}" for p in (ROOT / top).rglob("*.py")}
+    assert shipped == {n for n in checkout if "__pycache__" not in n}
+    assert "batchscore/conf/demo.yaml" in names
 
     # Nothing of this checkout may leak in: the tests' Spark session put it on PYTHONPATH, where
     # pip would find this project's metadata and skip installing the wheel as "already satisfied".

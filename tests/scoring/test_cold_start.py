@@ -19,7 +19,7 @@ from batchscore.udfs.model.signature import read_signature
 from tests import support
 from tests.udfs.test_padding import build_token_model
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_COLUMNS = support.demo_columns_override()
 TOL = 1e-5
 

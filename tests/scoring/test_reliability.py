@@ -32,7 +32,7 @@ from batchscore.udfs.model.signature import model_fingerprint
 from tests import support
 from tests.support import reliability as rs
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-5
 SECRET = "SHOULD_NOT_LEAK_7f3a"
 OUTPUTS = ["parts", "score"]

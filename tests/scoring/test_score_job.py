@@ -22,7 +22,7 @@ from batchscore.session.builder import local_driver_class_path
 from batchscore.udfs.model.signature import model_fingerprint
 from tests import support
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-5
 DEMO_COLUMNS = "input.columns.numeric=[" + ", ".join(NUMERIC) + "]"
 

@@ -20,7 +20,7 @@ from batchscore.training import parquet_reader
 from tests import support
 from tests.support import train as ts
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUALITY_AUC = 0.8
 
 

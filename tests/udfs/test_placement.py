@@ -21,7 +21,7 @@ from batchscore.udfs.model import placement
 from tests import support
 from tests.support import placement as ps
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-5
 BATCH = 64
 ROWS = 300  # 4 full calls of 64 and a short one of 44
