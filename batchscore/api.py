@@ -1,8 +1,8 @@
 """The Python API for pipelines and notebooks: `score_dataframe` and `predict_udf`.
 
 Both read the model's signature on the driver, ship the model to the executors
-once (`model.distribution`), load it once per Python worker (udfs.model_cache)
-and re-chunk rows to `batch_size` across Arrow batches (udfs.batching), like the
+once (`model.distribution`), load it once per Python worker (batchscore.udfs.model.cache)
+and re-chunk rows to `batch_size` across Arrow batches (batchscore.udfs.batches.batching), like the
 score job's DataFrame lane.
 
 Bad rows (a null or non-finite feature, an array of the wrong length, a row the
@@ -71,7 +71,7 @@ def score_dataframe(
         distribution: how the model reaches the executors (`model.distribution`).
         pad, pad_multiple, mask: variable-length inputs (`input.pad`, `input.pad_multiple`,
             `input.mask`).
-        stats: a Spark accumulator (`udfs.stats.make_stats_accumulator`) summing the
+        stats: a Spark accumulator (`batchscore.udfs.lanes.stats.make_stats_accumulator`) summing the
             tasks' counters (rows, model calls, loads per worker) when an action runs.
 
     Returns:

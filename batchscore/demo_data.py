@@ -1,6 +1,6 @@
 """Make the demo: a credit-default-like table (partitioned Parquet) and a Keras model trained on it.
 
-`python -m jobs.demo_data --out data/demo [--rows 1000000]` writes
+`python -m batchscore.demo_data --out data/demo [--rows 1000000]` writes
 `<out>/features/as_of_date=YYYY-MM-DD/*.parquet` and `<out>/model/` (a SavedModel)
 unless they exist. The label depends on the features through a known logistic
 model, so a trained model reaches a real AUC.
@@ -137,7 +137,7 @@ def _log_columns(numeric, tf):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jobs.demo_data", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="batchscore.demo_data", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data/demo")
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--epochs", type=int, default=2)

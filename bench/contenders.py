@@ -3,7 +3,7 @@
 - `bare_tf`: one process, no Spark (bench/bare_tf.py, run as a child process).
 - `predict_batch_udf`: Spark's `pyspark.ml.functions.predict_batch_udf`.
 - `pandas_udf`: a plain iterator pandas UDF with a module-level model cache.
-- `dataframe_lane` / `arrow_lane`: this project's `udfs.run.run_scoring`.
+- `dataframe_lane` / `arrow_lane`: this project's `batchscore.run.steps.run_scoring`.
 
 Every `run()` times from the start of the read to the committed write and
 returns at least `{"seconds": ...}`. The peers count their model loads with one
@@ -259,7 +259,7 @@ class PandasIterUDF(_SparkPeer):
 
 
 class ProjectLane(Contender):
-    """`udfs.run.run_scoring` with `input.lane` forced; loads and lane come from the manifest."""
+    """`batchscore.run.steps.run_scoring` with `input.lane` forced; loads and lane come from the manifest."""
 
     lane = ""
 

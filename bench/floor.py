@@ -13,7 +13,7 @@ Python function that returns `id` and a constant instead of scoring. Variants:
 - `python_packed_array`: `id` + `array(f0..f31)`, what the DataFrame lane sends;
 - `python_packed_rows_bound`, `python_33_rows_bound`: those two with Spark's per-row
   Arrow byte check off and the batch bounded by rows instead, as the DataFrame lane's job
-  sets it (`udfs.lanes.arrow_batch_conf`);
+  sets it (`batchscore.run.lane_choice.arrow_batch_conf`);
 - `packed_arrow_udf`: the same array through Spark 4.1's iterator `arrow_udf` (a scalar
   UDF: `id` stays in the JVM, only the array goes to Python, pyarrow arrays in and out);
 - `packed_pandas_udf`: the same array through an iterator `pandas_udf` (what

@@ -32,7 +32,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
 
-# Settings of the one shared SparkSession (applied through jobs.session.build_session).
+# Settings of the one shared SparkSession (applied through batchscore.session.builder.build_session).
 SPARK_CONF = {
     "spark.master": "local[2]",
     "spark.ui.enabled": "false",

@@ -1,6 +1,6 @@
 """Evaluate scored output against labels: `batchscore evaluate --predictions DIR --label COL --score COL`.
 
-Only wiring: arguments -> session -> `udfs.evaluation.evaluate_run` (metrics on Spark,
+Only wiring: arguments -> session -> `batchscore.evaluation.run.evaluate_run` (metrics on Spark,
 batchscore/evaluation/metrics.py) -> metrics JSON and plots (`<predictions>/_evaluation/` or `--out`) -> summary
 -> gates. Exit codes: 0 success; 2 a user error (a missing path or column, labels out of
 range, a bad `--gate`), one line `error: ...` on stderr; 3 a `--gate` failed, one line

@@ -1,6 +1,6 @@
 """Score a dataset with a TensorFlow model: `python -m jobs.score --config FILE [--set k=v ...]`.
 
-Only wiring: arguments -> config -> session -> the engine (`udfs.run.run_scoring`)
+Only wiring: arguments -> config -> session -> the engine (`batchscore.run.steps.run_scoring`)
 -> summary. Exit codes: 0 success; 2 a user error (config, input, model, schema,
 bad rows with on_bad_rows=fail), one line `error: ...` on stderr; 1 anything else.
 """

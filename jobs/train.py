@@ -1,7 +1,7 @@
 """Train a model and export it for scoring: `python -m jobs.train --config FILE [--set k=v ...]`.
 
 Only wiring: arguments -> config -> session (when the run needs Spark: multi_worker,
-petastorm, a filter) -> the trainer (`udfs.train_run.run_training`) -> summary. Exit
+petastorm, a filter) -> the trainer (`batchscore.training.run.run_training`) -> summary. Exit
 codes: 0 success; 2 a user error (config, data, schema), one line `error: ...` on
 stderr; 1 anything else (a failed training worker: one line naming it).
 """

@@ -45,7 +45,7 @@ def spark():
 
 @pytest.fixture(scope="session")
 def demo_table() -> pa.Table:
-    """`jobs.demo_data.make_table` rows: id, as_of_date, 10 numeric, 3 string, label."""
+    """`batchscore.demo_data.make_table` rows: id, as_of_date, 10 numeric, 3 string, label."""
     from batchscore.demo_data import make_table
 
     return make_table(DEMO_ROWS, seed=5)

@@ -4,7 +4,7 @@ PySpark starts one daemon per executor (`python -m pyspark.daemon`), and the dae
 forks a Python worker for each task slot. Each worker then imports TensorFlow on its
 own: on `local[2]` that is two imports of ~3 s side by side, the largest part of a cold
 run's fixed cost after the JVM's start. With `spark.python.daemon.module` set to this
-module (`jobs.session` does so for local masters) the daemon imports TensorFlow and the
+module (`batchscore.session.builder` does so for local masters) the daemon imports TensorFlow and the
 engine's scoring modules once; the workers it forks share those pages.
 
 A local job goes further: before its JVM starts, the driver starts a *pre-started

@@ -1,6 +1,6 @@
 """The scoring job's config as typed objects, validated once where the job starts.
 
-`jobs.config` reads YAML and `--set` overrides into a plain mapping and calls
+`batchscore.config.loader` reads YAML and `--set` overrides into a plain mapping and calls
 `parse_job_spec`; everything after that (the engine included) takes these
 models. Unknown keys are refused, choices are Literals, and every validation
 error becomes one `ConfigError` line naming the dotted key.

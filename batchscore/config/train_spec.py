@@ -1,8 +1,8 @@
 """The training job's config (`batchscore train`) as typed objects, validated once where the job starts.
 
-`jobs.config.load_train_config` reads YAML and `--set` overrides into a plain mapping
+`batchscore.config.loader.load_train_config` reads YAML and `--set` overrides into a plain mapping
 and calls `parse_train_spec`; the trainer takes these models. As for scoring
-(`udfs.job_spec`): unknown keys are refused, choices are Literals, and every
+(`batchscore.config.job_spec`): unknown keys are refused, choices are Literals, and every
 validation error becomes one `ConfigError` line naming the dotted key.
 """
 from __future__ import annotations

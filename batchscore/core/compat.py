@@ -1,6 +1,6 @@
 """What differs between the Spark stacks batchscore runs on, each behind one named shim.
 
-Two stacks are tested (README "Supported stacks"; `make test`, `make test-lts`):
+Two stacks are tested (docs/stacks.md; `make test`, `make test-lts`):
 
     current  pyspark 4.x, pyarrow >= 18, numpy 2      (`requirements.txt`)
     lts      pyspark 3.5, pyarrow 14, numpy 1.26       (`requirements-lts.txt`, with petastorm)

@@ -1,7 +1,7 @@
 """PNG plots of an Evaluation: ROC and precision-recall curves, the calibration diagram.
 
 Drawn with matplotlib's Agg canvas on a `Figure` of its own (no pyplot, so no global
-backend switch in a notebook), from the sampled curve points `udfs.metrics` collected.
+backend switch in a notebook), from the sampled curve points `batchscore.evaluation.metrics` collected.
 """
 from __future__ import annotations
 

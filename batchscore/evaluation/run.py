@@ -3,7 +3,7 @@
 `read_predictions` follows the run's `_manifest.json` where there is one: on object stores
 the rows are under the run's own prefix (`output.data_path`, batchscore/output/publish.py), and Delta
 output is read as Delta. `evaluate_run` joins labels from another table when asked
-(`udfs.metrics.join_labels`) and computes the metrics on Spark (`udfs.metrics.evaluate`);
+(`metrics.join_labels`) and computes the metrics on Spark (`metrics.evaluate`);
 `write_evaluation` writes `metrics.json` and the PNG plots to `<predictions>/_evaluation/`
 (a `_` name: Spark and pyarrow readers of the predictions skip it) or elsewhere, through
 Hadoop's filesystem, so any path Spark writes works.
@@ -96,7 +96,7 @@ def evaluate_run(spark: SparkSession, *, predictions: str, label: str, score: st
 
     Raises:
         ConfigError: `labels` without `key`, a bad task or an unknown gate metric.
-        SchemaError, InputError: as `udfs.metrics.evaluate`; labels whose key is not unique.
+        SchemaError, InputError: as `batchscore.evaluation.metrics.evaluate`; labels whose key is not unique.
     """
     pred = read_predictions(spark, predictions)
     df, label_df = pred.df, None
@@ -129,7 +129,7 @@ def default_out(predictions: str) -> str:
 
 def write_evaluation(spark: SparkSession, evaluation: Evaluation, out: str, *,
                      source: dict[str, Any] | None = None) -> list[str]:
-    """Write `metrics.json` and the plots (`udfs.metric_plots`) into the directory `out`; returns the files."""
+    """Write `metrics.json` and the plots (`plots.render_plots`) into the directory `out`; returns the files."""
     files = {METRICS_FILE: (json.dumps({**evaluation.to_dict(), "source": source or {}}, indent=2,
                                        default=str) + "\n").encode()}
     files.update(render_plots(evaluation))

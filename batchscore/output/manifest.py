@@ -1,7 +1,7 @@
 """The run manifest, `<output>/_manifest.json`: written last by a run, read by the manifest check.
 
-One dataclass for both sides. The JSON keeps the field order below (README, "Run
-manifest"); secrets (values under secret-looking keys, `user:pass@` in URIs) never
+One dataclass for both sides. The JSON keeps the field order below (docs/manifest.md);
+secrets (values under secret-looking keys, `user:pass@` in URIs) never
 reach it.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ class SparkInfo:
 
 @dataclass(frozen=True)
 class PlanningInfo:
-    """How the run spread its rows over the executors (udfs.planning)."""
+    """How the run spread its rows over the executors (batchscore.run.planning)."""
 
     slots: int | None = None  # tasks the executors run at once
     slots_source: str | None = None  # executors | conf | default_parallelism

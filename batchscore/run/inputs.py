@@ -16,7 +16,7 @@ def read_input(spark: Any, spec: InputSpec) -> Any:
 
     Raises:
         InputError: the path or table does not exist or cannot be read.
-        ConfigError: Spark rejects the filter (see udfs.arrow_filter.apply_filter).
+        ConfigError: Spark rejects the filter (see batchscore.udfs.batches.arrow_filter.apply_filter).
     """
     from pyspark.errors import AnalysisException  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 

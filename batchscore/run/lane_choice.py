@@ -40,8 +40,8 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
     """The Arrow lane's plan, or None for the DataFrame lane (`input.lane` auto falls back, logged).
 
     `df` is the filtered input DataFrame: Spark's optimised plan of it gives the filter
-    the Arrow lane applies (udfs.arrow_filter). `slots`: the executors' task slots
-    (udfs.planning.task_slots; default: the default parallelism); the plan aims at
+    the Arrow lane applies (batchscore.udfs.batches.arrow_filter). `slots`: the executors' task slots
+    (batchscore.run.planning.task_slots; default: the default parallelism); the plan aims at
     `TASKS_PER_SLOT` tasks per slot.
 
     Raises:

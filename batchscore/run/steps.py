@@ -77,7 +77,7 @@ class RunPlan:
     arrow_plan: ArrowPlan | None  # None: the DataFrame lane
     corrupt: list[str]  # input files skipped (input.ignore_corrupt_files)
     warmup: Warmup | None = None  # the warm-up job started while planning (model.warmup)
-    planning: TaskPlanning | None = None  # slots, tasks and rebalancing (udfs.planning)
+    planning: TaskPlanning | None = None  # slots, tasks and rebalancing (batchscore.run.planning)
 
     @property
     def lane(self) -> str:

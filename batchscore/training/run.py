@@ -1,4 +1,4 @@
-"""A training run, start to finish: the filter, the reader, the strategy, then `udfs.training`.
+"""A training run, start to finish: the filter, the reader, the strategy, then `batchscore.training.loop`.
 
 `run_training(spark, spec)` is what `jobs.train` calls. `multi_worker` goes to Spark
 barrier tasks (batchscore/training/multiworker.py); `default` and `mirrored` train in this process.

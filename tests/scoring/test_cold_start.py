@@ -212,7 +212,7 @@ def test_without_the_warmup_scoring_tasks_do_it_all(spark, demo_table, demo_mode
 @pytest.mark.parametrize("fault", ["raise", "exit"])
 def test_a_failing_warmup_does_not_fail_the_run(
         spark, demo_table, demo_model, demo_reference, tmp_path, monkeypatch, fault):
-    # The warm-up's task function is shipped by value from this process (udfs.warmup reads
+    # The warm-up's task function is shipped by value from this process (batchscore.udfs.lanes.warmup reads
     # `warm_worker` when it starts): here it raises, or kills its Python worker.
     def failing_warm_worker(accumulator) -> None:
         if fault == "exit":

@@ -1,4 +1,4 @@
-"""jobs.config + udfs.job_spec: YAML, --set overrides and the typed JobSpec's errors."""
+"""batchscore.config.loader + batchscore.config.job_spec: YAML, --set overrides and the typed JobSpec's errors."""
 from __future__ import annotations
 
 import pytest

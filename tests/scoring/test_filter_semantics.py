@@ -1,7 +1,7 @@
 """Both lanes choose exactly the rows Spark chooses for `input.filter` (a differential test).
 
 Spark: `spark.read.parquet(root).where(f).select("id")`. The Arrow lane: the real
-driver-side compile (udfs.arrow_filter) and planning (`plan_arrow_input`), then
+driver-side compile (batchscore.udfs.batches.arrow_filter) and planning (`plan_arrow_input`), then
 each task's read (`read_task`), run here on the driver. A filter the Arrow lane
 refuses must raise UnsupportedFilter; it is counted, never compared.
 """

@@ -1,6 +1,6 @@
 """Delta Lake in and out: time travel on input, the scored rows committed by Delta, idempotent reruns.
 
-All on the shared session (jobs.session turns Delta's extension and catalog on when the
+All on the shared session (batchscore.session.builder turns Delta's extension and catalog on when the
 delta-spark jar is on the classpath); one test starts a session without the jars, in a
 subprocess.
 """
@@ -54,7 +54,7 @@ needs_delta = pytest.mark.skipif(not any(Path(jars_folder()).glob("delta-spark_*
 
 @pytest.fixture(scope="module")
 def delta_spark(spark: Any) -> Any:
-    assert delta_session(spark), "the shared session has Delta's extension (jobs.session.with_delta)"
+    assert delta_session(spark), "the shared session has Delta's extension (batchscore.session.builder.with_delta)"
     return spark
 
 

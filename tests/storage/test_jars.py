@@ -1,6 +1,6 @@
 """`make jars`: Spark's connectors (S3A, Delta) on the session's classpath, and a MiniDFSCluster Spark writes to.
 
-The connectors must be on the JVM's classpath when it starts, so `jobs.session.build_session`
+The connectors must be on the JVM's classpath when it starts, so `batchscore.session.builder.build_session`
 adds them (and the shared `spark` fixture, built by it, has them). HDFS needs no extra jar.
 """
 from __future__ import annotations

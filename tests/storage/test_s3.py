@@ -21,7 +21,7 @@ def test_arrow_lane_reads_partitioned_parquet_from_s3(s3_endpoint) -> None:
         put_parquet(s3_endpoint, f"features/d={d}/part-0.parquet", shifted)
     put_parquet(s3_endpoint, "features/_SUCCESS", t.slice(0, 0))  # hidden: not data
     schema = pa.schema([("id", pa.int64()), ("x", pa.float32()), ("d", pa.date32())])
-    # what udfs.arrow_filter makes of "d >= '2026-01-02' AND x < 10" (tests/scoring/test_filter_semantics.py)
+    # what batchscore.udfs.batches.arrow_filter makes of "d >= '2026-01-02' AND x < 10" (tests/scoring/test_filter_semantics.py)
     by_date = ds.field("d") >= dt.date(2026, 1, 2)
     row_filter = RowFilter(exact=by_date & (ds.field("x") < pa.scalar(10, pa.float32())), prune=by_date,
                            columns=("d", "x"))

@@ -1,7 +1,7 @@
 """The scoring job on S3 through S3A (moto_server on 127.0.0.1): both lanes s3a -> s3a, and the
 object-store publish protocol (batchscore/output/publish.py) surviving a run killed while publishing.
 
-The in-process runs use the shared session, pointed at the server the way `jobs.session`
+The in-process runs use the shared session, pointed at the server the way `batchscore.session.builder`
 points a job's own session (`s3a_env_conf` of the AWS environment, set on its Hadoop
 configuration); the killed run is a job of its own (`tests.support.fault_launcher`), whose session
 gets the endpoint and the keys from the AWS environment alone.
@@ -215,7 +215,7 @@ def test_object_store_output_modes_are_error_and_overwrite(spark, s3a: S3Server,
 
 def run_job(job_file: str, overrides: list[str], fault: str | None) -> subprocess.CompletedProcess[str]:
     """The scoring job in a process of its own (`tests.support.fault_launcher` with a fault), its own
-    session given S3A's endpoint by `jobs.session` from the AWS environment alone."""
+    session given S3A's endpoint by `batchscore.session.builder` from the AWS environment alone."""
     launcher = ["tests.support.fault_launcher", fault] if fault else ["jobs.score"]
     cmd = [sys.executable, "-m", *launcher, "--config", job_file]
     for o in overrides:

@@ -105,7 +105,7 @@ def demo_columns_override() -> str:
 
 
 def demo_inputs(table: pa.Table) -> dict[str, np.ndarray]:
-    """The demo model's inputs for `jobs.demo_data.make_table` rows, built by hand."""
+    """The demo model's inputs for `batchscore.demo_data.make_table` rows, built by hand."""
     from batchscore.demo_data import CATEGORICAL, NUMERIC
 
     x = {"numeric": np.stack([table.column(c).to_numpy().astype(np.float32) for c in NUMERIC], axis=1)}

@@ -6,9 +6,9 @@ FAULT is `exit:P` (the Python worker dies with os._exit mid-task, after its firs
 output batch, on the first attempt of partition P), `sleep:P:S` (that attempt
 sleeps S seconds after its first output batch: a straggler for speculation) or
 `die-at:STEP` (the driver process dies with os._exit when the run calls the publish
-step `udfs.publish.STEP`, e.g. `commit_run`: a run killed while publishing).
+step `batchscore.output.publish.STEP`, e.g. `commit_run`: a run killed while publishing).
 
-The launcher wraps the engine's `udfs.scoring.score_batches` on the driver, then
+The launcher wraps the engine's `batchscore.udfs.lanes.scoring.score_batches` on the driver, then
 runs `jobs.score.main`. Both lanes' partition functions are closures Spark pickles
 when the job starts; they carry the wrapper (and the engine's own function inside
 it) to the executors by value, so production code reads no test switch and the
@@ -31,13 +31,13 @@ DIED = 17  # the exit status of a process the launcher killed
 
 
 def die_at(step: str) -> None:
-    """Replace the publish step `udfs.publish.<step>` in this (driver) process by one that kills it.
+    """Replace the publish step `batchscore.output.publish.<step>` in this (driver) process by one that kills it.
 
     The run calls publish steps through the module (`publish.<step>(...)`), so the
     replacement is what it calls; nothing after the kill runs (no `finally`, no cleanup).
     """
     if not callable(getattr(publish, step, None)):
-        raise SystemExit(f"die-at: udfs.publish has no step {step!r}")
+        raise SystemExit(f"die-at: batchscore.output.publish has no step {step!r}")
 
     def killed(*_args: Any, **_kwargs: Any) -> None:
         sys.stderr.write(f"fault_launcher: killed at publish.{step}\n")

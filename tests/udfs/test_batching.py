@@ -1,4 +1,4 @@
-"""udfs.batching: StreamScorer re-chunks rows to the model batch size with a plain numpy model."""
+"""batchscore.udfs.batches.batching: StreamScorer re-chunks rows to the model batch size with a plain numpy model."""
 from __future__ import annotations
 
 import math

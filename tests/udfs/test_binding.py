@@ -1,4 +1,4 @@
-"""udfs.binding: signature inputs -> columns, checked before any task runs (no Spark, no TF)."""
+"""batchscore.udfs.batches.binding: signature inputs -> columns, checked before any task runs (no Spark, no TF)."""
 from __future__ import annotations
 
 import pyarrow as pa

@@ -1,4 +1,4 @@
-"""udfs.convert: Arrow columns -> validated numpy tensors and per-row flags; outputs -> Arrow (no Spark, no TF)."""
+"""batchscore.udfs.batches.convert: Arrow columns -> validated numpy tensors and per-row flags; outputs -> Arrow (no Spark, no TF)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""udfs.devices: each task on the GPU Spark assigned it, tested on CPU (fake GPU discovery, TF
+"""batchscore.udfs.model.devices: each task on the GPU Spark assigned it, tested on CPU (fake GPU discovery, TF
 logical devices), and the GPU profiles in conf/."""
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def _spark_home(tmp_path: Path) -> str:
 
 
 def fake_gpu_command(job_yaml: Path) -> list[str]:
-    """README, "GPUs": two fake GPUs on local-cluster[1,2,1024], one per task, with conf/spark-cluster-gpu.conf
+    """docs/gpus.md: two fake GPUs on local-cluster[1,2,1024], one per task, with conf/spark-cluster-gpu.conf
     (`local[2]` would not do: Spark 4.1's local mode never starts a task that asks for a GPU)."""
     discovery = str(CONF / "spark-gpu-discovery.sh")
     confs = {

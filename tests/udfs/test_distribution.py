@@ -1,4 +1,4 @@
-"""udfs.distribution: shipping the model to the workers."""
+"""batchscore.udfs.model.distribution: shipping the model to the workers."""
 from __future__ import annotations
 
 import os

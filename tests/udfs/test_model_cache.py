@@ -1,4 +1,4 @@
-"""udfs.model_cache: loading a SavedModel like bare TensorFlow, once per key."""
+"""batchscore.udfs.model.cache: loading a SavedModel like bare TensorFlow, once per key."""
 from __future__ import annotations
 
 import pyarrow as pa

@@ -1,4 +1,4 @@
-"""udfs.signature: a real SavedModel's signature, read on the driver; fingerprints."""
+"""batchscore.udfs.model.signature: a real SavedModel's signature, read on the driver; fingerprints."""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,7 @@
 """The model host: one process per executor (per assigned GPU) that holds the model for
 every Python worker of that executor (`model.sharing: executor`).
 
-    python -m batchscore.udfs.host.model_host --socket PATH --model DIR ... (started by udfs.host_client)
+    python -m batchscore.udfs.host.model_host --socket PATH --model DIR ... (started by batchscore.udfs.host.client)
 
 It loads the model once with the workers' own loader (`cache.model_loader`, from
 the local path the starting worker resolved), so its predictions are those of

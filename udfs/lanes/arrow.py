@@ -4,7 +4,7 @@ Spark never converts the input rows: the driver plans fragments (files, or row
 groups of few large files) after partition pruning, each task opens its
 fragments with a pyarrow filesystem, reads only the needed columns as Arrow
 batches, keeps the rows Spark's filter keeps (a pyarrow expression compiled
-from Spark's optimised plan on the driver, udfs.arrow_filter), scores them,
+from Spark's optimised plan on the driver, batchscore.udfs.batches.arrow_filter), scores them,
 and hands back only keep columns and predictions, which Spark writes with its
 own committers.
 """
@@ -46,7 +46,7 @@ class ArrowSource:
     schema_ipc: bytes  # Spark-typed Arrow schema of data + partition columns
     partition_names: tuple[str, ...]
     columns: tuple[str, ...]  # columns a task returns, in order
-    row_filter: RowFilter | None  # Spark's filter as pyarrow (udfs.arrow_filter), made on the driver
+    row_filter: RowFilter | None  # Spark's filter as pyarrow (batchscore.udfs.batches.arrow_filter), made on the driver
     ignore_corrupt_files: bool
 
     @property
@@ -99,8 +99,8 @@ def plan_arrow_input(
         root: dataset path or URI.
         schema: the Spark-typed Arrow schema of the dataset (partition columns included).
         columns: the columns tasks must return.
-        row_filter: the rows to keep (`udfs.arrow_filter.arrow_filter`); prunes partitions and row groups too.
-        target_tasks: about how many tasks to make (udfs.planning: 2 per task slot).
+        row_filter: the rows to keep (`arrow_filter.arrow_filter`); prunes partitions and row groups too.
+        target_tasks: about how many tasks to make (batchscore.run.planning: 2 per task slot).
         slots: the executors' task slots: at least this many pieces when rows allow.
         exclude: files to leave out (corrupt files found beforehand).
 

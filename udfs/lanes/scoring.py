@@ -77,7 +77,7 @@ def plan_scoring(
     """Bind and check everything on the driver, before any task runs.
 
     `batch_size`, `on_bad_rows` and `pad_multiple` come validated from the JobSpec
-    (udfs.job_spec).
+    (batchscore.config.job_spec).
 
     Args:
         pad: variable-length input -> padding value (`input.pad`).
@@ -288,7 +288,7 @@ def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None, *, par
 
     Args:
         partitions: rebalance first: a round-robin repartition of the selected columns into this many
-            partitions (udfs.planning.plan_dataframe_tasks says when it pays).
+            partitions (batchscore.run.planning.plan_dataframe_tasks says when it pays).
     """
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
@@ -306,7 +306,7 @@ def fixed_row_bytes(schema: pa.Schema, plan: ScoringPlan) -> int | None:
 
     None when a column's width can vary: strings, binary, structs, or lists whose
     model input does not fix every dimension. Lets the job bound Arrow batches by
-    rows alone (see udfs.lanes.arrow_batch_conf).
+    rows alone (see batchscore.run.lane_choice.arrow_batch_conf).
     """
     elements = {f.columns[0]: f.spec.size for f in plan.feeds
                 if not f.stacked and f.depth > 0 and all(d is not None for d in f.spec.shape)}
