@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("batchscore.jobs.evaluate", "evaluate scored output against labels"),
     "train": ("batchscore.jobs.train", "train a Keras model on Parquet (tf.distribute, Spark barrier tasks)"),
     "demo": ("batchscore.jobs.demo", "make the demo data and model if missing, then score them"),
-    "jvm-cache": ("batchscore.session.jvm_cache", "build the JVM class-data archive that cuts local Spark start-up"),
+    "jvm-cache": ("batchscore.jobs.jvm_cache", "build the JVM class-data archive that cuts local Spark start-up"),
 }
 
 

@@ -14,12 +14,11 @@ sessions here will use, and dumping the classes it loaded when its JVM exits. It
 keyed by the `java` binary, the Spark installation and the driver classpath, so a new JDK,
 pyspark or jar set finds no archive (and runs as before) until it is rebuilt. The JVM
 itself checks the archive at start and silently ignores one that does not match. Sessions
-built by `jobs.session` for local masters use it when it exists; `BATCHSCORE_JVM_CACHE=off`
+built by `batchscore.session.builder` for local masters use it when it exists; `BATCHSCORE_JVM_CACHE=off`
 turns it off, `BATCHSCORE_CACHE` moves the cache folder (default `~/.cache/batchscore`).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -106,8 +105,9 @@ def _workload(spark: object, root: str) -> None:
             raise SystemExit(f"the archive's scoring run failed on the {lane} lane")
 
 
-def _dump(target: str) -> None:
-    """Child process: run the workload in a session whose JVM dumps its classes to `target` at exit."""
+def dump(target: str) -> None:
+    """Child process (`batchscore jvm-cache --dump`): run the workload in a session whose JVM
+    dumps its classes to `target` at exit."""
     from batchscore.session.builder import build_session  # noqa: PLC0415 - the child process only
 
     with tempfile.TemporaryDirectory(prefix="batchscore-jvm-cache-") as root:
@@ -119,7 +119,7 @@ def _dump(target: str) -> None:
 
 
 def build(*, force: bool = False) -> str | None:
-    """Build the archive for the classpath `jobs.session` gives local sessions; returns its path."""
+    """Build the archive for the classpath `batchscore.session.builder` gives local sessions; returns its path."""
     from batchscore.session.builder import local_driver_class_path  # noqa: PLC0415 - pyspark is imported there
 
     path = archive_path(local_driver_class_path())
@@ -132,7 +132,7 @@ def build(*, force: bool = False) -> str | None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     t = time.time()
-    proc = subprocess.run([sys.executable, "-m", "batchscore.session.jvm_cache", "--dump", tmp],
+    proc = subprocess.run([sys.executable, "-m", "batchscore.jobs.jvm_cache", "--dump", tmp],
                           env={**os.environ, SWITCH_ENV: "off"}, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not os.path.isfile(tmp):
         if os.path.exists(tmp):
@@ -141,29 +141,3 @@ def build(*, force: bool = False) -> str | None:
     os.replace(tmp, path)  # readers never see a half-written archive
     print(f"jvm-cache: {path} ({os.path.getsize(path) / 2**20:.0f} MiB, built in {time.time() - t:.0f} s)")
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batchscore jvm-cache", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--path", action="store_true",
-                        help="print the archive local sessions use ('' if none) and exit")
-    parser.add_argument("--force", action="store_true", help="rebuild even if it exists")
-    parser.add_argument("--class-path",
-                        help="with --path: the session's driver classpath (default: the connector jars)")
-    parser.add_argument("--dump", help=argparse.SUPPRESS)  # internal: the child that dumps
-    args = parser.parse_args(argv)
-    if args.dump:
-        _dump(args.dump)
-        return 0
-    if args.path:
-        from batchscore.session.builder import local_driver_class_path  # noqa: PLC0415 - pyspark is imported there
-
-        path = archive_path(local_driver_class_path() if args.class_path is None else args.class_path)
-        print(path if path and os.path.isfile(path) else "")
-        return 0
-    build(force=args.force)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
