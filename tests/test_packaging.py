@@ -76,7 +76,8 @@ def test_wheel_installs_alone_and_scores(tmp_path: Path) -> None:
     (wheel,) = dist.glob("batchscore-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/", 1)[0] for n in names} == {"batchscore", wheel.name.split("-py")[0] + ".dist-info"}
-    for expected in ("batchscore/udfs/scoring.py", "batchscore/jobs/score.py", "batchscore/conf/demo.yaml",
+    for expected in ("batchscore/udfs/lanes/scoring.py", "batchscore/jobs/score.py", "batchscore/jobs/runner.py",
+                     "batchscore/conf/demo.yaml",
                      "batchscore/cli.py"):
         assert expected in names
 
