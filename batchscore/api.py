@@ -20,20 +20,58 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 
+from batchscore.config.fields import Columns, Masks, PadValues, Path, PositiveInt, Renames, Section, Wording, validate
 from batchscore.core import compat
+from batchscore.core.choices import ApiBadRows, Distribution, OnBadRows, UdfBadRows
 from batchscore.core.columns import BAD_COLUMN, OK_REASON, REASON_COLUMN
 from batchscore.core.errors import BadRowsError, ConfigError, SchemaError
 from batchscore.core.storage import absolute
 from batchscore.udfs.batches.binding import bind_inputs
 from batchscore.udfs.lanes.scoring import ScoringPlan, arrow_schema_of, plan_scoring, score_batches, with_predictions
-from batchscore.udfs.model.distribution import DISTRIBUTIONS, ModelSource, make_model_source
+from batchscore.udfs.model.distribution import ModelSource, make_model_source
 from batchscore.udfs.model.signature import ModelSignature, read_signature
 
-BAD_ROWS = ("keep", "drop", "fail")
+
+class _ModelOptions(Section):
+    """The arguments both functions take, typed as the job config types them (`model:`, `input:`)."""
+
+    model: Path
+    batch_size: PositiveInt = 1024
+    signature: Path = "serving_default"
+    distribution: Distribution = "broadcast"
+    pad: PadValues = {}
+    pad_multiple: PositiveInt = 1
+    mask: Masks = {}
+
+
+class _FrameOptions(_ModelOptions):
+    columns: Columns = {}
+    keep: list[str] = []
+    rename: Renames = {}
+    bad_rows: ApiBadRows = "keep"
+
+
+class _UdfOptions(_ModelOptions):
+    bad_rows: UdfBadRows = "null"
+
+
+_WORDING = Wording(subject="{key}", expected={
+    "model": "must be a SavedModel directory or a .keras file path",
+    "keep": "must be a list of column names",
+    "columns": "must be a mapping (input -> column) or a list of columns",
+    "pad": "must be a mapping (input name -> padding value)",
+    "mask": "must be a mapping (mask input -> the padded input it masks)",
+    "rename": "must be a mapping (model output -> column name)",
+})
+
+
+def _options(model: type[_ModelOptions], given: dict[str, Any]) -> Any:
+    """The arguments validated on the driver, before any Spark job: None means the default."""
+    return validate(model, {k: v for k, v in given.items() if v is not None}, _WORDING)
 
 
 def score_dataframe(
@@ -44,9 +82,9 @@ def score_dataframe(
     batch_size: int = 1024,
     keep: Iterable[str] | None = None,
     rename: dict[str, str] | None = None,
-    bad_rows: Literal["keep", "drop", "fail"] = "keep",
+    bad_rows: ApiBadRows = "keep",
     signature: str = "serving_default",
-    distribution: Literal["broadcast", "files", "direct"] = "broadcast",
+    distribution: Distribution = "broadcast",
     pad: dict[str, Any] | None = None,
     pad_multiple: int = 1,
     mask: dict[str, str] | None = None,
@@ -80,19 +118,19 @@ def score_dataframe(
     Raises:
         ConfigError, ModelError, SchemaError: on the driver, before any task runs.
     """
-    _check_choice("bad_rows", bad_rows, BAD_ROWS)
-    _check_batch_size(batch_size)
-    sig = _read_model(model, signature)
-    keep_cols = list(df.columns) if keep is None else list(keep)
-    source = _model_source(df.sparkSession.sparkContext, sig, distribution)
-    plan = plan_scoring(sig, arrow_schema_of(df), source, columns=columns, batch_size=batch_size,
-                        keep_columns=keep_cols, rename=rename,
-                        on_bad_rows="fail" if bad_rows == "fail" else "quarantine",
-                        pad=pad, pad_multiple=pad_multiple, mask=mask)
+    opts = _options(_FrameOptions, dict(
+        model=model, batch_size=batch_size, signature=signature, distribution=distribution, pad=pad,
+        pad_multiple=pad_multiple, mask=mask, columns=columns, keep=_names(df.columns if keep is None else keep),
+        rename=rename, bad_rows=bad_rows))
+    sig = read_signature(absolute(opts.model), opts.signature)
+    source = make_model_source(df.sparkSession.sparkContext, sig.path, sig.fingerprint, opts.distribution)
+    plan = plan_scoring(sig, arrow_schema_of(df), source, columns=opts.columns or None, batch_size=opts.batch_size,
+                        keep_columns=opts.keep, rename=opts.rename, on_bad_rows=_on_bad_rows(opts.bad_rows),
+                        pad=opts.pad, pad_multiple=opts.pad_multiple, mask=opts.mask)
     scored = with_predictions(df, plan, stats)
-    if bad_rows == "keep":
+    if opts.bad_rows == "keep":
         return scored
-    if bad_rows == "drop":
+    if opts.bad_rows == "drop":
         scored = scored.where(scored[REASON_COLUMN] == OK_REASON)
     return scored.drop(REASON_COLUMN, BAD_COLUMN)
 
@@ -102,8 +140,8 @@ def predict_udf(
     *,
     batch_size: int = 1024,
     signature: str = "serving_default",
-    bad_rows: Literal["null", "fail"] = "null",
-    distribution: Literal["broadcast", "files", "direct"] = "broadcast",
+    bad_rows: UdfBadRows = "null",
+    distribution: Distribution = "broadcast",
     pad: dict[str, Any] | None = None,
     pad_multiple: int = 1,
     mask: dict[str, str] | None = None,
@@ -129,20 +167,21 @@ def predict_udf(
         ConfigError, ModelError: on the driver. A column of the wrong type raises
         SchemaError from the first task (Spark wraps it in a PythonException).
     """
-    _check_choice("bad_rows", bad_rows, ("null", "fail"))
-    _check_batch_size(batch_size)
+    opts = _options(_UdfOptions, dict(
+        model=model, batch_size=batch_size, signature=signature, bad_rows=bad_rows, distribution=distribution,
+        pad=pad, pad_multiple=pad_multiple, mask=mask))
     if spark is None:
         from pyspark.sql import SparkSession  # noqa: PLC0415 - pyspark is the API's optional extra
 
         spark = SparkSession.getActiveSession()
         if spark is None:
             raise ConfigError("predict_udf needs a running SparkSession (start one, or pass spark=...)")
-    sig = _read_model(model, signature)
-    source = _model_source(spark.sparkContext, sig, distribution)
+    sig = read_signature(absolute(opts.model), opts.signature)
+    source = make_model_source(spark.sparkContext, sig.path, sig.fingerprint, opts.distribution)
     from batchscore.udfs.lanes.stats import make_stats_accumulator  # noqa: PLC0415 - imported at use: the modules import each other
 
-    return PredictUDF(sig, source, batch_size, "fail" if bad_rows == "fail" else "quarantine",
-                      dict(pad or {}), pad_multiple, dict(mask or {}), make_stats_accumulator(spark.sparkContext))
+    return PredictUDF(sig, source, opts.batch_size, _on_bad_rows(opts.bad_rows), dict(opts.pad), opts.pad_multiple,
+                      dict(opts.mask), make_stats_accumulator(spark.sparkContext))
 
 
 @dataclass(frozen=True)
@@ -156,7 +195,7 @@ class PredictUDF:
     signature: ModelSignature
     source: ModelSource
     batch_size: int
-    on_bad_rows: Literal["quarantine", "fail"]
+    on_bad_rows: OnBadRows
     pad: dict[str, Any]
     pad_multiple: int
     mask: dict[str, str]
@@ -271,22 +310,11 @@ def _result_column(batch: pa.RecordBatch, plan: ScoringPlan) -> pa.Array:
                                       names=list(plan.output_names), mask=bad)
 
 
-def _read_model(model: str, signature: str) -> ModelSignature:
-    if not isinstance(model, str) or not model:
-        raise ConfigError(f"model must be a SavedModel directory or a .keras file path, got {model!r}")
-    return read_signature(absolute(model), signature)
+def _names(columns: Iterable[str]) -> Any:
+    """`keep` as a list (any iterable of names); one string stays as it is, refused by the options."""
+    return columns if isinstance(columns, str) else list(columns)
 
 
-def _model_source(sc: Any, sig: ModelSignature, distribution: str) -> ModelSource:
-    _check_choice("distribution", distribution, DISTRIBUTIONS)
-    return make_model_source(sc, sig.path, sig.fingerprint, distribution)
-
-
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+def _on_bad_rows(bad_rows: str) -> OnBadRows:
+    """The engine's `on_bad_rows` for the API's `bad_rows`."""
+    return "fail" if bad_rows == "fail" else "quarantine"

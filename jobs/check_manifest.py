@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
-from batchscore.core.errors import BatchscoreError
 from batchscore.core.storage import read_bytes
+from batchscore.jobs.runner import Job, Run, run_job
 from batchscore.output.manifest import MANIFEST_NAME, ManifestError, RunManifest
 
 __all__ = ["ManifestError", "check_manifest", "main"]
@@ -80,19 +80,27 @@ def _read(path: str) -> RunManifest:
         raise ManifestError(f"{path}: {e}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="jobs.check_manifest", description="Check a scoring run's _manifest.json.")
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="the _manifest.json, or the output directory holding it")
     p.add_argument("--min-rows", type=int, default=0, help="fail when fewer input rows were read (default 0)")
-    args = p.parse_args(argv)
-    try:
-        m = check_manifest(args.path, min_rows=args.min_rows)
-    except BatchscoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"ok: run {m.run_id} succeeded: {m.rows_in:,} rows in, {m.rows_scored:,} scored, "
-          f"{m.rows_quarantined:,} quarantined")
-    return 0
+
+
+def _summary(m: RunManifest) -> str:
+    return (f"ok: run {m.run_id} succeeded: {m.rows_in:,} rows in, {m.rows_scored:,} scored, "
+            f"{m.rows_quarantined:,} quarantined")
+
+
+def _check(run: Run) -> RunManifest:
+    return check_manifest(run.args.path, min_rows=run.args.min_rows)
+
+
+JOB = Job(prog="jobs.check_manifest", description="Check a scoring run's _manifest.json.", options=_options,
+          run=_check, summary=_summary, what="the manifest check")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the manifest; returns the exit code (0, or 2 with one `error:` line)."""
+    return run_job(JOB, argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Evaluate scored output against labels: `batchscore evaluate --predictions DIR --label COL --score COL`.
 
-Only wiring: arguments -> session -> `batchscore.evaluation.run.evaluate_run` (metrics on Spark,
-batchscore/evaluation/metrics.py) -> metrics JSON and plots (`<predictions>/_evaluation/` or `--out`) -> summary
--> gates. Exit codes: 0 success; 2 a user error (a missing path or column, labels out of
-range, a bad `--gate`), one line `error: ...` on stderr; 3 a `--gate` failed, one line
-`gate failed: ...` per failed gate on stderr (the metrics are written first); 1 anything else.
+Only wiring (the skeleton is jobs/runner.py): arguments -> session ->
+`batchscore.evaluation.run.evaluate_run` (metrics on Spark, batchscore/evaluation/metrics.py)
+-> metrics JSON and plots (`<predictions>/_evaluation/` or `--out`) -> summary -> gates.
+Exit codes: 0 success; 2 a user error (a missing path or column, labels out of range, a bad
+`--gate`), one line `error: ...` on stderr; 3 a `--gate` failed, one line `gate failed: ...`
+per failed gate on stderr (the metrics are written first); 1 anything else.
 """
 from __future__ import annotations
 
@@ -12,17 +13,17 @@ import argparse
 import sys
 from typing import Any
 
-from batchscore.core.errors import BatchscoreError, ConfigError
-from batchscore.core.spark_errors import one_line, translate_spark_error
-from batchscore.evaluation.metrics import TASKS, failed_gates, parse_gate, roc_auc
+from batchscore.core.choices import TASKS
+from batchscore.core.errors import ConfigError
+from batchscore.evaluation.metrics import failed_gates, parse_gate, roc_auc
+from batchscore.jobs.runner import Job, Run, run_job
 
 __all__ = ["GATE_FAILED_EXIT", "main", "roc_auc"]
 
 GATE_FAILED_EXIT = 3
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="batchscore evaluate", description=__doc__.splitlines()[0])
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictions", required=True, help="a scoring run's output (read through its _manifest.json)")
     p.add_argument("--label", required=True, help="the label column (in the predictions, or in --labels)")
     p.add_argument("--score", required=True, help="the score column: a probability, class probabilities or a value")
@@ -43,17 +44,50 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "e.g. auc_roc>=0.75 or log_loss<=0.5 (repeatable)")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                    help="a Spark setting for the session (repeatable; default master local[*])")
-    return p.parse_args(argv)
 
 
-def _spark_conf(pairs: list[str]) -> dict[str, str]:
+def _spark_conf(run: Run) -> dict[str, str]:
     conf = {"spark.master": "local[*]"}
-    for pair in pairs:
+    for pair in run.args.conf:
         k, sep, v = pair.partition("=")
         if not sep or not k.strip():
             raise ConfigError(f"--conf {pair!r}: expected KEY=VALUE")
         conf[k.strip()] = v
     return conf
+
+
+def _evaluate(run: Run) -> tuple[Any, str, list[str]]:
+    """The metrics (written as JSON and plots), where they went and the files written."""
+    from batchscore.evaluation import run as evaluation  # noqa: PLC0415 - imports pyspark and matplotlib, after --help
+
+    args = run.args
+    result, source = evaluation.evaluate_run(
+        run.spark, predictions=args.predictions, label=args.label, score=args.score, labels=args.labels,
+        key=args.key, task=args.task, threshold=args.threshold, bins=args.bins,
+        slice_column=args.slice_column, top_slices=args.top_slices, gates=run.config)
+    out = args.out or evaluation.default_out(args.predictions)
+    return result, out, evaluation.write_evaluation(run.spark, result, out, source=source)
+
+
+def _summary(evaluated: tuple[Any, str, list[str]]) -> str:
+    from batchscore.evaluation import run as evaluation  # noqa: PLC0415 - imported by _evaluate already
+
+    result, out, written = evaluated
+    return f"{evaluation.summary(result)}\n  written: {out} ({', '.join(w.rsplit('/', 1)[-1] for w in written)})"
+
+
+def _gates(run: Run) -> int:
+    """GATE_FAILED_EXIT, with one `gate failed: ...` line each, when a `--gate` failed; else 0."""
+    failed = failed_gates(run.config, run.result[0].metrics)
+    for line in failed:
+        print(f"gate failed: {line}", file=sys.stderr)
+    return GATE_FAILED_EXIT if failed else 0
+
+
+JOB = Job(prog="batchscore evaluate", description=__doc__.splitlines()[0], options=_options,
+          load=lambda run: [parse_gate(g) for g in run.args.gate], spark_conf=_spark_conf, run=_evaluate,
+          summary=_summary, exit_code=_gates, app_name="batchscore-evaluate", spark_log_level="ERROR",
+          what="evaluation")
 
 
 def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
@@ -62,40 +96,7 @@ def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
     Args:
         spark: a session to use (and leave running); by default one is built and stopped at the end.
     """
-    args = _parse_args(argv)
-    own_session = False
-    try:
-        gates = [parse_gate(g) for g in args.gate]
-        if spark is None:
-            from batchscore.session.builder import build_session, session_is_shared  # noqa: PLC0415 - imports pyspark
-
-            own_session = not session_is_shared()
-            spark = build_session(_spark_conf(args.conf), app_name="batchscore-evaluate")
-            spark.sparkContext.setLogLevel("ERROR")
-        from batchscore.evaluation import run as evaluation  # noqa: PLC0415 - imports pyspark and matplotlib, after --help
-
-        result, source = evaluation.evaluate_run(
-            spark, predictions=args.predictions, label=args.label, score=args.score, labels=args.labels,
-            key=args.key, task=args.task, threshold=args.threshold, bins=args.bins,
-            slice_column=args.slice_column, top_slices=args.top_slices, gates=gates)
-        out = args.out or evaluation.default_out(args.predictions)
-        written = evaluation.write_evaluation(spark, result, out, source=source)
-        print(evaluation.summary(result))
-        print(f"  written: {out} ({', '.join(w.rsplit('/', 1)[-1] for w in written)})")
-    except BatchscoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the exit code: 2 for a Spark failure a user caused, else 1
-        user_error = translate_spark_error(e)
-        print(f"error: {user_error if isinstance(user_error, BatchscoreError) else one_line(e)}", file=sys.stderr)
-        return 2 if isinstance(user_error, BatchscoreError) else 1
-    finally:
-        if own_session and spark is not None:
-            spark.stop()
-    failed = failed_gates(gates, result.metrics)
-    for line in failed:
-        print(f"gate failed: {line}", file=sys.stderr)
-    return GATE_FAILED_EXIT if failed else 0
+    return run_job(JOB, argv, spark=spark)
 
 
 if __name__ == "__main__":

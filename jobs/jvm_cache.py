@@ -1,7 +1,9 @@
-"""`batchscore jvm-cache [--path | --force]`: build the JVM class-data archive local sessions start from.
+"""`batchscore jvm-cache [--path [--class-path CP] | --force]`: the JVM class-data archive that
+cuts local Spark start-up (the archive itself: batchscore/session/jvm_cache.py). `--dump FILE` is the child process
+that builds it: a small scoring job on each lane whose JVM dumps the classes it loaded.
 
-The archive and where it lives: batchscore/session/jvm_cache.py. The child process that dumps it
-(`--dump FILE`) runs a small scoring job on each lane, so the archive holds the classes real runs load.
+Exit 0; building prints the archive's path, `--path` prints the one a local session here
+would use ("" if none).
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import os
 import sys
 import tempfile
 
-from batchscore.session.jvm_cache import archive_path, build
+from batchscore.jobs.runner import Job, Run, run_job
+from batchscore.session import jvm_cache
 
 
 def _workload(spark: object, root: str) -> None:
@@ -21,7 +24,7 @@ def _workload(spark: object, root: str) -> None:
     import pyarrow.parquet as pq  # noqa: PLC0415 - the child process only
     import tensorflow as tf  # noqa: PLC0415 - the child process only
 
-    from batchscore.jobs import score  # noqa: PLC0415 - the child process only: the job's whole engine
+    from batchscore.jobs import score  # noqa: PLC0415 - the child process only: the whole scoring engine
 
     class Tiny(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="features")])
@@ -49,7 +52,8 @@ def _workload(spark: object, root: str) -> None:
 
 
 def _dump(target: str) -> None:
-    """Child process: run the workload in a session whose JVM dumps its classes to `target` at exit."""
+    """Child process (`batchscore jvm-cache --dump`): run the workload in a session whose JVM
+    dumps its classes to `target` at exit."""
     from batchscore.session.builder import build_session  # noqa: PLC0415 - the child process only
 
     with tempfile.TemporaryDirectory(prefix="batchscore-jvm-cache-") as root:
@@ -60,26 +64,33 @@ def _dump(target: str) -> None:
             spark.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batchscore jvm-cache", description=__doc__.split("\n\n")[0].strip("`"))
-    parser.add_argument("--path", action="store_true",
-                        help="print the archive local sessions use ('' if none) and exit")
-    parser.add_argument("--force", action="store_true", help="rebuild even if it exists")
-    parser.add_argument("--class-path",
-                        help="with --path: the session's driver classpath (default: the connector jars)")
-    parser.add_argument("--dump", help=argparse.SUPPRESS)  # internal: the child that dumps
-    args = parser.parse_args(argv)
+def _options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--path", action="store_true", help="print the archive local sessions use ('' if none) and exit")
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p.add_argument("--class-path", help="with --path: the session's driver classpath (default: the connector jars)")
+    p.add_argument("--dump", help=argparse.SUPPRESS)  # internal: the child process that dumps
+
+
+def _run(run: Run) -> None:
+    args = run.args
     if args.dump:
         _dump(args.dump)
-        return 0
-    if args.path:
+    elif args.path:
         from batchscore.session.builder import local_driver_class_path  # noqa: PLC0415 - pyspark is imported there
 
-        path = archive_path(local_driver_class_path() if args.class_path is None else args.class_path)
+        path = jvm_cache.archive_path(local_driver_class_path() if args.class_path is None else args.class_path)
         print(path if path and os.path.isfile(path) else "")
-        return 0
-    build(force=args.force)
-    return 0
+    else:
+        jvm_cache.build(force=args.force)
+
+
+# `build` prints what it did; a failed build raises SystemExit with its reason.
+JOB = Job(prog="batchscore jvm-cache", description=jvm_cache.__doc__.split("\n\n")[0], options=_options, run=_run,
+          summary=lambda _: None, what="jvm-cache")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import posixpath
 import sys
 from typing import Any
 
+from batchscore.core.errors import OutputError
 from batchscore.core.storage import absolute, pyarrow_fs, pyarrow_uri, read_bytes
+from batchscore.jobs.runner import Job, Run, run_job
 from batchscore.output.manifest import MANIFEST_NAME, ManifestError, RunManifest
 
 REPORT_NAME = "_report.html"
@@ -132,21 +134,25 @@ _CSS = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
         ".status.succeeded b{color:#2a7d2a}.status.failed b{color:#b22}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="batchscore report", description=__doc__.splitlines()[0])
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="the run's output directory (or its _manifest.json)")
     p.add_argument("--out", default=None, help=f"the HTML file to write (default: PATH/{REPORT_NAME})")
-    args = p.parse_args(argv)
+
+
+def _report(run: Run) -> str:
     try:
-        target = write_report(args.path, args.out)
-    except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: cannot write the report: {e}", file=sys.stderr)
-        return 2
-    print(f"batchscore: report written to {target}")
-    return 0
+        return write_report(run.args.path, run.args.out)
+    except OSError as e:  # reading the manifest raises ManifestError: this is the writing
+        raise OutputError(f"cannot write the report: {e}") from None
+
+
+JOB = Job(prog="batchscore report", description=__doc__.splitlines()[0], options=_options, run=_report,
+          summary=lambda target: f"batchscore: report written to {target}", what="the report")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the report; returns the exit code (0, or 2 with one `error:` line)."""
+    return run_job(JOB, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Train a model and export it for scoring: `python -m jobs.train --config FILE [--set k=v ...]`.
 
-Only wiring: arguments -> config -> session (when the run needs Spark: multi_worker,
-petastorm, a filter) -> the trainer (`batchscore.training.run.run_training`) -> summary. Exit
-codes: 0 success; 2 a user error (config, data, schema), one line `error: ...` on
-stderr; 1 anything else (a failed training worker: one line naming it).
+Only wiring (the skeleton is jobs/runner.py): arguments -> config -> session (when the run
+needs Spark: multi_worker, petastorm, a filter) -> the trainer
+(`batchscore.training.run.run_training`) -> summary. Exit codes: 0 success; 2 a user error
+(config, data, schema), one line `error: ...` on stderr; 1 anything else (a failed training
+worker: one line naming it).
 """
 from __future__ import annotations
 
@@ -11,27 +12,33 @@ import argparse
 import logging
 import re
 import sys
-import time
 from typing import Any
 
 from batchscore.config.loader import load_train_config
-from batchscore.core.errors import BatchscoreError
-from batchscore.core.spark_errors import one_line, translate_spark_error
-from batchscore.session.builder import build_session, session_is_shared
-from batchscore.session.tf_logs import tensorflow_logs
+from batchscore.core.spark_errors import one_line
+from batchscore.jobs.runner import Job, Run, add_verbosity, run_job, user_error
 
 log = logging.getLogger("batchscore")
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="jobs.train", description="Train a Keras model on Parquet data and export "
-                                "a SavedModel that `batchscore score` reads.")
+def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML training config (see conf/train.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="print only the summary")
-    p.add_argument("--verbose", action="store_true", help="keep TensorFlow's start-up and C++ logs")
-    return p.parse_args(argv)
+    add_verbosity(p, quiet="print only the summary", verbose="keep TensorFlow's start-up and C++ logs")
+
+
+def _spark_conf(run: Run) -> dict[str, Any] | None:
+    """The config's `spark:` section when the run needs Spark, else no session."""
+    from batchscore.training.run import needs_spark  # noqa: PLC0415 - after the log level is set
+
+    return run.config.spark if needs_spark(run.config) else None
+
+
+def _train(run: Run) -> dict[str, Any]:
+    from batchscore.training.run import run_training  # noqa: PLC0415 - after the log level is set
+
+    return run_training(run.spark, run.config)
 
 
 def summary(manifest: dict[str, Any]) -> str:
@@ -50,49 +57,13 @@ def summary(manifest: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
-    """Run the training job; returns the exit code.
-
-    Args:
-        argv: command-line arguments (default: sys.argv[1:]).
-        spark: a session to use (and leave running); by default one is built from the
-            config's `spark:` section when the run needs Spark, and stopped at the end.
-    """
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tf_conf = tensorflow_logs(verbose=args.verbose)  # before anything imports TensorFlow
-    own_session = False
-    try:
-        spec = load_train_config(args.config, args.overrides)
-        from batchscore.training.run import needs_spark, run_training  # noqa: PLC0415 - after the log level is set
-
-        if spark is None and needs_spark(spec):
-            own_session = not session_is_shared()
-            conf = {**spec.spark, **tf_conf} if args.verbose else {**tf_conf, **spec.spark}
-            spark = build_session(conf, app_name="batchscore-train")
-            spark.sparkContext.setLogLevel("ERROR")  # a failed worker's stage failure is reported once, below
-        print(summary(run_training(spark, spec)))
-        return 0
-    except BatchscoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the job's last word: one line and exit 1 (logged with its traceback)
-        return _failure(e)
-    finally:
-        if own_session and spark is not None:
-            t = time.time()
-            spark.stop()
-            log.info("session stopped in %.2f s", time.time() - t)
-
-
 def _failure(e: Exception) -> int:
     """Exit code and one line for a run that failed other than by a user error."""
     from batchscore.training.multiworker import worker_failure  # noqa: PLC0415 - only when a run failed
 
-    user_error = translate_spark_error(e)
-    if isinstance(user_error, BatchscoreError):
-        print(f"error: {user_error}", file=sys.stderr)
+    found = user_error(e)
+    if found is not None:
+        print(f"error: {found}", file=sys.stderr)
         return 2
     reason = worker_failure(e)
     if reason is None:
@@ -103,6 +74,28 @@ def _failure(e: Exception) -> int:
         return 2
     print(f"error: {reason or one_line(e)}", file=sys.stderr)
     return 1
+
+
+def _load(run: Run) -> Any:
+    return load_train_config(run.args.config, run.args.overrides)
+
+
+JOB = Job(prog="jobs.train",
+          description="Train a Keras model on Parquet data and export a SavedModel that `batchscore score` reads.",
+          options=_options, load=_load, spark_conf=_spark_conf, run=_train, summary=summary,
+          app_name="batchscore-train", failure=_failure,
+          spark_log_level="ERROR")  # a failed worker's stage failure is reported once, by _failure
+
+
+def main(argv: list[str] | None = None, *, spark: Any = None) -> int:
+    """Run the training job; returns the exit code.
+
+    Args:
+        argv: command-line arguments (default: sys.argv[1:]).
+        spark: a session to use (and leave running); by default one is built from the
+            config's `spark:` section when the run needs Spark, and stopped at the end.
+    """
+    return run_job(JOB, argv, spark=spark)
 
 
 if __name__ == "__main__":

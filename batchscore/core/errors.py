@@ -22,6 +22,10 @@ class InputError(BatchscoreError):
     """The input data cannot be read (missing path, corrupt file)."""
 
 
+class OutputError(BatchscoreError):
+    """A job's own output file cannot be written (a report to a read-only place)."""
+
+
 class BadRowsError(BatchscoreError):
     """Rows failed validation while `quarantine.on_bad_rows` is `fail`."""
 

@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import numpy as np
 
+from batchscore.core.choices import TASKS, Task
 from batchscore.core.errors import ConfigError, InputError, SchemaError
 
 if TYPE_CHECKING:  # pyspark is the optional [spark] extra: imported where Spark is used
     from pyspark.sql import Column, DataFrame
 
-Task = Literal["binary", "multiclass", "regression"]
-TASKS: tuple[Task, ...] = ("binary", "multiclass", "regression")
 
 # Internal columns (the `bs__` prefix keeps them apart from the user's).
 GROUP = "bs__group"  # 0: all rows; 1..: the slices

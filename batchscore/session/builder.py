@@ -167,9 +167,10 @@ def session_is_shared() -> bool:
     """True when the session a job gets is not the job's to stop: on Databricks (the
     cluster's session, shared by every notebook and job task on it) or when a SparkContext
     is already running in this process (a notebook or pipeline called the job)."""
-    from pyspark import SparkContext  # noqa: PLC0415 - pyspark is the job's optional extra
-
-    return "DATABRICKS_RUNTIME_VERSION" in os.environ or SparkContext._active_spark_context is not None
+    if "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        return True
+    pyspark = sys.modules.get("pyspark")  # not imported yet: no SparkContext can be running
+    return pyspark is not None and pyspark.SparkContext._active_spark_context is not None
 
 
 def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "batchscore", *,

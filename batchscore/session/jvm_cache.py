@@ -71,10 +71,7 @@ def java_options(class_path: str) -> str:
 
 
 def build(*, force: bool = False) -> str | None:
-    """Build the archive for the classpath local sessions get; returns its path.
-
-    A child process (`python -m batchscore.jobs.jvm_cache --dump FILE`) runs a small scoring job
-    on both lanes and its JVM dumps the classes it loaded when it exits."""
+    """Build the archive for the classpath `batchscore.session.builder` gives local sessions; returns its path."""
     from batchscore.session.builder import local_driver_class_path  # noqa: PLC0415 - pyspark is imported there
 
     path = archive_path(local_driver_class_path())

@@ -68,6 +68,16 @@ def _small_model(path: Path) -> str:
     return str(path)
 
 
+def _assert_ships_every_module(names: list[str]) -> None:
+    """Every module of the checkout is in the wheel, each subpackage included (pyproject lists them one by one)."""
+    shipped = {n for n in names if n.endswith(".py")}
+    checkout = {f"batchscore/{p.relative_to(ROOT / 'batchscore')}" for p in (ROOT / "batchscore").rglob("*.py")}
+    for top in ("jobs", "udfs"):
+        checkout |= {f"batchscore/{top}/{p.relative_to(ROOT / top)}" for p in (ROOT / top).rglob("*.py")}
+    assert shipped == {n for n in checkout if "__pycache__" not in n}
+    assert "batchscore/conf/demo.yaml" in names
+
+
 @pytest.mark.slow
 def test_wheel_installs_alone_and_scores(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
@@ -76,13 +86,7 @@ def test_wheel_installs_alone_and_scores(tmp_path: Path) -> None:
     (wheel,) = dist.glob("batchscore-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/", 1)[0] for n in names} == {"batchscore", wheel.name.split("-py")[0] + ".dist-info"}
-    # every module of the checkout, each subpackage included (pyproject lists them one by one)
-    shipped = {n for n in names if n.endswith(".py")}
-    checkout = {f"batchscore/{p.relative_to(ROOT / 'batchscore')}" for p in (ROOT / "batchscore").rglob("*.py")}
-    for top in ("jobs", "udfs"):
-        checkout |= {f"batchscore/{top}/{p.relative_to(ROOT / top)}" for p in (ROOT / top).rglob("*.py")}
-    assert shipped == {n for n in checkout if "__pycache__" not in n}
-    assert "batchscore/conf/demo.yaml" in names
+    _assert_ships_every_module(names)
 
     # Nothing of this checkout may leak in: the tests' Spark session put it on PYTHONPATH, where
     # pip would find this project's metadata and skip installing the wheel as "already satisfied".

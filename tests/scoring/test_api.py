@@ -219,6 +219,38 @@ def test_score_dataframe_refuses_on_the_driver(spark, multi_df, multi_model) -> 
         batchscore.score_dataframe(multi_df, multi_model, bad_rows="null")
 
 
+def _jobs_run(spark) -> list[int]:
+    return sorted(spark.sparkContext.statusTracker().getJobIdsForGroup(None))
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    # checked before the model is read: its path does not exist
+    (lambda df: batchscore.score_dataframe(df, "/no/model", pad_multiple=0),
+     r"^pad_multiple must be a positive integer, got 0$"),
+    (lambda df: batchscore.score_dataframe(df, "/no/model", batch_size=True),
+     r"^batch_size must be a positive integer, got True$"),
+    (lambda df: batchscore.score_dataframe(df, "/no/model", batch_size="16"),
+     r"^batch_size must be a positive integer, got '16'$"),
+    (lambda df: batchscore.score_dataframe(df, "/no/model", distribution="ftp"),
+     r"^distribution must be one of broadcast, files, direct, got 'ftp'$"),
+    (lambda df: batchscore.score_dataframe(df, "/no/model", keep="id"),
+     r"^keep must be a list of column names, got 'id'$"),
+    (lambda df: batchscore.score_dataframe(df, "/no/model", rename={"score": 1}),
+     r"^rename must be a mapping \(model output -> column name\), got \{'score': 1\}$"),
+    (lambda df: batchscore.score_dataframe(df, ""), r"^model must be a SavedModel directory or a .keras file path"),
+    (lambda df: batchscore.predict_udf("/no/model", pad_multiple=-1),
+     r"^pad_multiple must be a positive integer, got -1$"),
+    (lambda df: batchscore.predict_udf("/no/model", bad_rows="keep"),
+     r"^bad_rows must be one of null, fail, got 'keep'$"),
+    (lambda df: batchscore.predict_udf("/no/model", signature=""), r"^signature must not be empty, got ''$"),
+])
+def test_api_arguments_are_checked_on_the_driver_before_any_spark_job(spark, multi_df, call, message) -> None:
+    before = _jobs_run(spark)
+    with pytest.raises(ConfigError, match=message):
+        call(multi_df)
+    assert _jobs_run(spark) == before
+
+
 def test_import_batchscore_stays_light() -> None:
     code = ("import sys, batchscore; assert 'pyspark' not in sys.modules and 'tensorflow' not in sys.modules; "
             "assert callable(batchscore.predict_udf) and callable(batchscore.score_dataframe); "

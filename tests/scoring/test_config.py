@@ -110,7 +110,13 @@ def test_load_config_file_then_overrides(tmp_path) -> None:
         (["input.pad.tokens=[0]"], r"^config key 'input.pad.tokens' must be a scalar padding value"),
         (["input.mask.tokens=1"], r"^config key 'input.mask.tokens' must name the padded input it masks"),
         (["input.lane=fast"], r"^config key 'input.lane' must be one of auto, dataframe, arrow, got 'fast'$"),
-        (["input.ignore_corrupt_files=maybe"], r"^config key 'input.ignore_corrupt_files' must be true or false$"),
+        (["input.ignore_corrupt_files=maybe"],
+         r"^config key 'input.ignore_corrupt_files' must be true or false, got 'maybe'$"),
+        (["output.keep_columns=[1, 2]"], r"^config key 'output.keep_columns' must be a list of column names, "
+                                         r"got \[1, 2\]$"),  # the value given, not the one wrong item
+        (["input.path=''"], r"^config key 'input.path' must not be empty, got ''$"),
+        (["model=3"], r"^config key 'model' must be a mapping, got 3$"),
+        (["model.gpu_memory_mb=0"], r"^config key 'model.gpu_memory_mb' must be a positive integer \(MB"),
         (["input.columns=3"], r"^config key 'input.columns' must be a mapping"),
         (["model.batch_size=true"], r"'model.batch_size' must be a positive integer, got True"),
     ],

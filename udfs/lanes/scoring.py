@@ -8,10 +8,11 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 
+from batchscore.core.choices import OnBadRows, Placement, Sharing
 from batchscore.core.clock import process_start_time
 from batchscore.core.columns import BAD_COLUMN, OK_REASON, REASON_COLUMN
 from batchscore.core.errors import BadRowsError, ConfigError, ModelError, SchemaError
@@ -30,8 +31,8 @@ from batchscore.udfs.model.worker_tuning import keep_spark_zip_directories
 class ModelRuntime:
     """Where and how the model runs in the executors (`model.sharing`, `model.placement`, `model.gpu_memory_mb`)."""
 
-    sharing: Literal["worker", "executor"] = "worker"
-    placement: Literal["replicate", "split"] = "replicate"
+    sharing: Sharing = "worker"
+    placement: Placement = "replicate"
     gpu_memory_mb: int | None = None
     host_wait_ms: float = 5.0  # sharing executor: the host's wait for more rows after a request
     executor_cores: int = 0  # sharing executor: the host's TF threads (0: TF's default), set on the driver
@@ -47,7 +48,7 @@ class ScoringPlan:
     batch_size: int
     keep_columns: tuple[str, ...]
     output_names: tuple[str, ...]
-    on_bad_rows: Literal["quarantine", "fail"] = "quarantine"
+    on_bad_rows: OnBadRows = "quarantine"
     pad_multiple: int = 1  # padded inputs: each call's length rounded up to a multiple of this
     runtime: ModelRuntime = dataclasses.field(default_factory=lambda: ModelRuntime())
 
@@ -68,7 +69,7 @@ def plan_scoring(
     batch_size: int = 1024,
     keep_columns: Iterable[str] = (),
     rename: dict[str, str] | None = None,
-    on_bad_rows: Literal["quarantine", "fail"] = "quarantine",
+    on_bad_rows: OnBadRows = "quarantine",
     pad: dict[str, Any] | None = None,
     pad_multiple: int = 1,
     mask: dict[str, str] | None = None,

@@ -9,10 +9,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from batchscore.core.choices import DISTRIBUTIONS
 from batchscore.core.errors import ConfigError
 from batchscore.core.storage import absolute
-
-DISTRIBUTIONS = ("broadcast", "files", "direct")
 
 
 @dataclass(frozen=True)
