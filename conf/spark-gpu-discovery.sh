@@ -5,15 +5,15 @@
 # Spark runs it when an executor (or a standalone worker) starts, if the profile says
 #   spark.executor.resource.gpu.discoveryScript /path/to/spark-gpu-discovery.sh
 # (see conf/spark-cluster-gpu.conf). Each task then gets some of these addresses through
-# TaskContext.resources()["gpu"], and the engine makes only those GPUs visible to TF.
+# TaskContext.resources()["gpu"], and the engine runs the task's model on that GPU.
 #
 # Addresses are the indices TensorFlow uses inside the executor's processes:
 #   - CUDA_VISIBLE_DEVICES set (YARN, some container runtimes): the devices it lists,
 #     renumbered 0..n-1 as CUDA does; empty or "-1" means no GPU.
 #   - otherwise: the indices `nvidia-smi` reports.
-#   - BATCHSCORE_FAKE_GPUS=N: N fake addresses 0..N-1, without nvidia-smi, so GPU
-#     scheduling can be exercised on a CPU machine (tests, local-cluster). The engine then
-#     finds no such TF device and runs on the CPU.
+#   - BATCHSCORE_FAKE_GPUS=N: N fake addresses 0..N-1, without nvidia-smi, so a GPU
+#     profile can be tried on a machine without GPUs (docs/gpu-on-a-laptop.md). The Python
+#     workers read the same variable and stand N logical CPU devices in for the GPUs.
 set -euo pipefail
 
 print_json() {  # print_json ADDR...

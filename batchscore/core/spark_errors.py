@@ -14,7 +14,7 @@ def translate_spark_error(e: Exception) -> Exception:
     if m:
         return BadRowsError(m.group(1).strip())
     m = re.search(r"udfs\.errors\.(\w+Error): (.+)", text) or re.search(
-        r"\b(ModelError|SchemaError|InputError): (.+)", text)
+        r"\b(ModelError|SchemaError|InputError|ConfigError): (.+)", text)
     if m:
         cls = getattr(udfs_errors, m.group(1), None)  # keep the type: InputError stays InputError
         cls = cls if isinstance(cls, type) and issubclass(cls, BatchscoreError) else BatchscoreError

@@ -1,6 +1,6 @@
 """One Python worker handed GPU addresses in turn, on TF logical devices (tests/udfs/test_devices.py).
 
-    BATCHSCORE_DEVICE_KIND=CPU BATCHSCORE_DEVICE_COUNT=2 python -m tests.support.device_switch MODEL ADDRESS...
+    BATCHSCORE_FAKE_GPUS=2 python -m tests.support.device_switch MODEL ADDRESS...
 
 Each address is one task of a reused worker, taken through the engine's own steps in the
 order `scoring.task_predictor` takes them (`devices.pin_task`, `devices.placed`,

@@ -4,9 +4,12 @@
 
 FAULT is `exit:P` (the Python worker dies with os._exit mid-task, after its first
 output batch, on the first attempt of partition P), `sleep:P:S` (that attempt
-sleeps S seconds after its first output batch: a straggler for speculation) or
-`die-at:STEP` (the driver process dies with os._exit when the run calls the publish
-step `batchscore.output.publish.STEP`, e.g. `commit_run`: a run killed while publishing).
+sleeps S seconds after its first output batch: a straggler for speculation),
+`kill-host:P` (under `model.sharing: executor`, that attempt SIGKILLs the executor's
+model host once the host has scored HOST_KILL_AFTER_ROWS of its rows: the task's next
+request fails) or `die-at:STEP` (the driver process dies with os._exit when the run
+calls the publish step `batchscore.output.publish.STEP`, e.g. `commit_run`: a run killed while
+publishing).
 
 The launcher wraps the engine's `batchscore.udfs.lanes.scoring.score_batches` on the driver, then
 runs `jobs.score.main`. Both lanes' partition functions are closures Spark pickles
@@ -17,6 +20,7 @@ scoring path is the real one.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -24,10 +28,13 @@ from typing import Any
 
 from batchscore.jobs import score
 from batchscore.output import publish
+from batchscore.udfs.host import client as host_client
 from batchscore.udfs.lanes import scoring
 
-KINDS = ("exit", "sleep", "die-at")
+KINDS = ("exit", "sleep", "kill-host", "die-at")
 DIED = 17  # the exit status of a process the launcher killed
+HOST_KILL_AFTER_ROWS = 128  # kill-host: rows the host has been handed (two model calls of 64) before it dies
+SLICE_ROWS = 32  # kill-host: the task's input in slices this small, so the kill falls between model calls
 
 
 def die_at(step: str) -> None:
@@ -47,14 +54,52 @@ def die_at(step: str) -> None:
     setattr(publish, step, killed)
 
 
+def kill_host(plan: Any) -> None:
+    """SIGKILL this executor's model host for `plan` (in a scoring task) and wait until it is gone."""
+    _, gpus = scoring.task_resources()
+    files = host_client.host_files(fingerprint=plan.source.fingerprint, signature=plan.signature.signature,
+                                   gpus=gpus)
+    with open(files.path("pid")) as fh:
+        pid = int(fh.read().strip())
+    os.kill(pid, signal.SIGKILL)
+    sys.stderr.write(f"fault_launcher: killed model host pid {pid}\n")
+    sys.stderr.flush()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def killing_host_midway(plan: Any, batches: Iterable[Any]) -> Iterator[Any]:
+    """The task's batches in slices of SLICE_ROWS rows; pulling the slice after HOST_KILL_AFTER_ROWS
+    rows kills the host. The engine scores every full model batch as soon as it has the rows, so
+    the host has served the rows before the kill and the rows pulled after it need a request."""
+    pulled, killed = 0, False
+    for batch in batches:
+        for start in range(0, batch.num_rows, SLICE_ROWS):
+            if pulled >= HOST_KILL_AFTER_ROWS and not killed:
+                kill_host(plan)
+                killed = True
+            part = batch.slice(start, SLICE_ROWS)
+            pulled += part.num_rows
+            yield part
+
+
 def inject(fault: str) -> None:
     """Replace `scoring.score_batches` (or a publish step) in this (driver) process by a wrapper that fires `fault`."""
     kind, *args = fault.split(":")
     if kind == "die-at" and len(args) == 1:
         die_at(args[0])
         return
-    if kind not in KINDS or len(args) != (1 if kind == "exit" else 2):
-        raise SystemExit(f"fault must be exit:P, sleep:P:S or die-at:STEP, got {fault!r}")
+    if kind not in KINDS or len(args) != (2 if kind == "sleep" else 1):
+        raise SystemExit(f"fault must be exit:P, sleep:P:S, kill-host:P or die-at:STEP, got {fault!r}")
     partition, seconds = int(args[0]), float(args[1]) if kind == "sleep" else 0.0
     engine = scoring.score_batches
 
@@ -64,6 +109,8 @@ def inject(fault: str) -> None:
 
         ctx = TaskContext.get()
         armed = ctx is not None and ctx.attemptNumber() == 0 and ctx.partitionId() == partition
+        if armed and kind == "kill-host":
+            batches, armed = killing_host_midway(plan, batches), False
         for i, out in enumerate(engine(plan, batches, stats)):
             yield out
             if armed and i == 0:

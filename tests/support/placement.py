@@ -1,8 +1,8 @@
 """Models for `model.placement: split`, and a checker that runs in a fresh process.
 
 Logical CPU devices can be set up once per process, before TensorFlow's runtime starts, so
-the tests run `python -m tests.support.placement SPEC` with `BATCHSCORE_CPU_DEVICES=N`
-and read the JSON it prints last.
+the tests run `python -m tests.support.placement SPEC` with `BATCHSCORE_FAKE_GPUS=N` (N
+logical CPU devices standing in for GPUs) and read the JSON it prints last.
 """
 from __future__ import annotations
 
@@ -171,12 +171,11 @@ def check_staged(path: str, devices: list[str], batch_size: int, rows: int) -> d
 
 
 def main(spec_json: str) -> None:
-    """Set up `$BATCHSCORE_CPU_DEVICES` logical devices, split each model, print one JSON line."""
+    """Split each model over the worker's `$BATCHSCORE_FAKE_GPUS` stand-in devices, print one JSON line."""
     from batchscore.udfs.model import placement
 
     spec = json.loads(spec_json)
-    placement.configure_cpu_devices()
-    devices = placement.task_devices()
+    devices = placement.task_devices()  # a task assigned no GPU: every GPU (here stand-in) the worker has
     out: dict[str, Any] = {"devices": [_device(d) for d in devices]}
     for name, path in spec.get("keras", {}).items():
         out[name] = check_keras(path, devices, spec["batch_size"], spec["rows"])

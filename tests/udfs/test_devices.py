@@ -1,5 +1,6 @@
-"""batchscore.udfs.model.devices: each task on the GPU Spark assigned it, tested on CPU (fake GPU discovery, TF
-logical devices), and the GPU profiles in conf/."""
+"""batchscore.udfs.model.devices: each task on the GPU Spark assigned it, tested on CPU with fake GPUs
+(BATCHSCORE_FAKE_GPUS: the discovery script's addresses, TF logical devices), and the GPU
+profiles in conf/."""
 from __future__ import annotations
 
 import glob
@@ -19,6 +20,7 @@ import pytest
 
 from batchscore.config.job_spec import parse_job_spec
 from batchscore.core.errors import ConfigError
+from batchscore.core.spark_errors import translate_spark_error
 from batchscore.run.steps import run_scoring
 from batchscore.udfs.lanes.stats import ScoringStatsParam
 from batchscore.udfs.model import devices
@@ -56,7 +58,7 @@ def test_gpu_memory_mb_must_be_a_positive_integer(value: Any) -> None:
 class RecordingConfig:
     """`tf.config` as `configure_gpu_memory` calls it, recording each call. TF refuses any GPU
     setting on a machine without a GPU, so this records what reaches it; the real TF calls
-    run through the CPU seam (test_a_reused_worker_moves_to_its_new_device)."""
+    run on fake GPUs (test_a_reused_worker_moves_to_its_new_device)."""
 
     def __init__(self, tf: Any) -> None:
         self.LogicalDeviceConfiguration = tf.config.LogicalDeviceConfiguration
@@ -104,9 +106,8 @@ def test_devices_of_a_worker_are_joined_across_its_tasks() -> None:
 
 
 def test_a_worker_configures_its_devices_once_and_says_what_it_could_not_apply(monkeypatch) -> None:
-    for name, fresh in (("_worker", None), ("_said", set()), ("_last_label", None)):
+    for name, fresh in (("_worker", None), ("_said", set()), ("_last_label", None), ("_fake_gpus", 0)):
         monkeypatch.setattr(devices, name, fresh)  # this process plays a fresh worker (TF has no GPU here)
-    monkeypatch.delenv(devices.DEVICE_KIND_ENV, raising=False)
     said: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]  # collect, print nothing
@@ -125,11 +126,34 @@ def test_a_worker_configures_its_devices_once_and_says_what_it_could_not_apply(m
     assert "configured its GPUs with 512" in said[1]
 
 
+@pytest.mark.parametrize(("raw", "want"), [(None, 0), ("", 0), ("0", 0), ("3", 3), ("two", None), ("-1", None),
+                                         (" 2", None)])
+def test_fake_gpus_is_a_whole_number_read_once_per_process(monkeypatch, raw: str | None, want: int | None) -> None:
+    monkeypatch.setattr(devices, "_fake_gpus", None)  # this process plays a fresh worker
+    if raw is None:
+        monkeypatch.delenv(devices.FAKE_GPUS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(devices.FAKE_GPUS_ENV, raw)
+    if want is None:  # the discovery script's rule and wording (test_dag_and_manifest_check.py)
+        with pytest.raises(ConfigError) as e:
+            devices.fake_gpus()
+        assert str(e.value) == f"BATCHSCORE_FAKE_GPUS must be a number of GPUs, got {raw!r}"
+        # raised in a task, it reaches the driver as the same one line
+        task_failure = Exception("Job aborted due to stage failure: ... Traceback (most recent call last):\n"
+                                 f"  ...\nbatchscore.core.errors.ConfigError: {e.value}\n\tat org.apache.spark...")
+        translated = translate_spark_error(task_failure)
+        assert isinstance(translated, ConfigError) and str(translated) == str(e.value)
+        return
+    assert devices.fake_gpus() == want
+    monkeypatch.setenv(devices.FAKE_GPUS_ENV, "5")
+    assert devices.fake_gpus() == want  # read once: the worker's devices were set up from the first value
+
+
 # --- a reused worker moves with its task ---------------------------------------------
 
 
 def test_a_reused_worker_moves_to_its_new_device(multi_model) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), devices.DEVICE_KIND_ENV: "CPU", devices.DEVICE_COUNT_ENV: "2"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), devices.FAKE_GPUS_ENV: "2"}
     addresses = ["0", "0", "1", "7", "7", "1"]
     proc = subprocess.run([sys.executable, "-m", "tests.support.device_switch", multi_model, *addresses],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -179,15 +203,15 @@ def _spark_home(tmp_path: Path) -> str:
 
 
 def fake_gpu_command(job_yaml: Path) -> list[str]:
-    """docs/gpus.md: two fake GPUs on local-cluster[1,2,1024], one per task, with conf/spark-cluster-gpu.conf
-    (`local[2]` would not do: Spark 4.1's local mode never starts a task that asks for a GPU)."""
+    """docs/gpu-on-a-laptop.md: two fake GPUs on local-cluster[1,2,1024], one per task, with
+    conf/spark-cluster-gpu.conf (`local[2]` would not do: Spark 4.1's local mode never starts a task
+    that asks for a GPU). BATCHSCORE_FAKE_GPUS comes from the environment (see the test)."""
     discovery = str(CONF / "spark-gpu-discovery.sh")
     confs = {
         "spark.worker.resource.gpu.amount": "2", "spark.worker.resource.gpu.discoveryScript": discovery,
         "spark.executor.resource.gpu.discoveryScript": discovery,
         "spark.executor.resource.gpu.amount": "2", "spark.task.resource.gpu.amount": "1",
         "spark.executor.cores": "2", "spark.task.cpus": "1", "spark.executor.memory": "1g",
-        "spark.executorEnv.BATCHSCORE_DEVICE_KIND": "CPU", "spark.executorEnv.BATCHSCORE_DEVICE_COUNT": "1",
     }
     cmd = [str(ROOT / "spark-submit.sh"), "--master", "local-cluster[1,2,1024]",
            "--properties-file", str(CONF / "spark-cluster-gpu.conf"), "--driver-memory", "2g"]
@@ -219,15 +243,14 @@ def test_fake_gpus_on_a_local_cluster_pin_each_task_to_its_address(multi_model, 
     assert_multi_like_tf(multi_model, support.read_output(out_path), table)
     manifest = json.loads(Path(out_path, "_manifest.json").read_text())
     assert manifest["spark"]["master"] == "local-cluster[1,2,1024]"
-    # two concurrent tasks, two workers: gpu 0 pinned to its stand-in device, gpu 1 (no device) on CPU:0
+    # two concurrent tasks, two workers: each pinned to the stand-in device of its own address
+    # (one variable reached the worker's discovery script and, through the executor, the Python workers)
     assert manifest["python_workers"] == 2 and manifest["model_loads"] == 2
-    assert sorted(manifest["devices"].values()) == ["CPU:0 (gpu 1 assigned, not visible)",
-                                                   "CPU:1 (stands in for gpu 0)"]
+    assert sorted(manifest["devices"].values()) == ["CPU:1 (stands in for gpu 0)", "CPU:2 (stands in for gpu 1)"]
     assert set(manifest["devices"]) == set(manifest["workers"])
 
     logs = "".join(Path(p).read_text() for p in glob.glob(os.path.join(home, "work", "app-*", "*", "stderr")))
-    fallback_lines = [line for line in logs.splitlines() if "has no such device" in line]
-    assert len(fallback_lines) == 1 and "assigned gpu 1 to this task" in fallback_lines[0], logs[-3000:]
+    assert logs and "has no such device" not in logs, logs[-3000:]  # no task fell back to CPU:0
 
 
 # --- the profiles in conf/ -----------------------------------------------------------

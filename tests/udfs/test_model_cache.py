@@ -33,10 +33,10 @@ def test_load_saved_model_errors(multi_model: str, tmp_path) -> None:
 
 
 @pytest.fixture
-def empty_model_cache():
-    model_cache.clear()
-    yield
-    model_cache.clear()
+def empty_model_cache(monkeypatch):
+    """This process plays a fresh worker: no model cached, none loaded (restored afterwards)."""
+    monkeypatch.setattr(model_cache, "_cache", {})
+    monkeypatch.setattr(model_cache, "_loads", 0)
 
 
 @pytest.mark.usefixtures("empty_model_cache")

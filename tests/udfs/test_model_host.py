@@ -335,11 +335,13 @@ def _env(host_dir: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def _score_command(tmp_path, inp: str, model: str, out: str, host_dir: str, *sets: str,
+def _score_command(tmp_path, inp: str, model: str, out: str, host_dir: str, *sets: str, fault: str | None = None,
                    timeout: int = 600) -> subprocess.CompletedProcess:
+    """The score job in a subprocess: `batchscore score`, or with `fault` `tests.support.fault_launcher FAULT`."""
     cfg = tmp_path / "job.yaml"
     cfg.write_text("spark:\n  spark.ui.enabled: false\n")
-    cmd = [sys.executable, "-m", "batchscore", "score", "--config", str(cfg), "--quiet"]
+    job = ["tests.support.fault_launcher", fault] if fault else ["batchscore", "score"]
+    cmd = [sys.executable, "-m", *job, "--config", str(cfg), "--quiet"]
     for s in (f"input.path={inp}", f"model.path={model}", f"output.path={out}", NUMERIC_COLUMNS,
               "output.keep_columns=[id]", "model.batch_size=64", "model.sharing=executor", *sets):
         cmd += ["--set", s]
@@ -369,19 +371,23 @@ def test_host_killed_mid_run_is_retried_every_row_once(host_dir, four_files, dem
                                                        tmp_path) -> None:
     out, events = str(tmp_path / "out"), tmp_path / "events"
     events.mkdir()
+    # tests/support/fault_launcher.py: partition 0's first attempt SIGKILLs the executor's host after two model calls
     proc = _score_command(tmp_path, four_files, demo_model, out, host_dir, "spark.spark.master=local[2,3]",
-                          "spark.spark.executorEnv.BATCHSCORE_FAULT_HOST_EXIT_AFTER=3",
                           "spark.spark.eventLog.enabled=true", f"spark.spark.eventLog.dir=file://{events}",
-                          "spark.spark.eventLog.compress=false", "spark.spark.eventLog.rolling.enabled=false")
+                          "spark.spark.eventLog.compress=false", "spark.spark.eventLog.rolling.enabled=false",
+                          fault="kill-host:0")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (killed,) = re.findall(r"fault_launcher: killed model host pid (\d+)", proc.stderr)
     # A task failed on the dead host, with the one-line error naming it, and was retried.
     log = "".join(p.read_text() for p in events.iterdir())
-    assert re.search(r"ModelUnavailable: model host pid \d+ \(/tmp/bsh-[^)]+\.sock\) ended during a request", log)
+    assert re.search(rf"ModelUnavailable: model host pid {killed} \(/tmp/bsh-[^)]+\.sock\) ended during a request",
+                     log)
     scored = support.read_output(out)
     assert scored.column("id").to_pylist() == list(range(1200))  # every row exactly once
     assert support.max_abs_diff(scored.column("output_0").to_numpy(), demo_reference) <= FLOAT_TOL
     manifest = RunManifest.from_json(open(os.path.join(out, "_manifest.json")).read())
     assert manifest.rows_scored == 1200 and manifest.rows_quarantined == 0
+    assert "host driver/2" in manifest.devices  # the retry started the executor's second host, which scored
     assert _wait_gone(_host_pids(host_dir), 5) == []
 
 

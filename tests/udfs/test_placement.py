@@ -1,7 +1,8 @@
 """`model.placement: split`: a model's stages on the task's devices, pipelined over micro-batches.
 
-Logical CPU devices are set up once per process before TensorFlow starts, so the splits
-run in fresh processes (`tests/support/placement.py`, and a score job in a subprocess).
+The devices are fake GPUs (`BATCHSCORE_FAKE_GPUS`: logical CPU devices, set up once per
+process before TensorFlow starts), so the splits run in fresh processes
+(`tests/support/placement.py`, and a score job in a subprocess).
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchscore.core.errors import ConfigError, ModelError
+from batchscore.core.errors import ModelError
+from batchscore.udfs.model import devices as worker_devices
 from batchscore.udfs.model import placement
-from tests import support
 from tests.support import placement as ps
+from tests import support
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-5
@@ -36,13 +38,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _fresh_process_env(devices: int) -> dict[str, str]:
-    return {**os.environ, placement.CPU_DEVICES_ENV: str(devices), "PYTHONPATH": PROJECT_ROOT,
+    return {**os.environ, worker_devices.FAKE_GPUS_ENV: str(devices), "PYTHONPATH": PROJECT_ROOT,
             "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2-devices", "3-devices"])
 def split_run(request: pytest.FixtureRequest, models: dict[str, str]) -> tuple[int, dict]:
-    """(devices, what the checker reports) for every test model split over `devices` logical CPUs."""
+    """(devices, what the checker reports) for every test model split over `devices` fake GPUs."""
     n = request.param
     spec = {"keras": {"mlp": models["mlp"], "cnn": models["cnn"]}, "staged": {"staged": models["staged"]},
             "batch_size": BATCH, "rows": ROWS}
@@ -55,7 +57,7 @@ def split_run(request: pytest.FixtureRequest, models: dict[str, str]) -> tuple[i
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_keras_split_equals_replicate_with_variables_on_the_planned_devices(split_run, name) -> None:
     n, report = split_run
-    devices = [f"CPU:{i}" for i in range(n)]
+    devices = [f"CPU:{i + 1}" for i in range(n)]  # the stand-ins of gpus 0..n-1; CPU:0 stays the CPU
     assert report["devices"] == devices
     got = report[name]
     assert got["diff"] <= TOL
@@ -127,15 +129,10 @@ def test_nothing_to_split_is_a_model_error_naming_the_model(models, multi_model)
         placement.load_split_saved_model(multi_model, (), two, batch_size=BATCH)
 
 
-def test_bad_cpu_device_count_is_a_config_error(monkeypatch) -> None:
-    monkeypatch.setenv(placement.CPU_DEVICES_ENV, "two")
-    with pytest.raises(ConfigError, match=placement.CPU_DEVICES_ENV):
-        placement.configure_cpu_devices()
-
-
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])
 def test_score_job_with_split_scores_like_keras(models, tmp_path, lane) -> None:
-    """The score job on local[2], each Python worker with 3 logical CPUs: the MLP runs in 3 stages."""
+    """The score job on local[2], each Python worker with 3 fake GPUs (no task is assigned one, so a
+    task splits over all of its worker's): the MLP runs in 3 stages."""
     import keras
 
     x = np.random.default_rng(9).normal(size=(500, ps.MLP_FEATURES)).astype(np.float32)
@@ -146,13 +143,13 @@ def test_score_job_with_split_scores_like_keras(models, tmp_path, lane) -> None:
     cfg = tmp_path / "job.yaml"
     cfg.write_text(json.dumps({
         "spark": {"spark.master": "local[2]", "spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1",
-                  "spark.driver.bindAddress": "127.0.0.1", f"spark.executorEnv.{placement.CPU_DEVICES_ENV}": "3"},
+                  "spark.driver.bindAddress": "127.0.0.1", f"spark.executorEnv.{worker_devices.FAKE_GPUS_ENV}": "3"},
         "input": {"path": inp, "columns": cols, "lane": lane},
         "model": {"path": models["mlp"], "placement": "split", "batch_size": BATCH},
         "output": {"path": str(out), "keep_columns": ["id"]},
     }))  # JSON is YAML
     env = {**os.environ, "PYTHONPATH": PROJECT_ROOT}
-    env.pop(placement.CPU_DEVICES_ENV, None)
+    env.pop(worker_devices.FAKE_GPUS_ENV, None)
     proc = subprocess.run([sys.executable, "-m", "jobs.score", "--config", str(cfg), "--quiet"], cwd=PROJECT_ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -7,8 +7,7 @@ executor JVM and application, set in every Python worker's environment), the mod
 fingerprint and signature, and the task's GPU addresses. They live in
 `/tmp/bs-host-<uid>/` (`BATCHSCORE_HOST_DIR` overrides it; AF_UNIX paths stay short):
 `<key>.sock`, `.pid`, `.lock` (fcntl.flock: concurrent tasks start one host), `.log`
-(the host's stderr), `.count` (hosts started so far: the host id's incarnation) and
-`.fault` (the fault hook's marker).
+(the host's stderr) and `.count` (hosts started so far: the host id's incarnation).
 
 A worker keeps one connection per host across its tasks and checks it at each task
 start (a `hello`); a dead host is replaced by the next task that finds it dead. A host
@@ -94,7 +93,7 @@ class HostFiles:
         return self.path("sock")
 
     def for_host(self) -> dict[str, str]:
-        return {k: self.path(k) for k in ("pid", "lock", "fault", "log", "count")}
+        return {k: self.path(k) for k in ("pid", "lock", "log", "count")}
 
 
 def host_folder() -> str:

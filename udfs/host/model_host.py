@@ -21,11 +21,6 @@ there is no daemon: both end with the executor, also after a kill -9 of the JVM,
 the daemon reads end-of-file on its stdin) and exits within a second once it is
 gone, removing its socket, pid file and lock. A crash leaves them stale: the next
 task finds no live socket and starts a new host (udfs/host/client.py).
-
-Fault hook (tests): with `BATCHSCORE_FAULT_HOST_EXIT_AFTER=N` in its environment (set
-through `spark.executorEnv.*`) the host dies with `os._exit` on receiving predict
-request N+1, unless its fault marker file exists: it writes the marker first, so only
-the first host of an executor fails and the retried tasks succeed.
 """
 from __future__ import annotations
 
@@ -51,8 +46,6 @@ from batchscore.udfs.host import protocol as host_protocol
 
 log = logging.getLogger("batchscore.model_host")
 
-FAULT_EXIT_AFTER_ENV = "BATCHSCORE_FAULT_HOST_EXIT_AFTER"
-FAULT_EXIT_CODE = 3
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -170,32 +163,14 @@ class RequestBatcher:
 
 @dataclass
 class HostState:
-    """What a reply tells the worker about this host, and the fault hook's counter."""
+    """What a reply tells the worker about this host."""
 
     host_id: str
     loads: int
     devices: str
-    fault_after: int | None = None
-    fault_marker: str | None = None
-    requests: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reply_fields(self) -> dict[str, str]:
         return {"host_id": self.host_id, "loads": str(self.loads), "pid": str(os.getpid()), "devices": self.devices}
-
-    def count_request(self) -> None:
-        """The fault hook: die on request `fault_after + 1` unless the marker says a host died already."""
-        with self._lock:
-            self.requests += 1
-            if self.fault_after is None or self.requests <= self.fault_after or self.fault_marker is None:
-                return
-            if os.path.exists(self.fault_marker):
-                return
-            with open(self.fault_marker, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            sys.stderr.write(f"model host {os.getpid()}: fault hook fired after {self.fault_after} requests\n")
-            sys.stderr.flush()
-            os._exit(FAULT_EXIT_CODE)
 
 
 def serve_connection(conn: socket.socket, batcher: RequestBatcher, state: HostState) -> None:
@@ -209,7 +184,6 @@ def serve_connection(conn: socket.socket, batcher: RequestBatcher, state: HostSt
             reply: dict[str, np.ndarray] = {}
             meta = state.reply_fields()
             if fields.get("op") == "predict":
-                state.count_request()
                 try:
                     reply = batcher.submit(arrays)
                 except RuntimeError as e:
@@ -282,7 +256,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-mb", type=int, default=None, help="model.gpu_memory_mb: a per-process GPU memory cap")
     p.add_argument("--watch", type=int, required=True, help="exit when this process ends")
     p.add_argument("--host-id", required=True, help="pid-free id: executor/incarnation")
-    p.add_argument("--files", required=True, help="JSON: pid, lock, fault marker paths")
+    p.add_argument("--files", required=True, help="JSON: pid, lock, log, count paths")
     return p.parse_args(argv)
 
 
@@ -333,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def executor_gone() -> None:
         wait_for_exit(args.watch)
-        remove_files(files.get("lock"), files.get("fault"), files.get("log"), files.get("count"))
+        remove_files(files.get("lock"), files.get("log"), files.get("count"))
         leave()
 
     signal.signal(signal.SIGTERM, leave)
@@ -341,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=executor_gone, name="watch", daemon=True).start()
     with open(files["pid"], "w") as fh:
         fh.write(f"{os.getpid()}\n")
-    fault = os.environ.get(FAULT_EXIT_AFTER_ENV)
-    state = HostState(args.host_id, loads, devices, fault_after=int(fault) if fault else None,
-                      fault_marker=files.get("fault"))
+    state = HostState(args.host_id, loads, devices)
     batcher = RequestBatcher(predict, batch_size=args.batch_size, wait_s=args.wait_ms / 1000)
     ready.write(f"ready {os.getpid()}\n")
     ready.close()

@@ -164,7 +164,6 @@ def task_predictor(plan: ScoringPlan) -> model_cache.PredictFn:
     if plan.runtime.sharing == "executor":  # the executor's model host scores for every worker
         return host_client.client_predictor(plan, cores=plan.runtime.executor_cores, gpus=gpus).predict
     model_cache.configure_threads(cores)
-    placement.configure_cpu_devices()  # $BATCHSCORE_CPU_DEVICES: logical CPU devices, before TF's runtime starts
     device = devices.pin_task(gpus, memory_mb=plan.runtime.gpu_memory_mb)  # before TF's runtime starts
     key = plan.source.fingerprint + "/" + plan.signature.signature
     load = model_cache.model_loader(plan.source, plan.signature.signature)

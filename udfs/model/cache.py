@@ -83,14 +83,6 @@ def load_count() -> int:
     return _loads
 
 
-def clear() -> None:
-    """Forget loaded models (tests)."""
-    global _loads
-    with _lock:
-        _cache.clear()
-        _loads = 0
-
-
 def configure_threads(cores: int) -> None:
     """Size TF's thread pools to the task's cores, before TF's runtime starts.
 

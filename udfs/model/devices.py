@@ -1,45 +1,22 @@
-"""Run each scoring task's model on the GPU Spark assigned to the task (issue 13, part 2).
+"""Run each scoring task's model on the GPU Spark assigned to it.
 
-Spark hands a task GPU addresses (`TaskContext.resources()["gpu"].addresses`: the indices
-the discovery script printed, CUDA's indices inside the executor's processes). A worker:
+Spark hands a task GPU addresses (`TaskContext.resources()["gpu"].addresses`: CUDA's indices
+in the executor's processes). Once per worker, before TF's runtime starts, memory growth is
+turned on for every GPU TF sees, or each is capped at `model.gpu_memory_mb`; each task's model
+then runs under `tf.device("/GPU:<address>")`, the model cache keyed by that device, so a
+reused worker handed another address moves its copy (`model_cache.get_predict_fn`). An address
+TF does not have runs on CPU:0, said once per worker and address; the manifest's `devices`
+says where each worker scored (`last_label`, through `worker_stats`).
 
-- once, before TensorFlow starts its runtime, turns memory growth on for every GPU TF
-  sees, or caps each at `model.gpu_memory_mb` (one logical device with that
-  `memory_limit`). PySpark's daemon (udfs/daemon.py) imports TF before it forks the
-  workers, but creates no runtime and touches no device, so each forked worker still
-  configures its own devices here;
-- runs each task's model under `tf.device("/GPU:<address>")` (the task's first address;
-  `TaskDevice.names` holds all of them), with the worker's model cache keyed by that
-  device: a reused worker handed another address loads a copy there and drops the copy on
-  the old device (`model_cache.get_predict_fn`), so it never keeps scoring on a GPU
-  another task now owns.
-
-Why not make only the task's GPU visible (`tf.config.set_visible_devices`)? TF fixes the
-visible devices when its runtime starts, so the worker could never move; and Spark hands a
-reused worker whichever address is free, so with several GPUs per executor workers and
-addresses do not stay paired. What keeping the executor's GPUs visible costs on a real
-multi-GPU node: each worker creates a CUDA context on every GPU it sees (some 300-500 MB of
-device memory each, used or not), and after a move the old GPU keeps the memory TF's
-allocator took there until the worker ends (the dropped copy is freed into that allocator's
-pool, which TF does not hand back to the device). With one GPU per executor
-(conf/spark-cluster-gpu.conf), and on YARN and Kubernetes where an executor's container
-usually sees only its own GPUs, a worker sees one GPU and none of this arises.
-
-Where the assigned address has no TF device (no GPU, a CPU-only TF, the fake discovery
-script), the task runs on CPU:0, said in one log line per worker and address. The manifest's
-`devices` gives per worker the device it scored on (`last_label`, through `worker_stats`).
-
-Test seam (GPU paths are built and tested on CPU): `BATCHSCORE_DEVICE_KIND=CPU` makes GPU
-address i the logical CPU device i+1, CPU:0 staying the CPU for fallbacks. The worker splits
-the CPU into 1 + `BATCHSCORE_DEVICE_COUNT` logical devices (default: `BATCHSCORE_FAKE_GPUS`,
-the fake discovery script's count, else 1) before TF starts, so pinning, moves and fallbacks
-run through TF's real placement on a machine without GPUs. TF allows no memory limit on CPU
-devices: under the seam `model.gpu_memory_mb` is logged, not applied.
+Fake GPUs (docs/gpu-on-a-laptop.md): `BATCHSCORE_FAKE_GPUS=N`, read once per process here and
+by conf/spark-gpu-discovery.sh, stands logical CPU devices CPU:1..CPU:N in for GPU addresses
+0..N-1 (CPU:0 stays the CPU); `model.gpu_memory_mb` is then logged, not applied.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,9 +26,7 @@ from batchscore.udfs.model import cache as model_cache
 
 log = logging.getLogger("batchscore")
 
-DEVICE_KIND_ENV = "BATCHSCORE_DEVICE_KIND"  # CPU: the test seam; GPU (or unset): real GPUs
-DEVICE_COUNT_ENV = "BATCHSCORE_DEVICE_COUNT"  # the seam's logical devices standing in for GPUs
-FAKE_GPUS_ENV = "BATCHSCORE_FAKE_GPUS"  # conf/spark-gpu-discovery.sh: how many GPUs it fakes
+FAKE_GPUS_ENV = "BATCHSCORE_FAKE_GPUS"  # N: N logical CPU devices stand in for GPUs (also read by the discovery script)
 
 Loader = Callable[[], tuple[object, model_cache.PredictFn]]
 
@@ -72,12 +47,13 @@ class TaskDevice:
 
 @dataclass(frozen=True)
 class _WorkerDevices:
-    kind: str  # the TF device type standing for GPUs: GPU, or CPU under the seam
+    kind: str  # the TF device type standing for GPUs: GPU, or CPU with fake GPUs
     by_address: dict[str, str]  # GPU address -> TF device name
     memory_mb: int | None  # the cap it was configured with (None: memory growth)
 
 
 _worker: _WorkerDevices | None = None
+_fake_gpus: int | None = None  # $BATCHSCORE_FAKE_GPUS, read once per process (None: not yet read)
 _said: set[tuple[str, ...]] = set()  # log lines said once per worker: ("gpu", *addresses), ("memory",)
 _last_label: str | None = None
 
@@ -92,6 +68,8 @@ def pin_task(addresses: list[str], *, memory_mb: int | None = None) -> TaskDevic
     """
     global _last_label
     if not addresses:
+        if fake_gpus():
+            _configure_worker(memory_mb)  # the stand-ins exist for `placement: split` (worker_gpus)
         device = TaskDevice(None, "GPU:0 (no gpu assigned: TF's default)" if _gpus_seen() else "CPU:0")
     else:
         worker = _configure_worker(memory_mb)
@@ -99,6 +77,31 @@ def pin_task(addresses: list[str], *, memory_mb: int | None = None) -> TaskDevic
         device = TaskDevice(names[0], _label(worker, addresses, names[0]), names) if names else _fallback(addresses)
     _last_label = device.label
     return device
+
+
+def fake_gpus() -> int:
+    """N from `$BATCHSCORE_FAKE_GPUS` (0 when unset: real GPUs), read once per process.
+
+    Raises:
+        ConfigError: the value is not a whole number.
+    """
+    global _fake_gpus
+    if _fake_gpus is None:
+        raw = os.environ.get(FAKE_GPUS_ENV) or "0"
+        if not re.fullmatch(r"[0-9]+", raw):  # the discovery script's rule
+            raise ConfigError(f"{FAKE_GPUS_ENV} must be a number of GPUs, got {raw!r}")
+        _fake_gpus = int(raw)
+    return _fake_gpus
+
+
+def worker_gpus() -> list[str]:
+    """The TF devices of every GPU this worker has, in address order: the logical CPU devices
+    standing in for them with fake GPUs (configured here on first use), else TF's logical GPUs."""
+    if fake_gpus():
+        by_address = (_worker or _configure_worker(None)).by_address
+        return [by_address[a] for a in sorted(by_address, key=int)]
+    tf: Any = model_cache.import_tensorflow()
+    return [d.name for d in tf.config.list_logical_devices("GPU")]
 
 
 def last_label() -> str | None:
@@ -152,7 +155,17 @@ def configure_gpu_memory(config: Any, gpus: list[Any], *, memory_mb: int | None)
 
 
 def _configure_worker(memory_mb: int | None) -> _WorkerDevices:
-    """Configure this worker's devices once (before TF's runtime starts) and map addresses to them."""
+    """Configure this worker's devices once (before TF's runtime starts) and map addresses to them.
+
+    PySpark's daemon (udfs/daemon.py) imports TF before it forks the workers but starts no
+    runtime, so each forked worker still configures its own devices here. Every GPU of the
+    executor stays visible (no `tf.config.set_visible_devices`): TF fixes the visible devices
+    when its runtime starts, so a worker could never move, and Spark hands a reused worker
+    whichever address is free. The cost on a multi-GPU executor: a CUDA context per worker on
+    every GPU it sees (300-500 MB of device memory each), and after a move the old GPU keeps
+    what TF's allocator took there until the worker ends. With one GPU per executor
+    (conf/spark-cluster-gpu.conf), or a container that sees only its GPUs, none of this arises.
+    """
     global _worker
     if _worker is not None:
         if memory_mb != _worker.memory_mb and ("memory",) not in _said:
@@ -162,47 +175,31 @@ def _configure_worker(memory_mb: int | None) -> _WorkerDevices:
                         memory_mb, os.getpid(), _worker.memory_mb)
         return _worker
     tf: Any = model_cache.import_tensorflow()
-    kind = _device_kind()
+    count = fake_gpus()
+    kind = "CPU" if count else "GPU"
     try:
-        if kind == "CPU":
-            count = _seam_count()
+        if count:
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(
                 cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count + 1)])
             # address i -> CPU:i+1; CPU:0 stays the CPU for fallbacks
             by_address = {str(i): f"/device:CPU:{i + 1}" for i in range(count)}
             if memory_mb is not None:
-                log.info("model.gpu_memory_mb %d not applied: %s=CPU stands CPU devices in for GPUs",
-                         memory_mb, DEVICE_KIND_ENV)
+                log.info("model.gpu_memory_mb %d not applied: %s=%d stands CPU devices in for GPUs",
+                         memory_mb, FAKE_GPUS_ENV, count)
         else:
             gpus = tf.config.list_physical_devices("GPU")
             configure_gpu_memory(tf.config, gpus, memory_mb=memory_mb)
             by_address = {g.name.rsplit(":", 1)[-1]: "/device:GPU:" + g.name.rsplit(":", 1)[-1] for g in gpus}
     except RuntimeError:  # some other code in this worker started TF's runtime first
         logical = [d.name for d in tf.config.list_logical_devices(kind)]
-        first = 1 if kind == "CPU" else 0  # under the seam CPU:0 is the CPU itself
+        first = 1 if kind == "CPU" else 0  # with fake GPUs CPU:0 is the CPU itself
         by_address = {str(i - first): name for i, name in enumerate(logical) if i >= first}
         log.warning("TensorFlow was already initialised in this Python worker (by other code run in it): "
                     "its %d %s device(s) keep their configuration (no memory growth or limit set here)",
                     len(logical), kind)
     _worker = _WorkerDevices(kind, by_address, memory_mb)
     return _worker
-
-
-def _device_kind() -> str:
-    kind = os.environ.get(DEVICE_KIND_ENV, "").strip().upper() or "GPU"
-    if kind not in ("GPU", "CPU"):
-        raise ConfigError(f"environment variable {DEVICE_KIND_ENV} must be GPU or CPU, got {kind!r}")
-    return kind
-
-
-def _seam_count() -> int:
-    """How many logical CPU devices stand in for GPUs under the seam."""
-    name = DEVICE_COUNT_ENV if os.environ.get(DEVICE_COUNT_ENV) else FAKE_GPUS_ENV
-    raw = os.environ.get(name) or "1"
-    if not raw.isdigit():
-        raise ConfigError(f"environment variable {name} must be a number of devices, got {raw!r}")
-    return int(raw)
 
 
 def _label(worker: _WorkerDevices, addresses: list[str], name: str) -> str:

@@ -2,14 +2,10 @@
 one per device of the task, run as a pipeline over micro-batches.
 
 **The task's devices.** The GPUs Spark assigned the task (`udfs/model/devices.py` maps their
-addresses to TF devices); a task with none assigned uses every GPU TensorFlow sees in the
-worker or, without GPUs, the logical CPU devices. `BATCHSCORE_CPU_DEVICES=N` in the executors' environment
-(`spark.executorEnv.BATCHSCORE_CPU_DEVICES: "N"`) splits the CPU into N logical devices in
-every Python worker (`configure_cpu_devices`, called by `scoring.task_predictor` at the
-worker's first task: after the daemon's fork, udfs/daemon.py, and before TensorFlow's runtime
-starts; TF allows it once per process). Logical CPU devices share the same cores: they make
-placement testable on CPU and cost nothing for `replicate`. With one device, `split` is
-`replicate` (logged once per worker).
+addresses to TF devices); a task with none assigned uses every GPU the worker has
+(`devices.worker_gpus`: with `BATCHSCORE_FAKE_GPUS=N`, the N logical CPU devices standing in
+for GPUs, docs/gpu-on-a-laptop.md), else the CPU. With one device, `split` is `replicate`
+(logged once per worker).
 
 **Stages.** A `.keras` model's layers (topological order) are cut into consecutive groups
 of about equal estimated compute (multiply-adds per row, `node_cost`), since the slowest
@@ -51,20 +47,19 @@ from typing import Any
 
 import numpy as np
 
-from batchscore.core.errors import ConfigError, ModelError
+from batchscore.core.errors import ModelError
 from batchscore.udfs.model import cache as model_cache
+from batchscore.udfs.model import devices as worker_devices
 from batchscore.udfs.model.distribution import ModelSource
 from batchscore.udfs.model.saved_model_proto import parse_saved_model
 from batchscore.udfs.model.signature import ModelSignature, TensorSpec
 
 log = logging.getLogger(__name__)
 
-CPU_DEVICES_ENV = "BATCHSCORE_CPU_DEVICES"
 MICRO_BATCHES_PER_STAGE = 4  # m = 4k keeps the pipeline bubble under ~20% of a call
 MIN_MICRO_BATCH_ROWS = 16  # below this a micro-batch costs more in overhead than it overlaps
 STAGE_PREFIX = "stage_"
 
-_cpu_devices: int | None = None  # logical CPU devices this worker set up (None: not yet asked)
 _logged_single = False
 
 
@@ -93,38 +88,10 @@ class SplitModel:
 # --- devices ---
 
 
-def configure_cpu_devices() -> int:
-    """Split the CPU into `$BATCHSCORE_CPU_DEVICES` logical devices, once per process, before
-    TF's runtime starts; returns how many logical CPU devices were asked for (0: not set).
-
-    Raises:
-        ConfigError: the variable is not a positive integer.
-    """
-    global _cpu_devices
-    raw = os.environ.get(CPU_DEVICES_ENV, "").strip()
-    if not raw:
-        return 0
-    if _cpu_devices is not None:
-        return _cpu_devices
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"environment variable {CPU_DEVICES_ENV} must be a positive integer, got {raw!r}")
-    n = int(raw)
-    tf: Any = model_cache.import_tensorflow()
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
-    except RuntimeError:  # the runtime started already in this process (other code used TF first)
-        log.warning("%s=%d: TensorFlow was already initialised in this process, so it keeps its %d logical "
-                    "CPU device(s)", CPU_DEVICES_ENV, n, len(tf.config.list_logical_devices("CPU")))
-    _cpu_devices = n
-    return n
-
-
 def task_devices() -> list[str]:
-    """The devices a split model is placed on: the visible GPUs, else the logical CPU devices."""
-    tf: Any = model_cache.import_tensorflow()
-    gpus = tf.config.list_logical_devices("GPU")
-    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    """The devices a split model is placed on when the task was assigned none: every GPU the
+    worker has (`devices.worker_gpus`, the stand-ins with fake GPUs), else the CPU."""
+    return worker_devices.worker_gpus() or ["/device:CPU:0"]
 
 
 # --- balancing ---
@@ -494,8 +461,8 @@ def split_loader(source: ModelSource, signature: ModelSignature, *, batch_size: 
         if len(devices_) < 2:
             if not _logged_single:
                 log.info("model.placement split: this worker has one device (%s), so the model is replicated; "
-                         "set %s or assign several GPUs to split it", devices_[0] if devices_ else "none",
-                         CPU_DEVICES_ENV)
+                         "assign several GPUs (or fake them, %s) to split it", devices_[0] if devices_ else "none",
+                         worker_devices.FAKE_GPUS_ENV)
                 _logged_single = True
             return replicate()
         path = source.local_path()
