@@ -20,8 +20,8 @@ import pytest
 from batchscore.core.errors import ModelError
 from batchscore.udfs.model import devices as worker_devices
 from batchscore.udfs.model import placement
-from tests.support import placement as ps
 from tests import support
+from tests.support import placement as ps
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-5
