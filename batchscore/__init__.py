@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import importlib
 import os as _os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what `__getattr__` below returns, for type checkers
+    from batchscore.api import predict_udf as predict_udf
+    from batchscore.api import score_dataframe as score_dataframe
 
 __version__ = "0.2.0"
 
