@@ -172,7 +172,7 @@ def test_predict_udf_refuses_on_the_driver(spark, multi_model) -> None:
     with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
         batchscore.predict_udf(multi_model, batch_size=0)
     with pytest.raises(ConfigError, match="bad_rows must be one of null, fail"):
-        batchscore.predict_udf(multi_model, bad_rows="drop")  # type: ignore[arg-type]  # a wrong value on purpose
+        batchscore.predict_udf(multi_model, bad_rows="drop")
 
 
 def test_predict_udf_wrong_column_type_names_the_column(spark, image_model) -> None:
@@ -216,7 +216,7 @@ def test_score_dataframe_refuses_on_the_driver(spark, multi_df, multi_model) -> 
     with pytest.raises(SchemaError, match=r"column 'category' .* not found"):
         batchscore.score_dataframe(multi_df, multi_model)
     with pytest.raises(ConfigError, match="bad_rows must be one of keep, drop, fail"):
-        batchscore.score_dataframe(multi_df, multi_model, bad_rows="null")  # type: ignore[arg-type]  # a wrong value on purpose
+        batchscore.score_dataframe(multi_df, multi_model, bad_rows="null")
 
 
 def test_import_batchscore_stays_light() -> None:
