@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os as _os
+from typing import Any
 
 __version__ = "0.2.0"
 
@@ -38,9 +39,10 @@ def conf_dir() -> str:
 _API = ("score_dataframe", "predict_udf")
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     """`batchscore.score_dataframe` and `batchscore.predict_udf`, imported on first use, so
-    `import batchscore` stays light (no pyspark, no TensorFlow)."""
+    `import batchscore` stays light (no pyspark, no TensorFlow). Typed Any for callers: the
+    import contracts keep this module from importing batchscore.api, even for type checkers."""
     if name in _API:
         api = importlib.import_module("batchscore.api")  # on first use: pyspark and TF stay unloaded
         return getattr(api, name)

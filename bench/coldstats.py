@@ -48,13 +48,15 @@ def summarize(slots: list[dict[str, Any]], *, contenders: list[str], points: tup
         per_point = {}
         for rows in points:
             at = [a for a in mine if a["rows"] == rows]
+            median = _median([a["seconds"] for a in at])
+            loads = {a["model_loads"] for a in at if a.get("model_loads") is not None}
             per_point[str(rows)] = {
-                "median_seconds": _median([a["seconds"] for a in at]),
+                "median_seconds": median,
                 "seconds": [a["seconds"] for a in at],
                 "runs": len(at),
                 "contended_runs": sum(a["contention"]["contended"] for a in at),
-                "rows_per_second": (rows / _median([a["seconds"] for a in at])) if at else None,
-                "model_loads": sorted({a.get("model_loads") for a in at if a.get("model_loads") is not None}),
+                "rows_per_second": rows / median if median is not None else None,
+                "model_loads": sorted(loads),
                 "peak_worker_rss_mb": max((a["peak_worker_rss_mb"] or 0 for a in at), default=None),
                 "manifest_peak_worker_rss_mb": max(
                     ((a.get("manifest") or {}).get("peak_worker_rss_mb") or 0 for a in at), default=None),

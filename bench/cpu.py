@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import defaultdict
 
 import psutil
 
@@ -30,6 +30,8 @@ from bench.run import BENCH_DIR, PROFILES, SPARK_CONF, jvm_pid, own_python_worke
 from bench.workloads import cnn_workload, mlp_workload
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+CpuSeconds = defaultdict[str, float]  # CPU seconds by thread group or worker
 
 
 def _thread_group(name: str) -> str:
@@ -42,9 +44,9 @@ def _thread_group(name: str) -> str:
     return "other JVM threads"
 
 
-def jvm_threads(pid: int) -> Counter[str]:
+def jvm_threads(pid: int) -> CpuSeconds:
     """CPU seconds so far of each thread group of process `pid`."""
-    out: Counter[str] = Counter()
+    out: CpuSeconds = defaultdict(float)
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
@@ -64,7 +66,7 @@ def _cpu(p: psutil.Process) -> float:
         return 0.0
 
 
-def snapshot(driver: psutil.Process, jvm_pid: int, bare_pid: int | None, pool: str) -> Counter[str]:
+def snapshot(driver: psutil.Process, jvm_pid: int, bare_pid: int | None, pool: str) -> CpuSeconds:
     """CPU seconds so far by group; the Python workers of `pool` one by one (`worker <pid>`)."""
     snap = jvm_threads(jvm_pid)
     for p in spark_python_workers(jvm_pid, pool):
@@ -75,9 +77,9 @@ def snapshot(driver: psutil.Process, jvm_pid: int, bare_pid: int | None, pool: s
     return snap
 
 
-def used_per_run(before: Counter[str], after: Counter[str], runs: int) -> Counter[str]:
+def used_per_run(before: CpuSeconds, after: CpuSeconds, runs: int) -> CpuSeconds:
     """CPU per run by group; a worker started in between counts from zero."""
-    used: Counter[str] = Counter()
+    used: CpuSeconds = defaultdict(float)
     for k, v in after.items():
         group = "Python workers" if k.startswith("worker ") else k
         used[group] += (v - before.get(k, 0.0)) / runs
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     bare = cm.BareTF({**os.environ})
     scratch = tempfile.mkdtemp(prefix="bench-cpu-")
     lanes = [cm.ArrowLane(spark), cm.DataFrameLane(spark), cm.PredictBatchUDF(spark, os.path.join(scratch, "loads"))]
-    rows: dict[str, tuple[float, Counter[str]]] = {}
+    rows: dict[str, tuple[float, CpuSeconds]] = {}
     try:
         for c in [bare, *lanes]:
             own_python_workers(spark, c.key)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(out + "_quarantine", ignore_errors=True)
             used = used_per_run(before, snapshot(driver, jvm, bare_pid, c.key), args.runs)
             if c is bare:  # the JVM, the workers and this process idle while bare TF runs
-                used = Counter({"bare TF process": used["bare TF process"]})
+                used = defaultdict(float, {"bare TF process": used["bare TF process"]})
             rows[c.label] = (statistics.median(walls), used)
             print(f"[bench.cpu] {c.label}: {statistics.median(walls):.2f} s", file=sys.stderr, flush=True)
     finally:

@@ -73,16 +73,18 @@ def variants(df: Any, features: list[str]) -> dict[str, Callable[[], Any]]:
     from pyspark.sql.functions import arrow_udf, pandas_udf
 
     schema = "id long, prediction float"
+    # pyspark's stubs lack the overload for the type-hinted form (the UDF type inferred from the hints),
+    # the form pyspark prefers (passing functionType warns)
+    zeros_arrow = arrow_udf(_zeros_arrow, "float")  # type: ignore[call-overload]
+    zeros_pandas = pandas_udf(_zeros_pandas, "float")  # type: ignore[call-overload]
     vs = {
         "jvm_only": lambda: df.select("id", (F.col(features[0]) * 0).cast("float").alias("prediction")),
         "python_id_only": lambda: df.select("id").mapInArrow(_constant_prediction, schema),
         "python_33_columns": lambda: df.select("id", *features).mapInArrow(_constant_prediction, schema),
         "python_packed_array": lambda: df.select("id", F.array(*features).alias("x"))
         .mapInArrow(_constant_prediction, schema),
-        "packed_arrow_udf": lambda: df.select("id", arrow_udf(_zeros_arrow, "float")(F.array(*features))
-                                              .alias("prediction")),
-        "packed_pandas_udf": lambda: df.select("id", pandas_udf(_zeros_pandas, "float")(F.array(*features))
-                                               .alias("prediction")),
+        "packed_arrow_udf": lambda: df.select("id", zeros_arrow(F.array(*features)).alias("prediction")),
+        "packed_pandas_udf": lambda: df.select("id", zeros_pandas(F.array(*features)).alias("prediction")),
     }
     vs.update({name: vs[base] for name, base in ROWS_BOUND.items()})  # same query, written under other confs
     return vs

@@ -53,6 +53,7 @@ def _java_version() -> str | None:
 
 def machine_info(spark: Any = None) -> dict[str, Any]:
     """Cores, memory, CPU model and the versions that matter."""
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -508,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         workloads.append(cnn_workload(work, profile.cnn_rows, rows_per_file=profile.cnn_rows_per_file,
                                       batch_size=profile.cnn_batch, arrow_batch=profile.cnn_arrow_batch))
     if "cnn" in workload_names and profile.cnn_large_rows and not args.no_sweeps:
-        large = cnn_workload(work, profile.cnn_large_rows, rows_per_file=profile.cnn_rows_per_file,
-                             batch_size=profile.cnn_batch, arrow_batch=profile.cnn_arrow_batch)
-        workloads.append(dataclasses.replace(large, name="cnn_large"))
+        cnn_large = cnn_workload(work, profile.cnn_large_rows, rows_per_file=profile.cnn_rows_per_file,
+                                 batch_size=profile.cnn_batch, arrow_batch=profile.cnn_arrow_batch)
+        workloads.append(dataclasses.replace(cnn_large, name="cnn_large"))
     sweeps = not args.no_sweeps and "mlp" in workload_names
     sweep_workloads = []
     if sweeps:

@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psutil
@@ -43,8 +43,19 @@ MODES = ("worker", "executor")
 HOST_MODULE = "batchscore.udfs.host.model_host"
 TARGET_RATIO = 0.9
 PSS_EVERY_S = 1.0  # proportional set size (smaps_rollup) is dearer than RSS: sampled once a second
-DEFAULTS = {"points": (1_000_000, 2_000_000), "runs": 3, "rows_per_file": 250_000, "batch_size": 10_000}
-TINY = {"points": (20_000,), "runs": 1, "rows_per_file": 5_000, "batch_size": 10_000}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run of the benchmark measures: the rows points, the rounds and the data's shape."""
+    points: tuple[int, ...]
+    runs: int
+    rows_per_file: int
+    batch_size: int
+
+
+DEFAULTS = Settings(points=(1_000_000, 2_000_000), runs=3, rows_per_file=250_000, batch_size=10_000)
+TINY = Settings(points=(20_000,), runs=1, rows_per_file=5_000, batch_size=10_000)
 
 
 def _say(msg: str) -> None:
@@ -248,28 +259,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    s = dict(TINY if a.tiny else DEFAULTS)
+    s = TINY if a.tiny else DEFAULTS
     if a.points:
-        s["points"] = tuple(int(x) for x in a.points.split(","))
-        s["rows_per_file"] = min(s["rows_per_file"], *s["points"])
+        points = tuple(int(x) for x in a.points.split(","))
+        s = replace(s, points=points, rows_per_file=min(s.rows_per_file, *points))
     if a.runs:
-        s["runs"] = a.runs
+        s = replace(s, runs=a.runs)
     default = not a.tiny and not a.points and not a.runs
     out_dir = a.out_dir or (RESULTS if default else os.path.join(a.work, "results"))
-    profile = replace(COLD_PROFILES["full"], name="sharing", points=s["points"], rows_per_file=s["rows_per_file"],
-                      batch_size=s["batch_size"])
+    profile = replace(COLD_PROFILES["full"], name="sharing", points=s.points, rows_per_file=s.rows_per_file,
+                      batch_size=s.batch_size)
     th = quiet.Thresholds(max_load1=float(len(os.sched_getaffinity(0))))
-    res: dict[str, Any] = {"benchmark": "sharing", "settings": {**s, "points": list(s["points"])},
+    res: dict[str, Any] = {"benchmark": "sharing", "settings": {**asdict(s), "points": list(s.points)},
                            "workload": "Tabular MLP 32-256-256-1 (bench/workloads.py)", "machine": machine_summary(),
                            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                            "thresholds": asdict(th), "runs": [], "output_checks": {}}
-    workloads = {rows: make_workload(profile, rows, work=a.work) for rows in s["points"]}
+    workloads = {rows: make_workload(profile, rows, work=a.work) for rows in s.points}
     configs = {rows: write_configs(w, os.path.join(a.work, "sharing-configs")) for rows, w in workloads.items()}
     run_root = os.path.join(a.work, "sharing-runs")
     shutil.rmtree(run_root, ignore_errors=True)
     own: set[int] = set()
-    for r in range(s["runs"]):
-        for j, rows in enumerate(s["points"]):
+    for r in range(s.runs):
+        for j, rows in enumerate(s.points):
             recs = {mode: run_once(mode, workloads[rows], config=configs[rows][mode], own=own, th=th,
                                    run_dir=os.path.join(run_root, f"{rows}-{mode}-r{r}"), max_repeats=a.max_repeats)
                     for mode in rotation(MODES, r, j)}
@@ -281,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 if rec["ok"]:
                     shutil.rmtree(rec["run_dir"], ignore_errors=True)
     res["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    res["summary"] = summarize(res["runs"], s["points"])
+    res["summary"] = summarize(res["runs"], s.points)
     os.makedirs(out_dir, exist_ok=True)
     for ext, text in (("json", json.dumps(res, indent=1, default=str)), ("md", markdown(res))):
         path = os.path.join(out_dir, f"sharing.{ext}")

@@ -55,10 +55,14 @@ import re
 import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import dag, task
 from airflow.sdk.exceptions import AirflowFailException
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 USER_ERROR_EXIT = 2  # jobs.score and jobs.check_manifest: a user error, never retried
 
@@ -113,7 +117,7 @@ def exit_code_of(message: str) -> int | None:
 class BatchscoreSparkSubmitOperator(SparkSubmitOperator):
     """SparkSubmitOperator that fails without retrying when the job exits 2 (a user error)."""
 
-    def execute(self, context):  # type: ignore[no-untyped-def] # Airflow's Context
+    def execute(self, context: Context) -> Any:
         try:
             return super().execute(context)
         except AirflowFailException:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.evaluation.metrics import Curve, Evaluation, GroupResult, evaluate, parse_gate
+from batchscore.evaluation.metrics import Curve, Evaluation, GroupResult, Number, evaluate, parse_gate
 from batchscore.evaluation.plots import render_plots
 from batchscore.evaluation.run import EVALUATION_DIR, read_predictions
 from batchscore.jobs.evaluate import main, roc_auc
@@ -72,7 +73,7 @@ def _assert_metrics(got: dict[str, Any], expected: dict[str, Any]) -> None:
         assert got[k] == pytest.approx(v, abs=TOL), k
 
 
-def _assert_rows_equal(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+def _assert_rows_equal(got: Sequence[Mapping[str, object]], expected: Sequence[Mapping[str, object]]) -> None:
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         assert g == pytest.approx(e, abs=TOL)
@@ -270,7 +271,7 @@ def test_multiclass_plots_one_curve_per_class_and_regression_none() -> None:
     pytest.importorskip("matplotlib")
     curve = Curve(positives=2, negatives=2, auc_roc=0.75, auc_pr=0.8, thresholds=[0.9, 0.5, 0.1], tp=[1, 2, 2],
                   fp=[0, 1, 2])
-    metrics = {"rows": 4, "classes": 2, "accuracy": 0.5, "log_loss": 0.7, "auc_roc_macro": 0.75}
+    metrics: dict[str, Number] = {"rows": 4, "classes": 2, "accuracy": 0.5, "log_loss": 0.7, "auc_roc_macro": 0.75}
     overall = GroupResult(name="all", rows={}, metrics=metrics, curves={"0": curve, "1": curve})
     plots = render_plots(Evaluation(task="multiclass", label="y", score="p", threshold=0.5, overall=overall))
     assert sorted(plots) == ["pr.png", "roc.png"] and all(v[:4] == b"\x89PNG" for v in plots.values())

@@ -121,7 +121,8 @@ def test_a_contended_run_is_repeated_and_the_clean_one_counts(tmp_path: Any) -> 
     slot, runner = _slot([(True, True), (False, True), (False, True)], 2, tmp_path)
     assert runner.calls == 2
     assert [a["accepted"] for a in slot.attempts] == [False, True]
-    assert slot.accepted()["seconds"] == 12.0
+    acc = slot.accepted()
+    assert acc is not None and acc["seconds"] == 12.0
 
 
 def test_repeats_are_bounded_and_the_last_contended_run_counts_flagged(tmp_path: Any) -> None:

@@ -14,6 +14,7 @@ import sys
 import venv
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from tests import support
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, **kw)
 
 

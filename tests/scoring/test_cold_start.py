@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +45,8 @@ def _tf_view(path: str) -> dict:
     return _view(sm, lambda n: dtypes.as_dtype(n).name if n else "dtype_0")
 
 
-def _view(sm: object, name_of) -> dict:
+def _view(sm: Any, name_of: Callable[[int], str]) -> dict:
+    """`sm`: TensorFlow's SavedModel message or ours (batchscore's parser): the same fields."""
     out = {}
     for i, mg in enumerate(sm.meta_graphs):
         for key, sig in mg.signature_def.items():

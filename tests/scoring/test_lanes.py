@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from batchscore.config.job_spec import JobSpec
 from batchscore.core import compat
 from batchscore.core.errors import ConfigError
 from batchscore.demo_data import NUMERIC
@@ -23,7 +24,7 @@ NUMERIC_COLUMNS = "input.columns={numeric: [" + ", ".join(NUMERIC) + "]}"
 FLOAT_TOL = 1e-6  # same model, batches cut at other rows: float32 rounding may differ in the last bit
 
 
-def _cfg(inp: str, model: str, out: str, *extra: str) -> dict:
+def _cfg(inp: str, model: str, out: str, *extra: str) -> JobSpec:
     return support.job_spec(inp, model, out, NUMERIC_COLUMNS, "output.keep_columns=[id, as_of_date]",
                             "model.batch_size=128", *extra)
 

@@ -42,7 +42,10 @@ def _pom_versions() -> dict[str, str]:
     pom = POM.read_text()
     tags = {"hadoop": "hadoop.version", "aws": "aws.sdk.version", "delta": "delta.version",
             "scala": "scala.binary.version", "spark": "spark.binary.version"}
-    return {name: re.search(rf"<{tag}>([^<]+)</{tag}>", pom).group(1) for name, tag in tags.items()}
+    found = {name: re.search(rf"<{tag}>([^<]+)</{tag}>", pom) for name, tag in tags.items()}
+    missing = [tags[name] for name, m in found.items() if m is None]
+    assert not missing, f"{POM} has no {missing}"
+    return {name: m.group(1) for name, m in found.items() if m is not None}
 
 
 def test_pom_pins_the_hadoop_inside_pyspark() -> None:

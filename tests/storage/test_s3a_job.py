@@ -142,13 +142,15 @@ def assert_scored_like_tf(model: str, table: pa.Table, manifest: RunManifest) ->
     start = table.column("id")[0].as_py()
     bad = {start + i: reason for i, reason in BAD.items()}
     good = np.array([i for i in table.column("id").to_pylist() if i not in bad])
-    out = support.read_output(pyarrow_uri(manifest.output.data_path))  # pyarrow's S3 filesystem, same endpoint
+    data_path, quarantine_path = manifest.output.data_path, manifest.output.quarantine_data_path
+    assert data_path is not None and quarantine_path is not None, manifest.output  # S3: the run's own prefixes
+    out = support.read_output(pyarrow_uri(data_path))  # pyarrow's S3 filesystem, same endpoint
     np.testing.assert_array_equal(out.column("id").to_numpy(), good)
     expected = support.tf_predict(model, support.multi_inputs(table.take(good - start)))
     assert support.max_abs_diff(out.column("score").to_numpy(), expected["score"]) <= TOL
     assert support.max_abs_diff(out.column("embedding").to_pylist(), expected["embedding"]) <= TOL
     assert out.column("label").to_pylist() == [s.decode() for s in expected["label"]]
-    q = support.read_output(pyarrow_uri(manifest.output.quarantine_data_path))
+    q = support.read_output(pyarrow_uri(quarantine_path))
     assert dict(zip(q.column("id").to_pylist(), q.column("reason").to_pylist(), strict=True)) == bad
     assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (table.num_rows, len(good), 3)
 

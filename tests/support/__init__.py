@@ -18,7 +18,7 @@ IMAGE_SHAPE = (8, 8, 3)
 IMAGE_SIZE = 8 * 8 * 3
 D = 4
 CATEGORIES = ("red", "green", "blue")
-MULTI_COLUMNS = {"image": "pixels", "numeric": ["f0", "f1", "f2", "f3"], "category": "cat", "count": "n"}
+MULTI_COLUMNS: dict[str, str | list[str]] = {"image": "pixels", "numeric": ["f0", "f1", "f2", "f3"], "category": "cat", "count": "n"}
 MULTI_OUTPUTS = ("doubled", "embedding", "grid", "label", "score")
 
 

@@ -10,15 +10,17 @@ from batchscore.run.lane_choice import MAX_BYTES_KEY, MAX_RECORDS_KEY, arrow_bat
 from batchscore.run.steps import run_scoring
 from batchscore.udfs.batches.binding import InputFeed
 from batchscore.udfs.lanes.scoring import ScoringPlan, fixed_row_bytes
-from batchscore.udfs.model.signature import TensorSpec
+from batchscore.udfs.model.distribution import ModelSource
+from batchscore.udfs.model.signature import ModelSignature, TensorSpec
 from tests import support
 
 INT_MAX = str(2**31 - 1)
 
 
 def _plan(feeds: tuple[InputFeed, ...], keep: tuple[str, ...]) -> ScoringPlan:
-    return ScoringPlan(signature=None, feeds=feeds, source=None, batch_size=1,
-                       keep_columns=keep, output_names=())
+    # the row width reads the feeds and the kept columns only: a placeholder model
+    return ScoringPlan(signature=ModelSignature("/m", "serving_default", (), (), "f" * 16), feeds=feeds,
+                       source=ModelSource("direct", "/m", "f" * 16), batch_size=1, keep_columns=keep, output_names=())
 
 
 def test_row_width_of_fixed_width_columns() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +40,7 @@ class RecordingModel:
         return {"y": 2 * x, "vec": np.stack([x, -x], axis=1)}
 
 
-def _batches(lengths: list[int], *, nulls: set[int] = frozenset()) -> list[pa.RecordBatch]:
+def _batches(lengths: list[int], *, nulls: Collection[int] = frozenset()) -> list[pa.RecordBatch]:
     out, start = [], 0
     for n in lengths:
         ids = np.arange(start, start + n, dtype=np.int64)

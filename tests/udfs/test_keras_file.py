@@ -37,7 +37,7 @@ def test_keras_file_scores_like_keras(spark, keras_file, tmp_path, lane) -> None
     manifest = run_scoring(spark, cfg)
     assert manifest.lane == lane
     assert manifest.rows_scored == ROWS and manifest.rows_quarantined == 0
-    assert manifest.model.path.endswith("model.keras")
+    assert manifest.model.path is not None and manifest.model.path.endswith("model.keras")
     out = support.read_output(str(tmp_path / "out")).sort_by("id")
     assert out.column_names[:2] == ["id", "output_0"]
     assert out.column("id").to_pylist() == list(range(ROWS))

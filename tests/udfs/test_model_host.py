@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -43,7 +44,7 @@ FLOAT_TOL = 1e-6
 def test_protocol_round_trip_keeps_values_dtypes_and_shapes() -> None:
     rng = np.random.default_rng(1)
     n = 7
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "image": rng.random((n, 4, 4, 3), dtype=np.float32),
         "ids": rng.integers(-5, 5, n).astype(np.int64),
         "flags": rng.random((n, 2)) > 0.5,
@@ -173,7 +174,7 @@ def test_host_serves_two_connections_their_own_rows_restarts_and_ends_with_its_e
     monkeypatch.setenv("SPARK_LOCAL_DIRS", f"{host_dir}/blockmgr-test")  # this "executor"
     executor = subprocess.Popen(["sleep", "600"])  # stands in for the PySpark daemon the host watches
     try:
-        connect = dict(model_path=lambda: demo_model, fingerprint="fp-host-test", signature="serving_default",
+        connect: dict[str, Any] = dict(model_path=lambda: demo_model, fingerprint="fp-host-test", signature="serving_default",
                        batch_size=64, wait_ms=20, cores=1, gpus=[], watch=executor.pid)
         first = host_client.connect(**connect)
         assert first.started_here and first.fields["loads"] == "1" and first.fields["host_id"].endswith("/1")

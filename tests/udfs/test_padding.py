@@ -87,26 +87,27 @@ def check_token_stream(rows: list[list | None], splits: list[int], batch_size: i
     model = TokenRecorder()
     scorer = token_scorer(model, batch_size, multiple)
     out = pa.Table.from_batches(list(scorer.score(token_batches(rows, splits))), schema=None) if rows else None
-    good = [i for i, r in enumerate(rows) if r is not None and None not in r]
+    kept = {i: r for i, r in enumerate(rows) if r is not None and None not in r}
+    good = list(kept)
     # the calls: good rows in order, batch_size per call across Arrow batches, each padded by hand
     chunks = [good[i : i + batch_size] for i in range(0, len(good), batch_size)]
     assert len(model.calls) == len(chunks)
     expected_total = {}
     for call, chunk in zip(model.calls, chunks, strict=True):
-        rs = [rows[i] for i in chunk]
+        rs = [kept[i] for i in chunk]
         length = expected_length(rs, multiple)
         assert call["tokens"].dtype == np.int64 and call["mask"].dtype == np.int32
         np.testing.assert_array_equal(call["tokens"], padded(rs, length, PAD))
         np.testing.assert_array_equal(call["mask"], mask_of(rs, length))
-        expected_total.update({i: sum(rows[i]) + PAD * (length - len(rows[i])) for i in chunk})
+        expected_total.update({i: sum(kept[i]) + PAD * (length - len(kept[i])) for i in chunk})
     if out is None:
         return
     assert out.column("id").to_pylist() == list(range(len(rows)))
     reasons, columns = out.column(REASON_COLUMN).to_pylist(), out.column(BAD_COLUMN).to_pylist()
     n, total = out.column("n").to_pylist(), out.column("total").to_pylist()
-    for i, r in enumerate(rows):
+    for i in range(len(rows)):
         if i in expected_total:
-            assert (reasons[i], n[i], total[i]) == ("ok", len(r), expected_total[i])
+            assert (reasons[i], n[i], total[i]) == ("ok", len(kept[i]), expected_total[i])
         else:  # a null list or a null id inside the list
             assert (reasons[i], columns[i], n[i], total[i]) == ("null_feature", "tokens", None, None)
 
@@ -324,12 +325,13 @@ def test_saved_model_scores_each_engine_batch_like_bare_tf(token_model: str) -> 
     rows = token_rows(120)
     scorer = StreamScorer(sig, feeds, predict, 16, ["id"], ["length", "mean", "total"], pad_multiple=4)
     out = pa.Table.from_batches(list(scorer.score(token_batches(rows, [7, 50, 1, 62]))))
-    good = [i for i, r in enumerate(rows) if r is not None and None not in r]
+    kept = {i: r for i, r in enumerate(rows) if r is not None and None not in r}
+    good = list(kept)
     got = {k: out.column(k).to_pylist() for k in ("mean", "total", "length", REASON_COLUMN)}
     assert [i for i, r in enumerate(got[REASON_COLUMN]) if r == "ok"] == good
     for start in range(0, len(good), 16):  # bare TF on exactly the engine's batches, padded by hand
         chunk = good[start : start + 16]
-        rs = [rows[i] for i in chunk]
+        rs = [kept[i] for i in chunk]
         length = expected_length(rs, 4)
         ref = support.tf_predict(token_model, {"tokens": padded(rs, length, 0).astype(np.int64),
                                                "mask": mask_of(rs, length)})

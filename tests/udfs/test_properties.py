@@ -69,10 +69,13 @@ def _fault_value(cell: str, fault: str, value: Any, nested: bool) -> Any:
         return None
     if fault in ("short", "long"):
         if nested:  # a missing or an extra image row
-            return rs.nest(flat)[:3] if fault == "short" else [*rs.nest(flat), rs.nest(flat)[0]]
+            rows = rs.nest(flat)
+            assert rows is not None
+            return rows[:3] if fault == "short" else [*rows, rows[0]]
         return flat[:15] if fault == "short" else [*flat, 0.0]
     if fault == "null_inner" and nested:
         img = rs.nest(flat)
+        assert img is not None
         img[2][1] = None
         return img
     flat[5] = None if fault in ("null_value", "null_inner") else math.nan

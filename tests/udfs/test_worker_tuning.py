@@ -39,11 +39,12 @@ def test_spark_zip_importers_keep_their_directory_and_others_do_not(tmp_path, mo
     assert changed >= 2  # the archive root and the package directory inside it
     assert worker_tuning.keep_spark_zip_directories() == 0  # idempotent
 
-    spark_dir = zipimport._zip_directory_cache[spark_zip]
-    other_dir = zipimport._zip_directory_cache[other_zip]
+    directories: dict[str, Any] = zipimport._zip_directory_cache  # type: ignore[attr-defined]  # private: not in typeshed
+    spark_dir = directories[spark_zip]
+    other_dir = directories[other_zip]
     importlib.invalidate_caches()
-    assert zipimport._zip_directory_cache[spark_zip] is spark_dir
-    assert zipimport._zip_directory_cache[other_zip] is not other_dir
+    assert directories[spark_zip] is spark_dir
+    assert directories[other_zip] is not other_dir
     # what the archive holds still imports
     monkeypatch.delitem(sys.modules, "bs_fake_spark.inner")
     assert importlib.import_module("bs_fake_spark.inner").VALUE == 2
