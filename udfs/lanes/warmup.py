@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchscore.udfs.lanes.scoring import task_resources, worker_stats
 from batchscore.udfs.model import cache as model_cache
 
 log = logging.getLogger("batchscore")
@@ -34,8 +35,6 @@ def warm_worker(accumulator: Any) -> None:
     still fails before any executor unpacks or loads the model, and `model_loads` still
     counts scoring workers only (one each).
     """
-    from batchscore.udfs.lanes.scoring import task_resources, worker_stats  # noqa: PLC0415 - imported at use: the modules import each other
-
     spent_before = model_cache.seconds_spent()
     cores, _ = task_resources()
     model_cache.configure_threads(cores)
