@@ -3,7 +3,7 @@
 `read_predictions` follows the run's `_manifest.json` where there is one: on object stores
 the rows are under the run's own prefix (`output.data_path`, batchscore/output/publish.py), and Delta
 output is read as Delta. `evaluate_run` joins labels from another table when asked
-(`udfs.metrics.join_labels`) and computes the metrics on Spark (`udfs.metrics.evaluate`);
+(`metrics.join_labels`) and computes the metrics on Spark (`metrics.evaluate`);
 `write_evaluation` writes `metrics.json` and the PNG plots to `<predictions>/_evaluation/`
 (a `_` name: Spark and pyarrow readers of the predictions skip it) or elsewhere, through
 Hadoop's filesystem, so any path Spark writes works.
@@ -19,16 +19,10 @@ from typing import TYPE_CHECKING, Any
 from batchscore.core.errors import ConfigError, InputError
 from batchscore.core.spark_errors import one_line
 from batchscore.core.storage import absolute, pyarrow_uri
-from batchscore.evaluation.metrics import (
-    Evaluation,
-    Gate,
-    check_gate_metrics,
-    duplicate_key,
-    evaluate,
-    join_labels,
-    resolve_task,
-)
+from batchscore.evaluation.gates import Gate, check_gate_metrics
+from batchscore.evaluation.metrics import duplicate_key, evaluate, join_labels, resolve_task
 from batchscore.evaluation.plots import render_plots
+from batchscore.evaluation.results import Evaluation
 from batchscore.output.hadoop_fs import HadoopFs
 from batchscore.output.manifest import MANIFEST_NAME, RunManifest
 
@@ -96,7 +90,7 @@ def evaluate_run(spark: SparkSession, *, predictions: str, label: str, score: st
 
     Raises:
         ConfigError: `labels` without `key`, a bad task or an unknown gate metric.
-        SchemaError, InputError: as `udfs.metrics.evaluate`; labels whose key is not unique.
+        SchemaError, InputError: as `metrics.evaluate`; labels whose key is not unique.
     """
     pred = read_predictions(spark, predictions)
     df, label_df = pred.df, None
@@ -129,7 +123,7 @@ def default_out(predictions: str) -> str:
 
 def write_evaluation(spark: SparkSession, evaluation: Evaluation, out: str, *,
                      source: dict[str, Any] | None = None) -> list[str]:
-    """Write `metrics.json` and the plots (`udfs.metric_plots`) into the directory `out`; returns the files."""
+    """Write `metrics.json` and the plots (`plots.render_plots`) into the directory `out`; returns the files."""
     files = {METRICS_FILE: (json.dumps({**evaluation.to_dict(), "source": source or {}}, indent=2,
                                        default=str) + "\n").encode()}
     files.update(render_plots(evaluation))
