@@ -158,7 +158,7 @@ def check_predictions(slots: list[Slot], *, tolerance: float = 1e-4) -> dict[str
     """Compare every kept output of one point with bare TF's: same ids, predictions within `tolerance`."""
     import numpy as np
 
-    from bench.run import read_predictions
+    from bench.harness import read_predictions
 
     outs = {s.key: os.path.join(a["run_dir"], "out") for s in slots for a in [s.accepted()] if a}
     checks: dict[str, Any] = {}

@@ -25,8 +25,9 @@ from collections import defaultdict
 import psutil
 
 from bench import contenders as cm
+from bench.harness import jvm_pid, own_python_workers
 from bench.monitor import cpu_seconds, spark_python_workers
-from bench.run import BENCH_DIR, PROFILES, SPARK_CONF, jvm_pid, own_python_workers
+from bench.run import BENCH_DIR, PROFILES, SPARK_CONF
 from bench.workloads import cnn_workload, mlp_workload
 
 _TICK = os.sysconf("SC_CLK_TCK")

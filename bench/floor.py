@@ -48,7 +48,8 @@ import pandas as pd
 import pyarrow as pa
 
 from bench import jfr
-from bench.run import BENCH_DIR, SPARK_CONF, jvm_pid, rotated
+from bench.harness import jvm_pid
+from bench.run import BENCH_DIR, SPARK_CONF, rotated
 from bench.workloads import mlp_workload
 
 

@@ -83,7 +83,7 @@ def has_tensorflow(pid: int) -> bool:
     return found
 
 
-# Set in `sc.environment` per contender (bench.run.own_python_workers): Spark starts one
+# Set in `sc.environment` per contender (bench.harness.own_python_workers): Spark starts one
 # pool of Python workers per environment, and every worker of a pool inherits it.
 POOL_VARIABLE = "BATCHSCORE_BENCH_CONTENDER"
 

@@ -295,39 +295,10 @@ def markdown(results: dict[str, Any]) -> str:
         out += workload_table(w)
         out.append("")
     sweeps = results.get("sweeps") or {}
-    bs = sweeps.get("batch_size")
-    if bs:
-        out += [f"## Batch-size sweep ({bs['workload']}, {bs['rows']:,} rows)", "",
-                "| lane | model batch size | rows/s (median) | seconds (median) | peak worker RSS |",
-                "|---|---:|---:|---:|---:|"]
-        for lane, pts in bs["lanes"].items():
-            for p in pts:
-                out.append(f"| {LABELS.get(lane, lane)} | {p['batch_size']:,} | "
-                           f"{_num(p.get('median_rows_per_second'))} | {_num(p.get('median_seconds'), '{:.2f}')} | "
-                           f"{_num(p.get('peak_worker_rss_mb'), '{:,.0f} MB')} |")
-        out.append("")
-    rs = sweeps.get("rows")
-    if rs:
-        out += ["## Rows sweep (MLP)", "",
-                "| lane | rows | seconds (median) | rows/s | s per 1M rows | peak worker RSS |",
-                "|---|---:|---:|---:|---:|---:|"]
-        fits = []
-        for lane, pts in rs["lanes"].items():
-            if lane.endswith("_fit"):
-                if pts:
-                    r2 = f"R² = {pts['r2']}" if pts.get("r2") is not None else \
-                        "two points only: no linearity check (the full profile has three)"
-                    fits.append(f"- {LABELS.get(lane[:-4], lane)}: seconds ≈ {pts['intercept_seconds']:.2f} + "
-                                f"{pts['seconds_per_million_rows']:.2f} × (rows / 1M), {r2}")
-                continue
-            for p in pts:
-                per_m = p["median_seconds"] / p["rows"] * 1e6 if p.get("median_seconds") else None
-                out.append(f"| {LABELS.get(lane, lane)} | {p['rows']:,} | {_num(p.get('median_seconds'), '{:.2f}')} | "
-                           f"{_num(p.get('median_rows_per_second'))} | {_num(per_m, '{:.2f}')} | "
-                           f"{_num(p.get('peak_worker_rss_mb'), '{:,.0f} MB')} |")
-        out += ["", "Least-squares fit over the medians (linear cost: R² near 1, a small intercept):", ""]
-        out += fits or ["- too few points"]
-        out.append("")
+    if sweeps.get("batch_size"):
+        out += _batch_sweep_section(sweeps["batch_size"])
+    if sweeps.get("rows"):
+        out += _rows_sweep_section(sweeps["rows"])
     out += ["## Targets", ""]
     for t in results.get("targets") or []:
         out.append(f"- **{t['status']}**: {t['target']}: {t['figure']}")
@@ -338,6 +309,41 @@ def markdown(results: dict[str, Any]) -> str:
             "runs in Python workers of its own (one worker pool per contender, as separate jobs would "
             "have): none finds TensorFlow started, or another contender's model, in its workers.", ""]
     return "\n".join(out)
+
+
+def _batch_sweep_section(bs: dict[str, Any]) -> list[str]:
+    out = [f"## Batch-size sweep ({bs['workload']}, {bs['rows']:,} rows)", "",
+           "| lane | model batch size | rows/s (median) | seconds (median) | peak worker RSS |",
+           "|---|---:|---:|---:|---:|"]
+    for lane, pts in bs["lanes"].items():
+        for p in pts:
+            out.append(f"| {LABELS.get(lane, lane)} | {p['batch_size']:,} | "
+                       f"{_num(p.get('median_rows_per_second'))} | {_num(p.get('median_seconds'), '{:.2f}')} | "
+                       f"{_num(p.get('peak_worker_rss_mb'), '{:,.0f} MB')} |")
+    return [*out, ""]
+
+
+def _rows_sweep_section(rs: dict[str, Any]) -> list[str]:
+    out = ["## Rows sweep (MLP)", "",
+           "| lane | rows | seconds (median) | rows/s | s per 1M rows | peak worker RSS |",
+           "|---|---:|---:|---:|---:|---:|"]
+    fits = []
+    for lane, pts in rs["lanes"].items():
+        if lane.endswith("_fit"):
+            if pts:
+                r2 = f"R² = {pts['r2']}" if pts.get("r2") is not None else \
+                    "two points only: no linearity check (the full profile has three)"
+                fits.append(f"- {LABELS.get(lane[:-4], lane)}: seconds ≈ {pts['intercept_seconds']:.2f} + "
+                            f"{pts['seconds_per_million_rows']:.2f} × (rows / 1M), {r2}")
+            continue
+        for p in pts:
+            per_m = p["median_seconds"] / p["rows"] * 1e6 if p.get("median_seconds") else None
+            out.append(f"| {LABELS.get(lane, lane)} | {p['rows']:,} | {_num(p.get('median_seconds'), '{:.2f}')} | "
+                       f"{_num(p.get('median_rows_per_second'))} | {_num(per_m, '{:.2f}')} | "
+                       f"{_num(p.get('peak_worker_rss_mb'), '{:,.0f} MB')} |")
+    out += ["", "Least-squares fit over the medians (linear cost: R² near 1, a small intercept):", ""]
+    out += fits or ["- too few points"]
+    return [*out, ""]
 
 
 # ---------------------------------------------------------------- chart
@@ -361,77 +367,87 @@ def chart(results: dict[str, Any], path: str) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     for ax, name in zip(axes[0], ("mlp", "cnn"), strict=True):
         w = (results.get("workloads") or {}).get(name)
-        if not w:
+        if w:
+            _bars(ax, w, name, FuncFormatter(_compact))
+        else:
             ax.set_axis_off()
-            continue
-        keys = list(w["contenders"])
-        vals = [w["contenders"][k].get("median_rows_per_second") or 0 for k in keys]
-        colors = ["#888888" if k == "bare_tf" else "#1f77b4" if k in LANES else "#ff7f0e" for k in keys]
-        ypos = range(len(keys))
-        ax.barh(ypos, vals, color=colors)
-        ax.set_yticks(list(ypos), [w["contenders"][k].get("label", k) for k in keys])
-        ax.invert_yaxis()
-        for y, (k, v) in enumerate(zip(keys, vals, strict=True)):
-            c = w["contenders"][k]
-            text = "n/a" if not c.get("available") else f"{v:,.0f}" + (
-                f"  ({c['x_bare_tf']:.2f}× bare)" if c.get("x_bare_tf") and k != "bare_tf" else "")
-            ax.text(v, y, " " + text, va="center", fontsize=8)
-        ax.set_xlabel("rows/s (median)")
-        ax.xaxis.set_major_formatter(FuncFormatter(_compact))
-        ax.set_title(f"{name.upper()}: {w['rows']:,} rows", fontsize=10)
-        ax.set_xlim(0, max([*vals, 1]) * 1.45)
     sweeps = results.get("sweeps") or {}
-    ax = axes[1][0]
-    bs = sweeps.get("batch_size")
-    if bs:
-        for lane, pts in bs["lanes"].items():
-            ax.plot([p["batch_size"] for p in pts], [p.get("median_rows_per_second") or 0 for p in pts],
-                    marker="o", label=LABELS.get(lane, lane))
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(bs["batch_sizes"], [f"{b:,}" for b in bs["batch_sizes"]])
-        ax.minorticks_off()
-        ax.set_xlabel("model batch size (rows per call)")
-        ax.set_ylabel("rows/s (median)")
-        ax.yaxis.set_major_formatter(FuncFormatter(_compact))
-        top = max([p.get("median_rows_per_second") or 0 for pts in bs["lanes"].values() for p in pts] + [1])
-        ax.set_ylim(0, top * 1.2)
-        ax.set_title(f"Batch-size sweep, MLP {bs['rows']:,} rows", fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+    if sweeps.get("batch_size"):
+        _batch_sweep_plot(axes[1][0], sweeps["batch_size"], FuncFormatter(_compact))
     else:
-        ax.set_axis_off()
-    ax = axes[1][1]
-    rs = sweeps.get("rows")
-    if rs:
-        ax2 = ax.twinx()
-        for lane, pts in rs["lanes"].items():
-            if lane.endswith("_fit"):
-                continue
-            xs = [p["rows"] / 1e6 for p in pts]
-            line = ax.plot(xs, [p.get("median_seconds") or 0 for p in pts], marker="o",
-                           label=f"{LABELS.get(lane, lane)}: seconds")[0]
-            ax2.plot(xs, [p.get("peak_worker_rss_mb") or 0 for p in pts], marker="s", linestyle="--",
-                     color=line.get_color(), alpha=0.6, label=f"{LABELS.get(lane, lane)}: peak RSS")
-        ax.set_xlabel("rows (millions)")
-        ax.set_ylabel("seconds (median)")
-        ax2.set_ylabel("peak worker RSS (MB)")
-        rss_max = max([p.get("peak_worker_rss_mb") or 0 for k, pts in rs["lanes"].items()
-                       if not k.endswith("_fit") for p in pts] + [1])
-        ax2.set_ylim(0, rss_max * 1.8)  # keep the RSS lines clear of the seconds lines
-        sec_max = max([p.get("median_seconds") or 0 for k, pts in rs["lanes"].items()
-                       if not k.endswith("_fit") for p in pts] + [1])
-        ax.set_ylim(0, sec_max * 1.15)
-        ax.set_title("Rows sweep, MLP", fontsize=10)
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        axes[1][0].set_axis_off()
+    if sweeps.get("rows"):
+        _rows_sweep_plot(axes[1][1], sweeps["rows"])
     else:
-        ax.set_axis_off()
+        axes[1][1].set_axis_off()
     m = results.get("machine", {})
     fig.suptitle(f"batchscore benchmark ({results['profile']}): {m.get('cpu_model')}, "
                  f"{m.get('usable_cores')} cores, Spark {m.get('spark', {}).get('master')}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _bars(ax: Any, w: dict[str, Any], name: str, formatter: Any) -> None:
+    """One workload's contenders: median rows/s, and the ratio to bare TF."""
+    keys = list(w["contenders"])
+    vals = [w["contenders"][k].get("median_rows_per_second") or 0 for k in keys]
+    colors = ["#888888" if k == "bare_tf" else "#1f77b4" if k in LANES else "#ff7f0e" for k in keys]
+    ypos = range(len(keys))
+    ax.barh(ypos, vals, color=colors)
+    ax.set_yticks(list(ypos), [w["contenders"][k].get("label", k) for k in keys])
+    ax.invert_yaxis()
+    for y, (k, v) in enumerate(zip(keys, vals, strict=True)):
+        c = w["contenders"][k]
+        text = "n/a" if not c.get("available") else f"{v:,.0f}" + (
+            f"  ({c['x_bare_tf']:.2f}× bare)" if c.get("x_bare_tf") and k != "bare_tf" else "")
+        ax.text(v, y, " " + text, va="center", fontsize=8)
+    ax.set_xlabel("rows/s (median)")
+    ax.xaxis.set_major_formatter(formatter)
+    ax.set_title(f"{name.upper()}: {w['rows']:,} rows", fontsize=10)
+    ax.set_xlim(0, max([*vals, 1]) * 1.45)
+
+
+def _batch_sweep_plot(ax: Any, bs: dict[str, Any], formatter: Any) -> None:
+    for lane, pts in bs["lanes"].items():
+        ax.plot([p["batch_size"] for p in pts], [p.get("median_rows_per_second") or 0 for p in pts],
+                marker="o", label=LABELS.get(lane, lane))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(bs["batch_sizes"], [f"{b:,}" for b in bs["batch_sizes"]])
+    ax.minorticks_off()
+    ax.set_xlabel("model batch size (rows per call)")
+    ax.set_ylabel("rows/s (median)")
+    ax.yaxis.set_major_formatter(formatter)
+    top = max([p.get("median_rows_per_second") or 0 for pts in bs["lanes"].values() for p in pts] + [1])
+    ax.set_ylim(0, top * 1.2)
+    ax.set_title(f"Batch-size sweep, MLP {bs['rows']:,} rows", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def _rows_sweep_plot(ax: Any, rs: dict[str, Any]) -> None:
+    """Median seconds (left axis) and peak worker RSS (right axis) against rows."""
+    ax2 = ax.twinx()
+    for lane, pts in rs["lanes"].items():
+        if lane.endswith("_fit"):
+            continue
+        xs = [p["rows"] / 1e6 for p in pts]
+        line = ax.plot(xs, [p.get("median_seconds") or 0 for p in pts], marker="o",
+                       label=f"{LABELS.get(lane, lane)}: seconds")[0]
+        ax2.plot(xs, [p.get("peak_worker_rss_mb") or 0 for p in pts], marker="s", linestyle="--",
+                 color=line.get_color(), alpha=0.6, label=f"{LABELS.get(lane, lane)}: peak RSS")
+    ax.set_xlabel("rows (millions)")
+    ax.set_ylabel("seconds (median)")
+    ax2.set_ylabel("peak worker RSS (MB)")
+    rss_max = max([p.get("peak_worker_rss_mb") or 0 for k, pts in rs["lanes"].items()
+                   if not k.endswith("_fit") for p in pts] + [1])
+    ax2.set_ylim(0, rss_max * 1.8)  # keep the RSS lines clear of the seconds lines
+    sec_max = max([p.get("median_seconds") or 0 for k, pts in rs["lanes"].items()
+                   if not k.endswith("_fit") for p in pts] + [1])
+    ax.set_ylim(0, sec_max * 1.15)
+    ax.set_title("Rows sweep, MLP", fontsize=10)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
 
 def write_all(results: dict[str, Any], directory: str, name: str) -> list[str]:

@@ -24,10 +24,11 @@ import os
 import shutil
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.harness import Bench, first_line, jvm_pid, own_python_workers, read_predictions, say
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
@@ -74,155 +75,6 @@ PROFILES = {
 }
 CONTENDERS = ("bare_tf", "predict_batch_udf", "pandas_udf", "dataframe_lane", "arrow_lane")
 LANES = ("dataframe_lane", "arrow_lane")
-
-
-def _say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
-    return f"{type(e).__name__}: {line.strip()[:300]}"
-
-
-def count_rows(path: str) -> int:
-    import pyarrow.dataset as ds
-
-    return ds.dataset(path, format="parquet").count_rows()
-
-
-def read_predictions(path: str) -> Any:
-    """(ids, predictions) sorted by id."""
-    import numpy as np
-    import pyarrow.dataset as ds
-
-    t = ds.dataset(path, format="parquet").to_table(columns=["id", "prediction"])
-    ids = t.column("id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    return ids[order], t.column("prediction").to_numpy().astype("float64")[order]
-
-
-# Spark stops a pool's idle Python workers once the pool has been unused for a minute
-# (PythonWorkerFactory, not configurable): a contender waiting while the others run
-# would start cold again. Pools unused for this long are touched before the next run;
-# the next run may take 40 s (24k CNN images on the DataFrame lane), so 10 + 40 < 60.
-POOL_KEEPALIVE_SECONDS = 10.0
-
-
-class Bench:
-    """Holds the session, the monitor and the output area; runs contenders and records runs."""
-
-    def __init__(self, spark: Any, jvm_pid: int, monitor: Any, out_root: str) -> None:
-        self.spark = spark
-        self.jvm_pid = jvm_pid
-        self.monitor = monitor
-        self.out_root = out_root
-        self._n = 0
-        self.pool_used: dict[str, float] = {}  # Spark contender key -> when its pool last ran
-        self.pings = 0
-
-    def keep_pools_warm(self, running: str) -> None:
-        """Run one tiny Python task in every other pool idle for POOL_KEEPALIVE_SECONDS (outside any timing)."""
-        def touch(batches: Any) -> Any:
-            yield from batches
-
-        for key, last in list(self.pool_used.items()):
-            if key != running and time.monotonic() - last > POOL_KEEPALIVE_SECONDS:
-                own_python_workers(self.spark, key)
-                self.spark.range(0, 1, 1, 1).mapInArrow(touch, "id long").collect()
-                self.pool_used[key] = time.monotonic()
-                self.pings += 1
-
-    def fresh_out(self, tag: str) -> str:
-        self._n += 1
-        path = os.path.join(self.out_root, f"{self._n:04d}-{tag}")
-        shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(path + "_quarantine", ignore_errors=True)
-        return path
-
-    @staticmethod
-    def drop_out(path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
-        shutil.rmtree(path + "_quarantine", ignore_errors=True)
-
-    def measure(self, c: Any, tag: str, *, keep: bool = False) -> dict[str, Any]:
-        """One run of `c` into a fresh directory, watched by the RSS monitor."""
-        w = c.workload
-        out = self.fresh_out(f"{w.name}-{c.key}-{tag}")
-        spark_pool = c.monitor_target(self.jvm_pid)[0] == "spark"
-        self.keep_pools_warm(c.key)
-        own_python_workers(self.spark, c.key)
-        load_before = os.getloadavg()[0]
-        group = f"bench-{self._n:04d}"
-        sc = self.spark.sparkContext
-        sc.setJobGroup(group, f"{w.name} {c.key} {tag}")
-        self.monitor.begin(*c.monitor_target(self.jvm_pid), pool=c.key)
-        try:
-            info = c.run(out)
-        except Exception as e:  # noqa: BLE001 - a failed contender is reported, not fatal
-            self.monitor.end()
-            self.drop_out(out)
-            return {"error": _first_line(e)}
-        finally:
-            sc.setLocalProperty("spark.jobGroup.id", None)
-            if spark_pool:
-                self.pool_used[c.key] = time.monotonic()
-        win = self.monitor.end()
-        rec: dict[str, Any] = {
-            "seconds": round(info.pop("seconds"), 4),
-            "rows_per_second": None,
-            "peak_worker_rss_mb": win.peak_worker_rss_mb(),
-            "workers": win.model_workers(),
-            "active_pids": win.active_pids(),
-            "rss_mb_by_pid": {str(p): round(v, 1) for p, v in sorted(win.peak_rss_mb.items())},
-            "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        }
-        rec["rows_per_second"] = round(w.rows / rec["seconds"], 1) if rec["seconds"] > 0 else None
-        rec.update(info)
-        if spark_pool:
-            rec.update(spark_jobs(sc, group))
-        lane = getattr(c, "lane", "")
-        got = (rec.get("manifest") or {}).get("lane")
-        if lane and got != lane:
-            rec["wrong_lane"] = got
-        try:
-            rec["rows_out"] = count_rows(out)
-        except Exception as e:  # noqa: BLE001
-            rec["rows_out"] = None
-            rec["error"] = f"output unreadable: {_first_line(e)}"
-        if rec["rows_out"] != w.rows and "error" not in rec:
-            rec["error"] = f"wrote {rec['rows_out']} rows, expected {w.rows}"
-        if keep:
-            rec["out"] = out
-        else:
-            self.drop_out(out)
-        return rec
-
-
-def own_python_workers(spark: Any, key: str) -> None:
-    """Python functions created from now on run in Python workers of their own.
-
-    Spark keys its pools of Python workers by interpreter and environment, and a
-    function carries `sc.environment` as it was when the function was created. One
-    variable per contender gives each its own workers, as separate jobs would have:
-    no contender finds TensorFlow already started (with thread pools sized by
-    someone else) or another contender's models in its workers.
-    """
-    from bench.monitor import POOL_VARIABLE
-
-    spark.sparkContext.environment[POOL_VARIABLE] = key
-
-
-def spark_jobs(sc: Any, group: str) -> dict[str, Any]:
-    """How many Spark jobs and tasks one run started (a pointer to fixed per-run overhead)."""
-    try:
-        tracker = sc.statusTracker()
-        jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group)]
-        stages = [tracker.getStageInfo(s) for j in jobs if j for s in j.stageIds]
-        return {"spark_jobs": len(jobs), "spark_tasks": sum(s.numTasks for s in stages if s)}
-    except Exception:  # noqa: BLE001 - informative only
-        return {}
 
 
 def _set_confs(spark: Any, conf: dict[str, str]) -> dict[str, str | None]:
@@ -282,77 +134,90 @@ def compare(bench: Bench, w: Any, contenders: list[Any], runs: int, warmup_round
                 own_python_workers(bench.spark, c.key)
                 c.prepare(w)
             except Exception as e:  # noqa: BLE001
-                c.available, c.unavailable_reason = False, f"prepare failed: {_first_line(e)}"
-        reference = None
-        for c in contenders:
-            if not c.available:
-                continue
-            _say(f"[{w.name}] warm-up {c.key}")
-            rec = bench.measure(c, "warmup", keep=True)
-            recs[c.key]["warmup"] = rec
-            if "error" in rec:
-                c.available, c.unavailable_reason = False, f"warm-up failed: {rec['error']}"
-                continue
-            if "wrong_lane" in rec:
-                c.available = False
-                c.unavailable_reason = (f"not available: input.lane: {c.lane} ran the '{rec['wrong_lane']}' "
-                                        "lane (the manifest's `lane`)")
-            try:
-                ids, preds = read_predictions(rec["out"])
-                if reference is None and c.key == "bare_tf":
-                    reference = (ids, preds)
-                elif reference is not None:
-                    import numpy as np
-
-                    same_ids = len(ids) == len(reference[0]) and bool((ids == reference[0]).all())
-                    rec["same_ids_as_bare_tf"] = same_ids
-                    rec["max_abs_diff_vs_bare_tf"] = (float(np.max(np.abs(preds - reference[1])))
-                                                      if same_ids and len(ids) else None)
-            except Exception as e:  # noqa: BLE001
-                rec["compare_error"] = _first_line(e)
-            _say(f"[{w.name}] warm-up {c.key}: {rec['seconds']:.2f} s"
-                 + (f" ({c.unavailable_reason})" if not c.available else ""))
-        for c in contenders:
-            warm = recs[c.key]["warmup"]
-            if warm and "out" in warm:
-                bench.drop_out(warm.pop("out"))
+                c.available, c.unavailable_reason = False, f"prepare failed: {first_line(e)}"
+        _checked_warmup(bench, w, contenders, recs)
         live = [c for c in contenders if c.available]
         for r in range(1, warmup_rounds):
             for c in rotated(live, r):
                 rec = bench.measure(c, f"warmup{r + 1}")
                 recs[c.key]["more_warmups"].append(rec)
-                _say(f"[{w.name}] warm-up {r + 1}/{warmup_rounds} {c.key}: "
-                     + (rec.get("error") or f"{rec['seconds']:.2f} s"))
-        for r in range(runs):
-            for c in rotated(live, r):
-                rec = bench.measure(c, f"run{r + 1}")
-                if "wrong_lane" in rec and "error" not in rec:
-                    rec["error"] = f"ran the '{rec['wrong_lane']}' lane"
-                recs[c.key]["runs"].append(rec)
-                msg = rec.get("error") or f"{rec['seconds']:.2f} s, {rec['rows_per_second']:,.0f} rows/s"
-                _say(f"[{w.name}] {c.key} run {r + 1}/{runs}: {msg}")
+                say(f"[{w.name}] warm-up {r + 1}/{warmup_rounds} {c.key}: "
+                    + (rec.get("error") or f"{rec['seconds']:.2f} s"))
+        _timed_rounds(bench, w, live, recs, runs)
         for c in contenders:
-            rc = recs[c.key]
-            rc["available"] = c.available
-            if c.unavailable_reason:
-                rc["unavailable_reason"] = c.unavailable_reason
-            rc.update(summarise(rc["runs"]) if c.available else {})
-            loads = c.loads() if c.available or c.key == "bare_tf" else None
-            all_runs = [x for x in [rc["warmup"], *rc["more_warmups"], *rc["runs"]] if x and "error" not in x]
-            workers = sorted({p for x in all_runs for p in x.get("workers", [])})
-            rc["workers"] = workers
-            if loads is not None:
-                rc["model_loads"] = loads[0]
-                if loads[1]:
-                    rc["loading_pids"] = loads[1]
-            errors = [x["error"] for x in rc["runs"] if "error" in x]
-            if errors:
-                rc["errors"] = errors
+            _finish_record(c, recs[c.key])
     finally:
         _restore_confs(bench.spark, old)
     result["contenders"] = recs
     _add_ratios(result)
     return result
+
+
+def _checked_warmup(bench: Bench, w: Any, contenders: list[Any], recs: dict[str, Any]) -> None:
+    """The first untimed round, in the given order: each output is checked against bare TF's."""
+    reference = None
+    for c in contenders:
+        if not c.available:
+            continue
+        say(f"[{w.name}] warm-up {c.key}")
+        rec = bench.measure(c, "warmup", keep=True)
+        recs[c.key]["warmup"] = rec
+        if "error" in rec:
+            c.available, c.unavailable_reason = False, f"warm-up failed: {rec['error']}"
+            continue
+        if "wrong_lane" in rec:
+            c.available = False
+            c.unavailable_reason = (f"not available: input.lane: {c.lane} ran the '{rec['wrong_lane']}' "
+                                    "lane (the manifest's `lane`)")
+        try:
+            ids, preds = read_predictions(rec["out"])
+            if reference is None and c.key == "bare_tf":
+                reference = (ids, preds)
+            elif reference is not None:
+                import numpy as np
+
+                same_ids = len(ids) == len(reference[0]) and bool((ids == reference[0]).all())
+                rec["same_ids_as_bare_tf"] = same_ids
+                rec["max_abs_diff_vs_bare_tf"] = (float(np.max(np.abs(preds - reference[1])))
+                                                  if same_ids and len(ids) else None)
+        except Exception as e:  # noqa: BLE001
+            rec["compare_error"] = first_line(e)
+        say(f"[{w.name}] warm-up {c.key}: {rec['seconds']:.2f} s"
+            + (f" ({c.unavailable_reason})" if not c.available else ""))
+    for c in contenders:
+        warm = recs[c.key]["warmup"]
+        if warm and "out" in warm:
+            bench.drop_out(warm.pop("out"))
+
+
+def _timed_rounds(bench: Bench, w: Any, live: list[Any], recs: dict[str, Any], runs: int) -> None:
+    for r in range(runs):
+        for c in rotated(live, r):
+            rec = bench.measure(c, f"run{r + 1}")
+            if "wrong_lane" in rec and "error" not in rec:
+                rec["error"] = f"ran the '{rec['wrong_lane']}' lane"
+            recs[c.key]["runs"].append(rec)
+            msg = rec.get("error") or f"{rec['seconds']:.2f} s, {rec['rows_per_second']:,.0f} rows/s"
+            say(f"[{w.name}] {c.key} run {r + 1}/{runs}: {msg}")
+
+
+def _finish_record(c: Any, rc: dict[str, Any]) -> None:
+    """A contender's record after the rounds: availability, medians, workers, model loads, errors."""
+    rc["available"] = c.available
+    if c.unavailable_reason:
+        rc["unavailable_reason"] = c.unavailable_reason
+    rc.update(summarise(rc["runs"]) if c.available else {})
+    loads = c.loads() if c.available or c.key == "bare_tf" else None
+    all_runs = [x for x in [rc["warmup"], *rc["more_warmups"], *rc["runs"]] if x and "error" not in x]
+    workers = sorted({p for x in all_runs for p in x.get("workers", [])})
+    rc["workers"] = workers
+    if loads is not None:
+        rc["model_loads"] = loads[0]
+        if loads[1]:
+            rc["loading_pids"] = loads[1]
+    errors = [x["error"] for x in rc["runs"] if "error" in x]
+    if errors:
+        rc["errors"] = errors
 
 
 def _add_ratios(result: dict[str, Any]) -> None:
@@ -379,7 +244,7 @@ def batch_sweep(bench: Bench, w: Any, lanes: list[Any], sizes: tuple[int, ...], 
             for r in range(runs):
                 rec = bench.measure(lane, f"bs{bs}-run{r + 1}")
                 recs.append(rec)
-                _say(f"[sweep batch] {lane.key} batch {bs} run {r + 1}/{runs}: "
+                say(f"[sweep batch] {lane.key} batch {bs} run {r + 1}/{runs}: "
                      + (rec.get("error") or f"{rec['seconds']:.2f} s"))
             points.append({"batch_size": bs, "runs": recs, **summarise(recs)})
         out["lanes"][lane.key] = points
@@ -396,7 +261,7 @@ def rows_sweep(bench: Bench, workloads: list[Any], lanes: list[Any], runs: int) 
             for lane in lanes:
                 rec = bench.measure(lane, f"rows{w.rows}-run{r + 1}")
                 recs[lane.key].append(rec)
-                _say(f"[sweep rows] {lane.key} {w.rows:,} rows run {r + 1}/{runs}: "
+                say(f"[sweep rows] {lane.key} {w.rows:,} rows run {r + 1}/{runs}: "
                      + (rec.get("error") or f"{rec['seconds']:.2f} s"))
         for lane in lanes:
             out["lanes"][lane.key].append({"rows": w.rows, "data": w.data_path, "runs": recs[lane.key],
@@ -425,18 +290,6 @@ def _linear_fit(points: list[dict[str, Any]]) -> dict[str, Any] | None:
             "points": n}
 
 
-def jvm_pid(spark: Any) -> int:
-    proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
-    if proc is not None:
-        return int(proc.pid)
-    import psutil
-
-    for p in psutil.Process().children(recursive=True):
-        if "java" in p.name().lower():
-            return p.pid
-    raise RuntimeError("cannot find the Spark JVM among this process's children")
-
-
 def _parse_ints(text: str) -> tuple[int, ...]:
     return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
 
@@ -460,8 +313,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+@dataclass(frozen=True)
+class Plan:
+    """What to run, from the command line: the profile (with overrides) and where results go."""
+
+    profile: Profile
+    name: str  # the profile's name, `-custom` when anything was overridden
+    results_dir: str
+    workloads: list[str]  # mlp, cnn
+    contenders: list[str]
+
+
+def plan_run(args: argparse.Namespace) -> Plan | str:
+    """The run's plan, or an error message (an unknown workload or contender)."""
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in {
         "mlp_rows": args.rows, "cnn_rows": args.cnn_rows, "runs": args.runs,
@@ -471,18 +335,17 @@ def main(argv: list[str] | None = None) -> int:
         or args.contenders != ",".join(CONTENDERS) or args.master != SPARK_CONF["spark.master"]
     if overrides:
         profile = dataclasses.replace(profile, **overrides)
-    name = profile.name + ("-custom" if custom else "")
     results_dir = args.results or (str(BENCH_DIR / "results") if profile.name in ("quick", "full") and not custom
                                    else os.path.join(args.work, "results"))
     workload_names = [x.strip() for x in args.workloads.split(",") if x.strip()]
     wanted = [x.strip() for x in args.contenders.split(",") if x.strip()]
     bad = sorted(set(workload_names) - {"mlp", "cnn"}) + sorted(set(wanted) - set(CONTENDERS))
     if bad:
-        print(f"error: unknown workload or contender '{bad[0]}'", file=sys.stderr)
-        return 2
-    if profile.runs < 3:
-        _say(f"warning: {profile.runs} timed runs; the protocol asks for at least 3")
+        return f"unknown workload or contender '{bad[0]}'"
+    return Plan(profile, profile.name + ("-custom" if custom else ""), results_dir, workload_names, wanted)
 
+
+def _set_environment() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -492,34 +355,70 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), path) if p)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from bench import contenders as cm
-    from bench import report
-    from bench.monitor import WorkerMonitor
+
+def make_workloads(work: str, plan: Plan, *, sweeps: bool) -> tuple[list[Any], list[Any]]:
+    """The compared workloads (data and models made if missing), and the rows sweep's MLP workloads."""
     from bench.workloads import cnn_workload, mlp_workload
 
-    started = dt.datetime.now(dt.timezone.utc)
-    work = os.path.abspath(args.work)
-    _say(f"profile {name}: preparing data and models under {work}")
+    profile, names = plan.profile, plan.workloads
     workloads = []
-    if "mlp" in workload_names:
+    if "mlp" in names:
         workloads.append(mlp_workload(work, profile.mlp_rows, rows_per_file=profile.mlp_rows_per_file,
                                       batch_size=profile.mlp_batch))
-    if "cnn" in workload_names:
+    if "cnn" in names:
         workloads.append(cnn_workload(work, profile.cnn_rows, rows_per_file=profile.cnn_rows_per_file,
                                       batch_size=profile.cnn_batch, arrow_batch=profile.cnn_arrow_batch))
-    if "cnn" in workload_names and profile.cnn_large_rows and not args.no_sweeps:
+    if "cnn" in names and profile.cnn_large_rows and sweeps:
         cnn_large = cnn_workload(work, profile.cnn_large_rows, rows_per_file=profile.cnn_rows_per_file,
-                                 batch_size=profile.cnn_batch, arrow_batch=profile.cnn_arrow_batch)
+                             batch_size=profile.cnn_batch, arrow_batch=profile.cnn_arrow_batch)
         workloads.append(dataclasses.replace(cnn_large, name="cnn_large"))
-    sweeps = not args.no_sweeps and "mlp" in workload_names
     sweep_workloads = []
-    if sweeps:
+    if sweeps and "mlp" in names:
         for n in profile.sweep_rows:
             sweep_workloads.append(mlp_workload(work, n, rows_per_file=profile.mlp_rows_per_file,
                                                 batch_size=profile.mlp_batch))
+    return workloads, sweep_workloads
+
+
+def make_contenders(w: Any, wanted: list[str], spark: Any, env: dict[str, str], loads_root: str) -> list[Any]:
+    """The contenders asked for, in CONTENDERS order; the large CNN point runs bare TF and the lanes only."""
+    from bench import contenders as cm
+
+    large = w.name == "cnn_large"
+    cs: list[Any] = []
+    if "bare_tf" in wanted:
+        cs.append(cm.BareTF(env))
+    if "predict_batch_udf" in wanted and not large:
+        cs.append(cm.PredictBatchUDF(spark, loads_root))
+    if "pandas_udf" in wanted and not large:
+        cs.append(cm.PandasIterUDF(spark, loads_root))
+    if "dataframe_lane" in wanted:
+        cs.append(cm.DataFrameLane(spark))
+    if "arrow_lane" in wanted:
+        cs.append(cm.ArrowLane(spark))
+    return cs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = plan_run(args)
+    if isinstance(plan, str):
+        print(f"error: {plan}", file=sys.stderr)
+        return 2
+    profile = plan.profile
+    if profile.runs < 3:
+        say(f"warning: {profile.runs} timed runs; the protocol asks for at least 3")
+    _set_environment()
 
     from batchscore.session.builder import build_session
+    from bench import report
+    from bench.monitor import WorkerMonitor
 
+    started = dt.datetime.now(dt.timezone.utc)
+    work = os.path.abspath(args.work)
+    say(f"profile {plan.name}: preparing data and models under {work}")
+    workloads, sweep_workloads = make_workloads(work, plan, sweeps=not args.no_sweeps)
+    sweeps = not args.no_sweeps and "mlp" in plan.workloads
     spark_conf = {**SPARK_CONF, "spark.master": args.master}
     spark = build_session(spark_conf, app_name="batchscore-bench")
     spark.sparkContext.setLogLevel("ERROR")
@@ -528,52 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     out_root = os.path.join(work, "out", stamp)
     loads_root = os.path.join(work, "loads", stamp)
     bench = Bench(spark, jvm_pid(spark), monitor, out_root)
-    results: dict[str, Any] = {
-        "profile": name, "base_profile": profile.name, "settings": dataclasses.asdict(profile),
-        "started_at": started.isoformat(timespec="seconds"), "spark_conf": spark_conf,
-        "spark_conf_effective": {k: spark.conf.get(k, None) for k in (
-            "spark.sql.execution.arrow.maxRecordsPerBatch", "spark.python.worker.reuse",
-            "spark.sql.files.maxPartitionBytes", "spark.sql.shuffle.partitions")},
-        "workloads": {}, "sweeps": {},
-    }
+    results = _results_header(plan, started, spark, spark_conf)
     results["machine"] = report.machine_info(spark)
     env = {**os.environ}
     all_contenders: list[Any] = []
     try:
         for w in workloads:
-            large = w.name == "cnn_large"  # the pools and the JVM are warm from the 6k CNN: one warm-up round
-            cs: list[Any] = []
-            if "bare_tf" in wanted:
-                cs.append(cm.BareTF(env))
-            if "predict_batch_udf" in wanted and not large:
-                cs.append(cm.PredictBatchUDF(spark, loads_root))
-            if "pandas_udf" in wanted and not large:
-                cs.append(cm.PandasIterUDF(spark, loads_root))
-            if "dataframe_lane" in wanted:
-                cs.append(cm.DataFrameLane(spark))
-            if "arrow_lane" in wanted:
-                cs.append(cm.ArrowLane(spark))
+            cs = make_contenders(w, plan.contenders, spark, env, loads_root)
             all_contenders += cs
-            _say(f"[{w.name}] {w.title}: {', '.join(c.key for c in cs)}")
-            results["workloads"][w.name] = compare(bench, w, cs, profile.sweep_runs if large else profile.runs,
-                                                   1 if large else profile.warmup_rounds)
-            for c in cs:
-                if isinstance(c, cm.BareTF):
-                    c.close()
-            if sweeps and w.name == "mlp":
-                lanes = [c for c in cs if c.key in LANES and c.available]
-                if not lanes:
-                    _say("no lane available: sweeps skipped")
-                else:
-                    results["sweeps"]["batch_size"] = batch_sweep(bench, w, lanes, profile.batch_sizes,
-                                                                  profile.sweep_runs)
-                    results["sweeps"]["rows"] = rows_sweep(bench, sweep_workloads, lanes, profile.sweep_runs)
+            _run_workload(bench, w, cs, plan, results, sweep_workloads if sweeps else None)
         results["pool_pings"] = bench.pings
         results["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         results["targets"] = report.evaluate_targets(results)
-        paths = report.write_all(results, results_dir, name)
+        paths = report.write_all(results, plan.results_dir, plan.name)
         print(report.markdown(results))
-        _say("wrote " + ", ".join(paths))
+        say("wrote " + ", ".join(paths))
     finally:
         for c in all_contenders:
             c.close()
@@ -582,6 +450,39 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out_root, ignore_errors=True)
         shutil.rmtree(loads_root, ignore_errors=True)
     return 0
+
+
+def _results_header(plan: Plan, started: dt.datetime, spark: Any, spark_conf: dict[str, str]) -> dict[str, Any]:
+    return {
+        "profile": plan.name, "base_profile": plan.profile.name, "settings": dataclasses.asdict(plan.profile),
+        "started_at": started.isoformat(timespec="seconds"), "spark_conf": spark_conf,
+        "spark_conf_effective": {k: spark.conf.get(k, None) for k in (
+            "spark.sql.execution.arrow.maxRecordsPerBatch", "spark.python.worker.reuse",
+            "spark.sql.files.maxPartitionBytes", "spark.sql.shuffle.partitions")},
+        "workloads": {}, "sweeps": {},
+    }
+
+
+def _run_workload(bench: Bench, w: Any, cs: list[Any], plan: Plan, results: dict[str, Any],
+                  sweep_workloads: list[Any] | None) -> None:
+    """Compare the contenders on `w`; after the MLP, the sweeps (the lanes only; None: no sweeps)."""
+    from bench import contenders as cm
+
+    profile = plan.profile
+    large = w.name == "cnn_large"  # the pools and the JVM are warm from the 6k CNN: one warm-up round
+    say(f"[{w.name}] {w.title}: {', '.join(c.key for c in cs)}")
+    results["workloads"][w.name] = compare(bench, w, cs, profile.sweep_runs if large else profile.runs,
+                                           1 if large else profile.warmup_rounds)
+    for c in cs:
+        if isinstance(c, cm.BareTF):
+            c.close()
+    if sweep_workloads is not None and w.name == "mlp":
+        lanes = [c for c in cs if c.key in LANES and c.available]
+        if not lanes:
+            say("no lane available: sweeps skipped")
+        else:
+            results["sweeps"]["batch_size"] = batch_sweep(bench, w, lanes, profile.batch_sizes, profile.sweep_runs)
+            results["sweeps"]["rows"] = rows_sweep(bench, sweep_workloads, lanes, profile.sweep_runs)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ def compare_outputs(recs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Worker and executor outputs of one point: same ids, largest prediction difference."""
     import numpy as np
 
-    from bench.run import read_predictions
+    from bench.harness import read_predictions
 
     (ids_w, p_w), (ids_e, p_e) = (read_predictions(os.path.join(recs[m]["run_dir"], "out")) for m in MODES)
     same = bool(np.array_equal(ids_w, ids_e))

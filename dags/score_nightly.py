@@ -1,51 +1,14 @@
 """Airflow 3 DAG `batchscore_nightly`: score each day's partition on Spark, then check the run's manifest.
 
-Every night (02:00 UTC) the run for logical date `ds`:
+Daily at 02:00 UTC, for the logical date `ds`: `score` submits `jobs/score.py` through
+`./spark-submit.sh` on the connection `spark_default` (SparkSubmitOperator), the input
+filtered to `<date column> = '<ds>'` and `<output root>/ds=<ds>/` overwritten, so re-runs and
+backfills are idempotent; then `check_manifest` checks that run's `_manifest.json`
+(`rows_in == rows_scored + rows_quarantined`, and the day had rows). Exit 2, a user error,
+fails a task at once; other failures are retried with backoff.
 
-1. `score`: the Apache Spark provider's SparkSubmitOperator (connection `spark_default`)
-   submits `jobs/score.py --config <config> --set "input.filter=<date column> = '<ds>'"`
-   through this repository's `./spark-submit.sh` (it ships the package and conf/, puts the
-   connector jars of `make jars` on the classpath, and runs the job in the project's
-   `.venv`). Output: `<output root>/ds=<ds>/`, overwritten on a re-run, so re-runs and
-   backfills are idempotent and never touch other dates; quarantine under
-   `<quarantine root>/ds=<ds>/`.
-2. `check_manifest`: `python -m jobs.check_manifest <output>/_manifest.json --min-rows 1`
-   in the project's `.venv`: the run succeeded, `rows_in == rows_scored + rows_quarantined`,
-   and the day had rows.
-
-Where the day's labels are known, a third task could stop a bad model: `python -m
-jobs.evaluate --predictions <output> --labels <labels> --key id --label ... --score ...
---gate auc_roc>=0.75` exits 3 when a gate fails (metrics and plots are written first to
-`<output>/_evaluation/`); treat 3 like 2 below (AirflowFailException, no retry). Not wired in
-here: the nightly input has no labels yet.
-
-Retries: failures are retried with exponential backoff, except exit 2, a user error (bad
-config, missing input or column, unreadable model, signature mismatch; for the check: a bad
-manifest): running it again cannot help, so the task fails at once (AirflowFailException).
-The exit code reaches Airflow in client deploy mode (the driver runs under the Airflow
-worker); in YARN/Kubernetes cluster mode spark-submit reports every failure as exit 1.
-
-The connection `spark_default` (type `spark`): host = the master (`yarn`, `local[*]`,
-`spark://host:7077`, `k8s://https://...`), extras `deploy-mode`, `queue`. The provider runs
-`spark-submit` from PATH; the DAG puts `$BATCHSCORE_HOME/dags/bin` first on the PATH of that
-process (client mode), where `spark-submit` is a two-line wrapper of `./spark-submit.sh`.
-On YARN/Kubernetes the provider passes env_vars to the application instead: put that folder
-first on the Airflow worker's own PATH there.
-
-Settings come from the Airflow worker's environment when the DAG file is parsed:
-
-| variable | default | |
-|---|---|---|
-| BATCHSCORE_HOME | the checkout holding this file, else /opt/batchscore | `make venv` (and `make jars`) done |
-| BATCHSCORE_VENV | $BATCHSCORE_HOME/.venv | the job's Python (drivers and workers) |
-| BATCHSCORE_CONFIG | conf/demo.yaml | job config (relative to BATCHSCORE_HOME, or absolute) |
-| BATCHSCORE_PROPERTIES | conf/spark-cluster-cpu.conf | spark-submit --properties-file ("" for none) |
-| BATCHSCORE_OUTPUT_ROOT | /data/batchscore/predictions | a `ds=<date>` directory per run |
-| BATCHSCORE_QUARANTINE_ROOT | /data/batchscore/quarantine | same layout |
-| BATCHSCORE_DATE_COLUMN | as_of_date | the input's date column for the filter |
-
-Thin on purpose: Airflow and the provider only at the top level; no Spark, TensorFlow or
-package import (the job runs in its own virtualenv).
+Settings: the BATCHSCORE_* environment variables below, read when the file is parsed.
+Thin on purpose: Airflow and its Spark provider only; the job runs in its own virtualenv.
 """
 from __future__ import annotations
 
@@ -67,14 +30,18 @@ if TYPE_CHECKING:
 USER_ERROR_EXIT = 2  # jobs.score and jobs.check_manifest: a user error, never retried
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
+# The checkout the job runs from, with `make venv` (and `make jars`) done.
 HOME = os.environ.get("BATCHSCORE_HOME") or (
     str(_CHECKOUT) if (_CHECKOUT / "jobs" / "score.py").is_file() else "/opt/batchscore")
-VENV = os.environ.get("BATCHSCORE_VENV") or os.path.join(HOME, ".venv")
+VENV = os.environ.get("BATCHSCORE_VENV") or os.path.join(HOME, ".venv")  # the job's Python (driver and workers)
+# The job config, relative to HOME or absolute.
 CONFIG = os.path.join(HOME, os.environ.get("BATCHSCORE_CONFIG", "conf/demo.yaml"))
+# spark-submit --properties-file, relative to HOME ("" for none).
 PROPERTIES = os.environ.get("BATCHSCORE_PROPERTIES", "conf/spark-cluster-cpu.conf")
+# A `ds=<date>` directory per run below each root.
 OUTPUT_ROOT = os.environ.get("BATCHSCORE_OUTPUT_ROOT", "/data/batchscore/predictions").rstrip("/")
 QUARANTINE_ROOT = os.environ.get("BATCHSCORE_QUARANTINE_ROOT", "/data/batchscore/quarantine").rstrip("/")
-DATE_COLUMN = os.environ.get("BATCHSCORE_DATE_COLUMN", "as_of_date")
+DATE_COLUMN = os.environ.get("BATCHSCORE_DATE_COLUMN", "as_of_date")  # the input's date column, for the filter
 DS = "{{ ds }}"  # the run's logical date, rendered by Airflow
 
 DEFAULT_ARGS = {
@@ -115,7 +82,13 @@ def exit_code_of(message: str) -> int | None:
 
 
 class BatchscoreSparkSubmitOperator(SparkSubmitOperator):
-    """SparkSubmitOperator that fails without retrying when the job exits 2 (a user error)."""
+    """SparkSubmitOperator that fails without retrying when the job exits 2 (a user error).
+
+    Exit 2 is a bad config, a missing input or column, an unreadable model, a signature
+    mismatch: running it again cannot help. The exit code reaches Airflow in client deploy
+    mode (the driver runs under the Airflow worker); in YARN/Kubernetes cluster mode
+    spark-submit reports every failure as exit 1, so those are retried.
+    """
 
     def execute(self, context: Context) -> Any:
         try:
@@ -149,6 +122,9 @@ def batchscore_nightly() -> None:
         application_args=score_args(),
         properties_file=os.path.join(HOME, PROPERTIES) if PROPERTIES else None,
         name=f"batchscore-{DS}",
+        # The provider runs `spark-submit` from PATH: `dags/bin/spark-submit` wraps ./spark-submit.sh
+        # (client mode). On YARN/Kubernetes the provider passes env_vars to the application
+        # instead: put that folder first on the Airflow worker's own PATH there.
         env_vars={
             "PATH": os.pathsep.join([os.path.join(HOME, "dags", "bin"), os.path.join(VENV, "bin"),
                                      os.environ.get("PATH", "/usr/bin:/bin")]),

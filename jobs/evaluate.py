@@ -15,10 +15,10 @@ from typing import Any
 
 from batchscore.core.choices import TASKS
 from batchscore.core.errors import ConfigError
-from batchscore.evaluation.metrics import failed_gates, parse_gate, roc_auc
+from batchscore.evaluation.gates import failed_gates, parse_gate
 from batchscore.jobs.runner import Job, Run, run_job
 
-__all__ = ["GATE_FAILED_EXIT", "main", "roc_auc"]
+__all__ = ["GATE_FAILED_EXIT", "main"]
 
 GATE_FAILED_EXIT = 3
 

@@ -1,7 +1,7 @@
 """PNG plots of an Evaluation: ROC and precision-recall curves, the calibration diagram.
 
 Drawn with matplotlib's Agg canvas on a `Figure` of its own (no pyplot, so no global
-backend switch in a notebook), from the sampled curve points `batchscore.evaluation.metrics` collected.
+backend switch in a notebook), from the sampled curve points `curves.rank_curves` collected.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from batchscore.evaluation.metrics import Curve, Evaluation
+from batchscore.evaluation.curves import Curve
+from batchscore.evaluation.results import Evaluation
 
 SIZE = (5.5, 5.0)  # inches, at 100 dpi
 MAX_SLICE_LINES = 10  # slices drawn beside all rows on the curve plots

@@ -19,16 +19,10 @@ from typing import TYPE_CHECKING, Any
 from batchscore.core.errors import ConfigError, InputError
 from batchscore.core.spark_errors import one_line
 from batchscore.core.storage import absolute, pyarrow_uri
-from batchscore.evaluation.metrics import (
-    Evaluation,
-    Gate,
-    check_gate_metrics,
-    duplicate_key,
-    evaluate,
-    join_labels,
-    resolve_task,
-)
+from batchscore.evaluation.gates import Gate, check_gate_metrics
+from batchscore.evaluation.metrics import duplicate_key, evaluate, join_labels, resolve_task
 from batchscore.evaluation.plots import render_plots
+from batchscore.evaluation.results import Evaluation
 from batchscore.output.hadoop_fs import HadoopFs
 from batchscore.output.manifest import MANIFEST_NAME, RunManifest
 
@@ -96,7 +90,7 @@ def evaluate_run(spark: SparkSession, *, predictions: str, label: str, score: st
 
     Raises:
         ConfigError: `labels` without `key`, a bad task or an unknown gate metric.
-        SchemaError, InputError: as `batchscore.evaluation.metrics.evaluate`; labels whose key is not unique.
+        SchemaError, InputError: as `metrics.evaluate`; labels whose key is not unique.
     """
     pred = read_predictions(spark, predictions)
     df, label_df = pred.df, None

@@ -5,15 +5,7 @@ written to the table in one Delta commit (no rename publish: a reader sees the t
 before or after the commit, never half of it), the quarantine is published as Parquet
 the usual way, and the manifest is written last, inside the table's directory (Delta
 reads only `_delta_log`, so `_manifest.json` beside the data files is ignored by it).
-
-Modes: `error` (the table must not exist), `overwrite`, `append`, and
-`overwrite_partitions`: an overwrite with `replaceWhere` over exactly the partitions this
-run rescored (good or bad rows alike), so a partition whose rows are all quarantined now
-keeps no stale rows, and every other partition is untouched.
-
-A rerun of the same `run_id` is idempotent: the commit carries Delta's `txnAppId`
-(`batchscore-<run_id>`) and `txnVersion` (0), and Delta skips a write whose app id has
-already committed that version.
+A rerun of the same `run_id` is idempotent (`txn_app_id`); the modes are in `commit_ok_rows`.
 """
 from __future__ import annotations
 
@@ -48,7 +40,11 @@ class DeltaCommit:
 
 
 def txn_app_id(run_id: str) -> str:
-    """Delta's `txnAppId` of a run: the same run id, the same app id."""
+    """Delta's `txnAppId` of a run: the same run id, the same app id.
+
+    Every commit carries it with `txnVersion` `TXN_VERSION` (0), and Delta skips a write whose
+    app id has already committed that version: a rerun of the same `run_id` appends nothing.
+    """
     return f"batchscore-{run_id}"
 
 
@@ -111,6 +107,11 @@ def publish_delta(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_pa
 def commit_ok_rows(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_path: str, mode: str,
                    partition_by: list[str], run_id: str, rescored: set[str] | None) -> DeltaCommit:
     """One Delta write of the staged `ok` rows in `mode` (idempotent per run id).
+
+    Modes: `error` (the table must not exist), `overwrite`, `append`, and
+    `overwrite_partitions`: an overwrite with `replaceWhere` over exactly the partitions this
+    run rescored (`rescored`: good or bad rows alike), so a partition whose rows are all
+    quarantined now keeps no stale rows, and every other partition is untouched.
 
     Raises:
         SchemaError: Delta refuses the rows (another schema or partitioning than the table's).

@@ -3,14 +3,8 @@
 Spark writes everything into a hidden staging directory beside the output,
 split by row status (`bs__reason=ok` for predictions, other reasons for the
 quarantine). Publishing is then a few directory renames (local disk, HDFS).
-
-Object stores (`storage.is_object_store`: s3a://, gs://, abfs://, ...) cannot rename a
-directory atomically (S3A copies and deletes file by file), so there each run's files go
-under their own prefix, `<output>/_runs/<run_id>/` (and `<quarantine>/_runs/<run_id>/`),
-and `<output>/_manifest.json`, one object written last, is the commit point: it names
-the run's prefixes (`output.data_path`, `output.quarantine_data_path`), and readers
-follow it. A run killed before that write leaves the previous manifest, and the prefixes
-it names, untouched (`commit_run`).
+Object stores cannot rename a directory atomically: there each run writes under its
+own prefix and a manifest written last is the commit point (`commit_run`).
 """
 from __future__ import annotations
 
@@ -195,6 +189,14 @@ def commit_run(fs: HadoopFs, manifest_path: str, manifest: bytes, *, roots: list
     """Commit a run on an object store: write its manifest (one object: readers see the
     previous run or this one), then delete the run prefixes below `roots` that neither this
     manifest nor the previous one names (older runs, and runs killed before their commit).
+
+    Object stores (`storage.is_object_store`: s3a://, gs://, abfs://, ...) cannot rename a
+    directory atomically (S3A copies and deletes file by file), so there each run's files go
+    under their own prefix, `<output>/_runs/<run_id>/` (and `<quarantine>/_runs/<run_id>/`,
+    `run_dir`), and `<output>/_manifest.json`, one object written last, is the commit point:
+    it names the run's prefixes (`output.data_path`, `output.quarantine_data_path`), and
+    readers follow it. A run killed before that write leaves the previous manifest, and the
+    prefixes it names, untouched.
 
     The previous run's prefixes stay until the next commit, so a reader that followed the
     previous manifest a moment ago can finish reading.

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from batchscore.config.job_spec import InputSpec
 from batchscore.core.errors import InputError
+from batchscore.core.storage import list_input_files, pyarrow_fs, pyarrow_uri
 from batchscore.udfs.batches.arrow_filter import apply_filter
 
 
@@ -68,8 +69,6 @@ def footer_schema(spark: Any, spec: InputSpec) -> Any:
     differently: partition directories, schema merging, corrupt files allowed, other types,
     a file pyarrow cannot open."""
     import pyarrow.parquet as pq  # noqa: PLC0415 - loaded on first use, off the import path of `import batchscore`
-
-    from batchscore.core.storage import list_input_files, pyarrow_fs, pyarrow_uri  # noqa: PLC0415 - imported at use: the modules import each other
 
     conf = spark.conf
     if spec.ignore_corrupt_files or any(conf.get(k, "false").lower() == "true" for k in _SCHEMA_CONFS):

@@ -1,33 +1,10 @@
 """Data-parallel planning: how many scoring tasks a run makes, and whether its input is rebalanced.
 
-**Slots.** The number of tasks the executors run at once: Spark's own count for the live
-executors (`maxNumConcurrentTasks` of the default resource profile: executors x
-cores / `spark.task.cpus`, and with GPUs no more than GPUs / `spark.task.resource.gpu.amount`
-per executor); before any executor has registered, the same formula over the conf
-(`spark.executor.instances`, `spark.executor.cores`, the GPU amounts); else the default
-parallelism. Both lanes aim at `TASKS_PER_SLOT` tasks per slot: two waves, so a slow task
-does not leave the other slots idle for the whole tail.
-
-**Arrow lane.** The driver plans the tasks itself (udfs/lanes/arrow.py): it packs files, or
-their row groups, or row ranges of a row group, into that many tasks (no shuffle).
-
-**DataFrame lane.** It scores Spark's own partitions. They are rebalanced with a round-robin
-`repartition(tasks)` of the selected columns (a shuffle) when
-
-- there are fewer partitions than slots (slots would sit idle), or
-- one partition holds more than `SKEW_FACTOR` times an even share of the input
-  (total / slots): the scoring stage would wait on it.
-
-What is measured: for a file scan, each partition's share of the files Spark planned for it.
-For Parquet that is rows, from the footers of the files (at most `MAX_FOOTERS` files): a
-split reads the row groups whose midpoint falls in it (as Parquet's readers do), so a file
-of one large row group cut into byte ranges gives one partition every row and the others
-none, which bytes would not show. For other files it is the bytes of the splits. Other
-inputs (tables of joins, Spark Connect) are counted only.
-
-It pays when the scoring saved on the idle slots outweighs the shuffle, whose fixed cost
-(a stage boundary, about 0.1-0.3 s locally) is of the order of a few model calls: an input
-known to hold fewer rows than one model call (`model.batch_size`) per slot is not rebalanced.
+Both lanes aim at `TASKS_PER_SLOT` tasks per task slot (`task_slots`): two waves, so a slow
+task does not leave the other slots idle for the whole tail. The Arrow lane plans its tasks
+itself (udfs/lanes/arrow.py: files, row groups or row ranges packed into tasks, no shuffle;
+`arrow_planning` records that plan). The DataFrame lane scores Spark's own partitions and
+rebalances them with a shuffle only when that pays (`plan_dataframe_tasks`).
 """
 from __future__ import annotations
 
@@ -77,7 +54,14 @@ class TaskPlanning:
 
 
 def task_slots(sc: Any) -> Slots:
-    """The executors' task slots (module docstring)."""
+    """The executors' task slots.
+
+    Spark's own count for the live executors (`maxNumConcurrentTasks` of the default
+    resource profile: executors x cores / `spark.task.cpus`, and with GPUs no more than
+    GPUs / `spark.task.resource.gpu.amount` per executor); before any executor has
+    registered, the same formula over the conf (`spark.executor.instances`,
+    `spark.executor.cores`, the GPU amounts); else the default parallelism.
+    """
     live = _live_slots(sc)
     if live > 0:
         return Slots(live, "executors")
@@ -119,7 +103,20 @@ def _int(v: Any) -> int:
 
 
 def plan_dataframe_tasks(df: Any, slots: Slots, *, batch_size: int) -> TaskPlanning:
-    """Whether the DataFrame lane repartitions `df` (module docstring), and into how many tasks."""
+    """Whether the DataFrame lane repartitions `df`, and into how many tasks.
+
+    A round-robin `repartition(tasks)` of the selected columns (a shuffle) is planned when
+    there are fewer partitions than slots (slots would sit idle), or one partition holds more
+    than `SKEW_FACTOR` times an even share of the input (total / slots): the scoring stage
+    would wait on it.
+
+    What is measured: for a file scan, each partition's share of the files Spark planned for
+    it (`partition_weights`). Other inputs (tables of joins, Spark Connect) are counted only.
+
+    It pays when the scoring saved on the idle slots outweighs the shuffle, whose fixed cost
+    (a stage boundary, about 0.1-0.3 s locally) is of the order of a few model calls: an input
+    known to hold fewer rows than one model call (`batch_size`) per slot is not rebalanced.
+    """
     splits = file_splits(df)
     weights, unit = (partition_weights(splits) if splits is not None else (None, ""))
     parts = len(splits) if splits is not None else _partitions(df)
@@ -185,7 +182,13 @@ def file_splits(df: Any) -> ScanSplits | None:
 
 
 def partition_weights(splits: ScanSplits) -> tuple[list[float] | None, str]:
-    """Each partition's rows (Parquet, from footers) or bytes (other files), and which of the two."""
+    """Each partition's rows (Parquet, from footers) or bytes (other files), and which of the two.
+
+    For Parquet, rows from the footers of the files (at most `MAX_FOOTERS` files): a split
+    reads the row groups whose midpoint falls in it (as Parquet's readers do), so a file of
+    one large row group cut into byte ranges gives one partition every row and the others
+    none, which bytes would not show. For other files, the bytes of the splits.
+    """
     files = {s.path for p in splits.partitions for s in p}
     if splits.format == "parquet" and len(files) <= MAX_FOOTERS:
         groups = _row_group_midpoints(files)

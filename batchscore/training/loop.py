@@ -1,15 +1,6 @@
 """Train a model under a `tf.distribute` strategy with a custom training loop, checkpoint it, export it.
 
-One code path for every strategy: the default strategy, `MirroredStrategy` over one
-machine's GPUs or logical CPU devices, and `MultiWorkerMirroredStrategy` in each Spark
-barrier task (batchscore/training/multiworker.py). Keras 3 does not support `model.fit` under
-`MultiWorkerMirroredStrategy` (keras-team/keras#20585), so the loop is TensorFlow's own:
-`strategy.distribute_datasets_from_function` feeds each worker its shard (the arrow
-reader's, or petastorm's), `strategy.run` computes the per-replica loss, and the Keras 3
-optimizer all-reduces the gradients across replicas as it applies them. Workers whose
-shard runs out first get empty batches (tf.distribute's partial-batch handling), so
-every worker takes the same steps.
-
+One code path for every strategy; the loop is TensorFlow's own, not `model.fit` (see `fit`).
 The run, as a table of contents: `prepare` (plan the data, identical on every worker)
 -> `fit` (restore the last checkpoint, train, validate and checkpoint each epoch) ->
 `finish` (the chief exports the SavedModel and writes `_train_manifest.json`).
@@ -169,6 +160,13 @@ class _Loop:
 def fit(spec: TrainSpec, data: TrainData, strategy: Any, *, role: Role | None = None,
         dataset_fn: Callable[..., Any] | None = None) -> Fitted:
     """Train under `strategy`; restore from and write checkpoints in `spec.checkpoint_dir`.
+
+    Strategies: the default, `MirroredStrategy` (one machine's GPUs or logical CPUs), and
+    `MultiWorkerMirroredStrategy` in Spark barrier tasks (multiworker.py), under which Keras 3
+    does not support `model.fit` (keras-team/keras#20585). So `distribute_datasets_from_function`
+    feeds each worker its shard, `strategy.run` computes the per-replica loss, and the Keras 3
+    optimizer all-reduces the gradients as it applies them. A worker whose shard runs out first
+    gets empty batches (tf.distribute's partial-batch handling): every worker takes the same steps.
 
     Args:
         dataset_fn: `(plan, subset, shard, num_shards, batch_size, epoch, shuffle)` -> a

@@ -1,12 +1,10 @@
 """The models `batchscore train` builds, and the SavedModel it exports.
 
 Every model maps `features` ([batch, *shape]) to raw scores (logits, [batch, outputs]);
-the task's link (sigmoid, softmax, identity) is applied by the exported signature,
-which DESIGN.md fixes ("Training config"):
-
-    binary      probability    [batch]            sigmoid(logit)
-    multiclass  probabilities  [batch, classes]   softmax(logits)
-    regression  prediction     [batch]            the raw score
+the task's link (sigmoid, softmax, identity) is applied by the exported signature, whose
+outputs are the contract with `batchscore score` (`serving_outputs`, `OUTPUT_NAMES`):
+binary -> `probability` [batch] = sigmoid(logit); multiclass -> `probabilities` [batch, classes]
+= softmax(logits); regression -> `prediction` [batch], the raw score.
 
 A user's model is `package.module:function`, called as
 `function(input_shape=(...), outputs=K, task="binary")`; it returns a Keras model from

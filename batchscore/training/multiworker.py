@@ -2,19 +2,8 @@
 
 The shape of Spark's `TorchDistributor` (spark-tensorflow-distributor, its TensorFlow
 forerunner, is unmaintained): `rdd.barrier().mapPartitions` starts all N tasks at once;
-each task
-
-1. reserves a port: a socket bound to port 0 with SO_REUSEPORT, kept open (bound, not
-   listening) until training ends, so no other process takes the port in between;
-   TensorFlow's gRPC server binds the same port with SO_REUSEPORT, which it sets only
-   when `TF_GRPC_REUSE_PORT=1` (TF's own default is off);
-2. agrees the cluster with the others: `allGather` of the ports, the hosts from
-   `getTaskInfos()`, so `TF_CONFIG` is `{"cluster": {"worker": [host:port, ...]},
-   "task": {"type": "worker", "index": partition}}` on every task;
-3. runs the worker in a fresh Python process (`python -m batchscore.training.multiworker`):
-   `TF_CONFIG` is read when `MultiWorkerMirroredStrategy` is created and a process's
-   TensorFlow joins one cluster only, while Spark reuses its Python workers; the child
-   dies with its task (PR_SET_DEATHSIG), so a killed task leaves no trainer behind.
+each reserves a port, agrees `TF_CONFIG` with the others and runs its worker in a fresh
+Python process (`_barrier_task`).
 
 Worker 0 is the chief: it exports the SavedModel and the manifest. A worker that fails
 fails its task; Spark then fails the barrier stage and kills the other tasks (and their
@@ -116,6 +105,20 @@ def worker_failure(e: BaseException) -> str | None:
 
 
 def _barrier_task(payload: bytes, _rows: Iterator[int]) -> Iterator[dict[str, Any]]:
+    """One barrier task: run training worker `partitionId()`; the chief's manifest.
+
+    1. reserves a port: a socket bound to port 0 with SO_REUSEPORT, kept open (bound, not
+       listening) until training ends, so no other process takes the port in between;
+       TensorFlow's gRPC server binds the same port with SO_REUSEPORT, which it sets only
+       when `TF_GRPC_REUSE_PORT=1` (TF's own default is off);
+    2. agrees the cluster with the others: `allGather` of the ports, the hosts from
+       `getTaskInfos()`, so `TF_CONFIG` is `{"cluster": {"worker": [host:port, ...]},
+       "task": {"type": "worker", "index": partition}}` on every task;
+    3. runs the worker in a fresh Python process (`python -m batchscore.training.multiworker`):
+       `TF_CONFIG` is read when `MultiWorkerMirroredStrategy` is created and a process's
+       TensorFlow joins one cluster only, while Spark reuses its Python workers; the child
+       dies with its task (PR_SET_DEATHSIG), so a killed task leaves no trainer behind.
+    """
     from pyspark import BarrierTaskContext  # noqa: PLC0415 - runs in the barrier task only
 
     ctx = BarrierTaskContext.get()

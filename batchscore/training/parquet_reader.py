@@ -1,13 +1,10 @@
 """The arrow reader (`train.reader: arrow`): Parquet row groups -> shuffled numpy chunks -> `tf.data`.
 
 A `DatasetPlan` lists the training set's units (one Parquet row group each) in a fixed
-order, the same on every worker. Worker `i` of `n` reads units `i, i + n, ...`, so the
-shards cover every row exactly once. Within a shard the units are read in a seeded
-order (new each epoch) and their rows pass through a bounded shuffle buffer
-(`buffer_rows`: the reader never holds more than that plus one piece of a row group);
-`tf_dataset` wraps the chunks in a `tf.data.Dataset` with a fixed output signature,
-re-batched and prefetched. The validation split is a seeded hash of the key column,
-so a row is in the same split on every worker, every epoch and every rerun.
+order, the same on every worker; worker `i` of `n` reads units `i, i + n, ...`
+(`shard_units`), shuffled through a bounded buffer (`iter_shard`); `tf_dataset` wraps the
+chunks in a `tf.data.Dataset`. The validation split is a seeded hash of the key column
+(`in_validation`), so a row is in the same split on every worker, epoch and rerun.
 
 Only pyarrow and numpy are needed to plan and read (testable without TensorFlow);
 TensorFlow is imported by `tf_dataset` alone.
@@ -172,7 +169,8 @@ def iter_shard(plan: DatasetPlan, *, shard: int = 0, num_shards: int = 1, subset
 
     With `shuffle`, the shard's units are read in an order drawn from (seed, epoch, shard)
     and their rows leave through a shuffle buffer of at most `buffer_rows` rows (plus one
-    piece of `piece_rows` being added); without it, rows come in plan order.
+    piece of `piece_rows` being added); without it, rows come in plan order. The order is
+    new each epoch; the reader never holds more than the buffer plus one piece of a row group.
     """
     stats = stats if stats is not None else ReaderStats()
     units = shard_units(plan.units, shard, num_shards)

@@ -1,9 +1,5 @@
 """`train.reader: petastorm`: a Parquet training set fed to TensorFlow through petastorm.
 
-    with petastorm_dataset(spark, path="data/train", features=["f0", "f1"], label="y",
-                           batch_size=256, shard=0, num_shards=2) as ds:
-        model.fit(ds, epochs=1)                    # ds: (features [batch, D] float32, label [batch])
-
 petastorm's Spark converter (`make_spark_converter`) writes the selected columns, floats as
 float32, to a cache folder as Parquet; `make_tf_dataset` reads that back with petastorm's
 reader, shard `cur_shard` of `shard_count` by row group. petastorm 0.13.1 runs only on the
@@ -122,7 +118,11 @@ def petastorm_dataset(
     array column is used as is (`[batch, D]`). Floats become float32 (petastorm's converter);
     the label keeps its type. Shard `shard` of `num_shards` gets its row groups only, so the
     shards together hold every row once; the row groups' order is shuffled with `seed`.
-    The dataset is valid inside the `with` block; the converter's cache is deleted after it.
+    The dataset is valid inside the `with` block; the converter's cache is deleted after it:
+
+        with petastorm_dataset(spark, path="data/train", features=["f0", "f1"], label="y",
+                               batch_size=256, shard=0, num_shards=2) as ds:
+            model.fit(ds, epochs=1)
 
     Args:
         cache_dir: where the converter writes its Parquet copy (a URL every executor and this

@@ -1,7 +1,7 @@
 """batchscore evaluate: every metric against a numpy reference written here, on data with ties.
 
 The references are brute force (AUC-ROC over all positive/negative pairs, AUC-PR as the step
-sum over every distinct threshold), so they share no code with batchscore/evaluation/metrics.py.
+sum over every distinct threshold), so they share no code with batchscore/evaluation/metrics.py and curves.py.
 """
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.evaluation.metrics import Curve, Evaluation, GroupResult, Number, evaluate, parse_gate
+from batchscore.evaluation.curves import Curve, roc_auc
+from batchscore.evaluation.gates import parse_gate
+from batchscore.evaluation.metrics import evaluate
 from batchscore.evaluation.plots import render_plots
+from batchscore.evaluation.results import Evaluation, GroupResult, Number
 from batchscore.evaluation.run import EVALUATION_DIR, read_predictions
-from batchscore.jobs.evaluate import main, roc_auc
+from batchscore.jobs.evaluate import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EPS = 1e-15  # the log loss's clip, as the metric documents it

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bench import harness
 from bench import run as bench_run
 from bench.contenders import Contender
 from bench.monitor import WorkerMonitor
@@ -47,7 +48,7 @@ class FixedTimes(Contender):
 def bench(spark, tmp_path):
     monitor = WorkerMonitor()
     try:
-        yield bench_run.Bench(spark, 0, monitor, str(tmp_path / "out"))
+        yield harness.Bench(spark, 0, monitor, str(tmp_path / "out"))
     finally:
         monitor.close()
         spark.sparkContext.environment.pop("BATCHSCORE_BENCH_CONTENDER", None)  # later tests: the usual workers
@@ -92,10 +93,10 @@ def test_wrong_row_counts_and_differing_predictions_are_reported(bench, tmp_path
 
 def test_idle_worker_pools_are_touched_in_their_own_workers(bench, monkeypatch):
     """Spark stops a pool's workers after a minute unused; the harness touches idle pools between runs."""
+    from bench.harness import jvm_pid
     from bench.monitor import spark_python_workers
-    from bench.run import jvm_pid
 
-    monkeypatch.setattr(bench_run, "POOL_KEEPALIVE_SECONDS", 0.0)
+    monkeypatch.setattr(harness, "POOL_KEEPALIVE_SECONDS", 0.0)
     bench.pool_used = {"bench-test-idle": 0.0, "bench-test-running": 0.0}
     bench.keep_pools_warm("bench-test-running")
     assert bench.pings == 1

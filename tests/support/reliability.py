@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 from typing import Any
 
@@ -21,6 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchscore.core.compat import to_arrow
+from tests.support import job_spec, max_abs_diff, tf_predict
+
+TOL = 1e-5  # scored like bare TF: largest difference allowed
 IMG_SHAPE = (4, 4, 1)
 IMG_SIZE = 16
 NAN_TRIGGER = 1000.0  # a > this -> the model predicts NaN
@@ -165,3 +170,49 @@ def hidden_siblings(path: str) -> list[str]:
     """Names beside `path` that start with a dot (staging and swap directories)."""
     parent = os.path.dirname(path.rstrip("/"))
     return sorted(n for n in os.listdir(parent) if n.startswith("."))
+
+
+# --- running and reading back the reliability jobs ---
+
+
+def config(input_path: str, model_path: str, output_path: str, *overrides: str, columns=REL_COLUMNS) -> dict:
+    return job_spec(input_path, model_path, output_path, *columns, "output.keep_columns=[id]", *overrides)
+
+
+def read_spark(spark, path: str) -> pa.Table:
+    """A directory read back by Spark (partition columns included), sorted by id."""
+    return to_arrow(spark.read.parquet(path)).sort_by("id")
+
+
+def read_manifest(output_path: str) -> dict:
+    with open(os.path.join(output_path, "_manifest.json")) as fh:
+        return json.load(fh)
+
+
+def assert_scored_like_tf(model: str, out: pa.Table, table: pa.Table) -> None:
+    """`out` (sorted by id) holds exactly the rows of `table` (sorted by id), scored like bare TF."""
+    np.testing.assert_array_equal(out.column("id").to_numpy(), table.column("id").to_numpy())
+    if table.num_rows == 0:
+        return
+    expected = tf_predict(model, rel_inputs(table))
+    assert max_abs_diff(out.column("score").to_numpy(), expected["score"].reshape(-1)) <= TOL
+    assert max_abs_diff(out.column("parts").to_pylist(), expected["parts"]) <= TOL
+
+
+def quarantine_rows(q: pa.Table) -> dict[int, tuple[str, str]]:
+    return {i: (r, c) for i, r, c in zip(q.column("id").to_pylist(), q.column("reason").to_pylist(),
+                                           q.column("column").to_pylist(), strict=True)}
+
+
+def corrupt_files(path: str, small: pa.Table) -> tuple[str, str]:
+    """Add a truncated Parquet file and a file that is not Parquet at all to `path`."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(small, buf)
+    data = buf.getvalue().to_pybytes()
+    truncated = os.path.join(path, "part-00008-truncated.parquet")
+    garbage = os.path.join(path, "part-00009-csv.parquet")
+    with open(truncated, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    with open(garbage, "wb") as fh:
+        fh.write(b"id,a,b,c\n1,2.0,3.0,4.0\n" * 20)
+    return truncated, garbage

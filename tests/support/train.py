@@ -50,7 +50,7 @@ def features_of(table: pa.Table) -> np.ndarray:
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from batchscore.jobs.evaluate import roc_auc
+    from batchscore.evaluation.curves import roc_auc
 
     return roc_auc(labels, scores)
 

@@ -1,41 +1,14 @@
 """Spark's own reading of `input.filter`, as a pyarrow expression for the Arrow lane.
 
-Spark parses, analyses and optimises the filter over the real input (the
-DataFrame `jobs.inputs.read_input` builds); the driver then walks the Filter
-conditions of the optimised logical plan through py4j, where literals are
-already folded and typed, implicit casts are explicit Cast nodes, BETWEEN is
-two comparisons and long IN lists are InSet. An allow-list of Catalyst nodes is
-translated into one pyarrow Expression with Spark's semantics, made once on
-the driver and shipped to the tasks:
+Spark parses, analyses and optimises the filter over the real input (`apply_filter` on the
+DataFrame `batchscore.run.inputs.read_input` builds); the driver then translates the Filter
+conditions of the optimised plan, an allow-list of Catalyst nodes (`_Translator`), into one
+pyarrow expression with Spark's semantics (`arrow_filter`), made once and shipped to the tasks.
 
-- comparisons (=, <=>, <, <=, >, >=), IN / InSet, IS [NOT] NULL, isnan(),
-  AND / OR / NOT with SQL's three-valued logic, boolean columns and literals,
-  StartsWith / EndsWith / Contains (what LIKE 'a%' and friends become);
-- float and double order as Spark orders them: NaN = NaN, NaN above every
-  other value (+inf too), -0.0 = 0.0;
-- literals of boolean, integer, float, double, decimal, string (Spark's default
-  UTF8_BINARY collation: byte order), binary, date, timestamp (a UTC instant)
-  and timestamp_ntz;
-- casts whose every result is exact, so pyarrow computes them as Spark does:
-  integer widening, float to double, int/smallint/tinyint to double (and
-  smallint/tinyint to float), integer and decimal to a decimal that holds every
-  value, date to timestamp in a UTC session zone.
-
-Anything else raises UnsupportedFilter: under `input.lane: auto` the job then
-uses the DataFrame lane (Spark evaluates the filter itself) and logs why; under
-`input.lane: arrow` it is a ConfigError. Without py4j access to the plan (Spark
-Connect) the Arrow lane is never chosen for a filtered input.
-
-A filter Spark itself rejects (parse or analysis error, or a literal that
-cannot be cast, found when the optimiser folds it) is a ConfigError naming the
-filter (`apply_filter`); so is a filter that fails on the data at run time on
-the DataFrame lane, e.g. CAST_INVALID_INPUT (`filter_failure`).
-
-Parquet writers leave NaN out of row-group statistics, so predicates on float
-and double columns never prune by them: on the DataFrame lane they are not
-pushed down to Spark's Parquet reader (`apply_filter` compares `nanvl(x, x)`,
-the same value), and on the Arrow lane they are applied to the rows read
-(`RowFilter.prune` holds only the other conjuncts).
+Anything else raises UnsupportedFilter: under `input.lane: auto` the job then uses the
+DataFrame lane (Spark evaluates the filter itself) and logs why; under `input.lane: arrow`
+it is a ConfigError. Without py4j access to the plan (Spark Connect) the Arrow lane is never
+chosen for a filtered input.
 """
 from __future__ import annotations
 
@@ -148,6 +121,10 @@ class RowFilter:
 
 def arrow_filter(df: Any, schema: pa.Schema) -> RowFilter | None:
     """The pyarrow filter that keeps exactly the rows Spark's filter on `df` keeps.
+
+    It walks the Filter conditions of `df`'s optimised logical plan through py4j, where
+    literals are already folded and typed, implicit casts are explicit Cast nodes, BETWEEN
+    is two comparisons and long IN lists are InSet.
 
     Conjuncts that read a float or double column do not prune: Parquet writers leave
     NaN out of row-group statistics (a group of [100.0, NaN] has min = max = 100.0, and
@@ -358,7 +335,20 @@ def _in(value: _Value, items: list[pa.Scalar]) -> ds.Expression:
 
 
 class _Translator:
-    """Catalyst expression nodes (py4j objects) to pyarrow expressions over `schema`."""
+    """Catalyst expression nodes (py4j objects) to pyarrow expressions over `schema`.
+
+    The allow-list, each with Spark's semantics:
+
+    - comparisons (=, <=>, <, <=, >, >=), IN / InSet, IS [NOT] NULL, isnan(),
+      AND / OR / NOT with SQL's three-valued logic, boolean columns and literals,
+      StartsWith / EndsWith / Contains (what LIKE 'a%' and friends become);
+    - float and double order as Spark orders them: NaN = NaN, NaN above every
+      other value (+inf too), -0.0 = 0.0;
+    - literals of boolean, integer, float, double, decimal, string (Spark's default
+      UTF8_BINARY collation: byte order), binary, date, timestamp (a UTC instant)
+      and timestamp_ntz;
+    - casts whose every result is exact (`_cast`).
+    """
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
@@ -447,7 +437,12 @@ def _text(node: Any) -> str:
 
 
 def _cast(child: _Value, to: pa.DataType, node: Any) -> ds.Expression:
-    """A Cast pyarrow computes exactly as Spark does (none of these can fail under ANSI), else UnsupportedFilter."""
+    """A Cast pyarrow computes exactly as Spark does (none of these can fail under ANSI), else UnsupportedFilter.
+
+    Integer widening, float to double, int/smallint/tinyint to double (and smallint/tinyint
+    to float), integer and decimal to a decimal that holds every value, date to timestamp
+    in a UTC session zone.
+    """
     frm = child.type
     if frm == to:
         return child.expr

@@ -132,29 +132,7 @@ def batch_to_inputs(
     """
     n = batch.num_rows
     flags = RowFlags(n)
-    # values: one entry per row (scalars, stacked) or per leaf element (lists),
-    # with row_of mapping leaf elements to rows.
-    raw: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    variable: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for feed in feeds:
-        spec = feed.spec
-        if feed.mask_of is not None:
-            continue
-        if feed.padded:
-            c = feed.columns[0]
-            variable[spec.name] = _variable_values(batch.column(c), feed, flags, columns.index(c))
-        elif feed.stacked and feed.packed:
-            cols = [columns.index(c) for c in feed.columns]
-            raw[spec.name] = (_packed_values(batch.column(feed.packed), spec, flags, cols), None)  # [n, D]
-        elif feed.stacked:
-            parts = [_scalar_values(batch.column(c), spec, flags, columns.index(c)) for c in feed.columns]
-            raw[spec.name] = (np.stack(parts, axis=1), None)  # [n, D]
-        elif feed.depth == 0:
-            c = feed.columns[0]
-            raw[spec.name] = (_scalar_values(batch.column(c), spec, flags, columns.index(c)), None)
-        else:
-            c = feed.columns[0]
-            raw[spec.name] = _list_values(batch.column(c), feed, flags, columns.index(c))
+    raw, variable = _read_feeds(batch, feeds, flags, columns)
     good = flags.good
     all_good = bool(good.all())
     n_good = n if all_good else int(good.sum())
@@ -177,6 +155,39 @@ def batch_to_inputs(
                 values = values[good] if row_of is None else values[good[row_of]]
         inputs[feed.name] = values.reshape((n_good, *feed.spec.shape))
     return inputs, flags
+
+
+def _read_feeds(
+    batch: pa.RecordBatch, feeds: tuple[InputFeed, ...], flags: RowFlags, columns: list[str]
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Each feed's values, flagging bad rows in `flags`: (fixed-shape feeds, padded feeds).
+
+    A fixed-shape feed's values hold one entry per row (scalars, stacked) or per leaf element
+    (lists), with `row_of` mapping leaf elements to rows (None: well-formed, in row order).
+    A padded feed's are (positions, the row of each position, each row's length).
+    """
+    raw: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    variable: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for feed in feeds:
+        spec = feed.spec
+        if feed.mask_of is not None:
+            continue
+        if feed.padded:
+            c = feed.columns[0]
+            variable[spec.name] = _variable_values(batch.column(c), feed, flags, columns.index(c))
+        elif feed.stacked and feed.packed:
+            cols = [columns.index(c) for c in feed.columns]
+            raw[spec.name] = (_packed_values(batch.column(feed.packed), spec, flags, cols), None)  # [n, D]
+        elif feed.stacked:
+            parts = [_scalar_values(batch.column(c), spec, flags, columns.index(c)) for c in feed.columns]
+            raw[spec.name] = (np.stack(parts, axis=1), None)  # [n, D]
+        elif feed.depth == 0:
+            c = feed.columns[0]
+            raw[spec.name] = (_scalar_values(batch.column(c), spec, flags, columns.index(c)), None)
+        else:
+            c = feed.columns[0]
+            raw[spec.name] = _list_values(batch.column(c), feed, flags, columns.index(c))
+    return raw, variable
 
 
 def _to_numpy(arr: pa.Array, spec: TensorSpec) -> np.ndarray:

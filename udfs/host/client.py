@@ -1,18 +1,11 @@
 """The worker side of `model.sharing: executor`: find the executor's model host, or start it,
 and send it the task's batches (the host itself: udfs/host/model_host.py).
 
-One host serves one executor's workers for one model: its files are named by a key of
-the executor (`SPARK_LOCAL_DIRS`, the executor's own block-manager directories: one per
-executor JVM and application, set in every Python worker's environment), the model
-fingerprint and signature, and the task's GPU addresses. They live in
-`/tmp/bs-host-<uid>/` (`BATCHSCORE_HOST_DIR` overrides it; AF_UNIX paths stay short):
-`<key>.sock`, `.pid`, `.lock` (fcntl.flock: concurrent tasks start one host), `.log`
-(the host's stderr) and `.count` (hosts started so far: the host id's incarnation).
-
-A worker keeps one connection per host across its tasks and checks it at each task
-start (a `hello`); a dead host is replaced by the next task that finds it dead. A host
-that dies during a request raises `ModelUnavailable` naming its pid and socket: the
-task fails (its rows are not quarantined) and Spark's retry starts a new host.
+One host serves one executor's workers for one model (`host_files`). A worker keeps one
+connection per host across its tasks and checks it at each task start (a `hello`); a dead
+host is replaced by the next task that finds it dead. A host that dies during a request
+raises `ModelUnavailable` naming its pid and socket: the task fails (its rows are not
+quarantined) and Spark's retry starts a new host.
 """
 from __future__ import annotations
 
@@ -80,7 +73,12 @@ def live_host_pids(folder: str) -> list[int]:
 
 @dataclass(frozen=True)
 class HostFiles:
-    """The files of one host (see the module docstring)."""
+    """The files of one host, in `host_folder()`, named by its `key` (`host_files`).
+
+    `<key>.sock`, `.pid`, `.lock` (fcntl.flock: concurrent tasks start one host), `.log`
+    (the host's stderr), `.count` (hosts started so far: the host id's incarnation) and
+    `.fault` (the fault hook's marker).
+    """
 
     folder: str
     key: str
@@ -93,11 +91,11 @@ class HostFiles:
         return self.path("sock")
 
     def for_host(self) -> dict[str, str]:
-        return {k: self.path(k) for k in ("pid", "lock", "log", "count")}
+        return {k: self.path(k) for k in ("pid", "lock", "fault", "log", "count")}
 
 
 def host_folder() -> str:
-    """`$BATCHSCORE_HOST_DIR` or `/tmp/bs-host-<uid>`, made private to this user."""
+    """`$BATCHSCORE_HOST_DIR` or `/tmp/bs-host-<uid>` (AF_UNIX paths stay short), made private to this user."""
     folder = os.environ.get(HOST_DIR_ENV) or f"/tmp/bs-host-{os.getuid()}"
     os.makedirs(folder, mode=0o700, exist_ok=True)
     if os.stat(folder).st_uid != os.getuid():
@@ -111,6 +109,12 @@ def executor_scope() -> str:
 
 
 def host_files(*, fingerprint: str, signature: str, gpus: list[str]) -> HostFiles:
+    """The files of this executor's host for the model: one host per executor, model and GPU set.
+
+    The key names the executor (`executor_scope`: `SPARK_LOCAL_DIRS`, the executor's own
+    block-manager directories, one per executor JVM and application, set in every Python
+    worker's environment), the model fingerprint and signature, and the task's GPU addresses.
+    """
     raw = json.dumps([executor_scope(), fingerprint, signature, sorted(gpus)])
     return HostFiles(host_folder(), hashlib.sha256(raw.encode()).hexdigest()[:20])
 

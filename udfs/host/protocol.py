@@ -1,20 +1,11 @@
 """The model host's wire format: named tensors as Arrow IPC messages over a Unix socket.
 
-A message is an 8-byte big-endian length, then one Arrow IPC stream holding a
-schema and at most one record batch. The batch has one column per tensor and one
-row per tensor row (the tensors of a message share their leading dimension `n`):
-
-- a tensor `[n]` is a plain column of its Arrow type;
-- a tensor `[n, *inner]` is a `fixed_size_list<prod(inner)>` column of its values
-  in row-major order, `inner` in the field's metadata (`shape`, a JSON list);
-- numeric and bool tensors keep their Arrow type (`kind: native`), string tensors
-  (numpy object arrays of str or bytes) are string or binary columns (`kind: object`),
-  anything else (e.g. bfloat16) travels as its raw bytes, `uint8` values
-  (`kind: raw`); the numpy dtype is in `dtype` (its name for raw bytes, e.g. `bfloat16`).
-
-The schema's metadata carries the message's fields (`op`: `hello` | `predict` in a
-request; host id, loads, `error` in a reply), all strings. Numeric columns are
-written and read without copies.
+A message is an 8-byte big-endian length (`HEADER`), then one Arrow IPC stream holding a
+schema and at most one record batch: one column per tensor, one row per tensor row (the
+tensors of a message share their leading dimension `n`; `_column` has the encoding). The
+schema's metadata carries the message's fields (`op`: `hello` | `predict` in a request;
+host id, loads, `error` in a reply), all strings. Numeric columns are written and read
+without copies.
 """
 from __future__ import annotations
 
@@ -84,6 +75,16 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytearray:
 
 
 def _column(name: str, a: np.ndarray) -> tuple[pa.Field, pa.Array]:
+    """A tensor as a schema field and its column.
+
+    - a tensor `[n]` is a plain column of its Arrow type;
+    - a tensor `[n, *inner]` is a `fixed_size_list<prod(inner)>` column of its values
+      in row-major order, `inner` in the field's metadata (`shape`, a JSON list);
+    - numeric and bool tensors keep their Arrow type (`kind: native`), string tensors
+      (numpy object arrays of str or bytes) are string or binary columns (`kind: object`),
+      anything else (e.g. bfloat16) travels as its raw bytes, `uint8` values
+      (`kind: raw`); the numpy dtype is in `dtype` (its name for raw bytes, e.g. `bfloat16`).
+    """
     """One tensor as (field, column): see the module docstring."""
     if a.ndim == 0:
         raise ValueError(f"tensor '{name}' has no row dimension")

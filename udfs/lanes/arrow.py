@@ -29,6 +29,7 @@ from batchscore.core.storage import (
     pyarrow_uri,
 )
 from batchscore.udfs.batches.arrow_filter import RowFilter
+from batchscore.udfs.lanes.scoring import score_batches, scored_schema
 
 
 class UnsupportedInput(ValueError):
@@ -336,8 +337,6 @@ def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
 def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: Any, accumulator: Any) -> Any:
     """Arrow lane: a DataFrame of keep columns + predictions + reason, one task per planned group."""
     from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
-
-    from batchscore.udfs.lanes.scoring import score_batches, scored_schema  # noqa: PLC0415 - imported at use: the modules import each other
 
     source = plan_in.source
     arrow_in = pa.schema([source.schema.field(c) for c in source.columns])

@@ -5,13 +5,6 @@ and TensorFlow import before the first row is scored. The warm-up is a Spark job
 task per task slot, submitted from a thread (its own job group) right after the
 signature is read; each task imports TensorFlow and sizes its thread pools for the
 task's cores, and the scoring tasks reuse those workers (`spark.python.worker.reuse`).
-
-The model itself is not touched: its load (a fraction of a second per worker, against
-seconds for the TF import) stays in each worker's first scoring task, so a user error
-the driver finds while planning (a missing column, a wrong array length in the sample)
-still fails before any executor unpacks or loads the model, and `model_loads` still
-counts scoring workers only (one each).
-
 A warm-up that fails (a worker dies, the job is cancelled) only did not warm: it is
 logged, and the scoring tasks import TensorFlow themselves as without it.
 """
@@ -25,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchscore.udfs.lanes.scoring import task_resources, worker_stats
 from batchscore.udfs.model import cache as model_cache
 
 log = logging.getLogger("batchscore")
@@ -33,9 +27,14 @@ log = logging.getLogger("batchscore")
 def warm_worker(accumulator: Any) -> None:
     """In a Python worker: import TensorFlow with its pools sized for the task, and report the
     seconds it took (`warmup_tf_import_s`). Devices are left alone: the first scoring task
-    configures them (udfs/model/devices.py), knowing `model.gpu_memory_mb`."""
-    from batchscore.udfs.lanes.scoring import task_resources, worker_stats  # noqa: PLC0415 - imported at use: the modules import each other
+    configures them (udfs/model/devices.py), knowing `model.gpu_memory_mb`.
 
+    The model itself is not touched: its load (a fraction of a second per worker, against
+    seconds for the TF import) stays in each worker's first scoring task, so a user error
+    the driver finds while planning (a missing column, a wrong array length in the sample)
+    still fails before any executor unpacks or loads the model, and `model_loads` still
+    counts scoring workers only (one each).
+    """
     spent_before = model_cache.seconds_spent()
     cores, _ = task_resources()
     model_cache.configure_threads(cores)

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from batchscore.core.errors import ModelError
 from batchscore.udfs.model import tensor_types
+from batchscore.udfs.model.cache import load_keras_file
 from batchscore.udfs.model.saved_model_proto import dtype_name, parse_saved_model
 
 
@@ -156,8 +157,6 @@ def read_signature(path: str, signature: str = "serving_default") -> ModelSignat
 
 def _read_keras_signature(path: str, signature: str) -> ModelSignature:
     """A `.keras` file: inputs and outputs from the model's Input and output layers."""
-    from batchscore.udfs.model.cache import load_keras_file  # noqa: PLC0415 - imported at use: the modules import each other
-
     model = load_keras_file(path)
     inputs = tuple(
         TensorSpec(t.name.split(":")[0], _keras_dtype(t.dtype), tuple(t.shape[1:]))
