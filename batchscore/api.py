@@ -1,19 +1,12 @@
 """The Python API for pipelines and notebooks: `score_dataframe` and `predict_udf`.
 
-Both read the model's signature on the driver, ship the model to the executors
-once (`model.distribution`), load it once per Python worker (batchscore.udfs.model.cache)
-and re-chunk rows to `batch_size` across Arrow batches (batchscore.udfs.batches.batching), like the
-score job's DataFrame lane.
-
-Bad rows (a null or non-finite feature, an array of the wrong length, a row the
-model rejects or answers with NaN) never get a value that looks like a
-prediction:
-
-- `score_dataframe` keeps them with null predictions and says why in
-  `bs__reason` / `bs__column` (`bad_rows="keep"`, the default), drops them and the
-  two columns (`bad_rows="drop"`), or fails the Spark job (`bad_rows="fail"`).
-- `predict_udf` gives them a null prediction (a null struct for several outputs),
-  or fails the Spark job (`bad_rows="fail"`).
+Both read the model's signature on the driver, validate every argument there, ship the
+model to the executors once, load it once per Python worker and re-chunk rows to
+`batch_size` across Arrow batches, as the score job's DataFrame lane does. Bad rows (a
+null or non-finite feature, a wrong-length array, a row the model rejects or answers
+with NaN) never get a value that looks like a prediction: `score_dataframe` keeps them
+with null predictions and a reason (`bad_rows="keep"`), drops them, or fails the job;
+`predict_udf` gives them a null prediction or fails the job (docs/python-api.md).
 """
 from __future__ import annotations
 

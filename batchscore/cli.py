@@ -1,17 +1,9 @@
 """`batchscore <command> ...`: one command with subcommands, each the job's own `main`.
 
-    batchscore score --config FILE [--set key=value ...] [--quiet | --verbose]
-    batchscore check-manifest PATH [--min-rows N]
-    batchscore report PATH [--out FILE]
-    batchscore evaluate --predictions DIR --label COL --score COL [--labels PATH --key COL]
-                        [--task T] [--slice COL] [--out DIR] [--gate METRIC>=VALUE ...]
-    batchscore train --config FILE [--set key=value ...] [--quiet | --verbose]
-    batchscore demo [--out DIR] [--rows N] [--config FILE]
-    batchscore jvm-cache [--path | --force]
-
-Also `python -m batchscore ...`. Each subcommand keeps its job's exit codes
-(0 success, 2 a user error with one `error: ...` line, 1 anything else; evaluate: 3 a
-`--gate` failed).
+`batchscore --help` lists the commands (score, check-manifest, report, evaluate, train, demo,
+jvm-cache), `batchscore COMMAND --help` their options; also `python -m batchscore ...`.
+Each subcommand keeps its job's exit codes (0 success, 2 a user error with one
+`error: ...` line, 1 anything else; evaluate: 3 a `--gate` failed).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Ray Data peer (issue part 5): read_parquet -> map_batches on an actor pool -> write_parquet.
+"""The Ray Data peer: read_parquet -> map_batches on an actor pool -> write_parquet.
 
 Local Ray on `num_cpus=2`, bound to 127.0.0.1, no dashboard, no usage stats; an
 actor pool of 2 (`ActorPoolStrategy(size=2)`), each actor reserving one half

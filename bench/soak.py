@@ -1,4 +1,4 @@
-"""The soak (issue part 6): `python -m bench.soak` (make bench-soak).
+"""The soak: `python -m bench.soak` (make bench-soak).
 
 One cold run of the Arrow lane (`--lanes arrow_lane,dataframe_lane` adds the
 DataFrame lane) over 50M MLP rows (200 files of 250k rows, ~6.6 GB, made once into

@@ -77,10 +77,10 @@ class ModelSpec(Section):
     batch_size: PositiveInt = 1024
     distribution: Distribution = "broadcast"
     # worker: each Python worker loads its own copy; executor: one model host process per executor
-    # (per assigned GPU) serves every worker of that executor (issue 13)
+    # (per assigned GPU) serves every worker of that executor
     sharing: Sharing = "worker"
     # replicate: the whole model on each task's device; split: consecutive layer groups over the
-    # task's devices, run as a pipeline over micro-batches (issue 13)
+    # task's devices, run as a pipeline over micro-batches
     placement: Placement = "replicate"
     gpu_memory_mb: PositiveInt | None = None  # a per-process GPU memory limit; default: memory growth
     # sharing executor: after a request, how long the host waits for requests of other workers

@@ -19,7 +19,7 @@ REQUIRED = ("train.data", "train.label", "train.output", "train.features")
 
 
 class TrainSection(Section):
-    """`train:` the data, the model, how to train it and where the export goes (DESIGN.md, "Training config")."""
+    """`train:` the data, the model, how to train it and where the export goes (docs/training.md, "Training config")."""
 
     data: Path
     filter: str | None = None  # a Spark SQL predicate over the training set

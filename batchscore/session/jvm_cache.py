@@ -1,21 +1,12 @@
 """A class-data-sharing archive of Spark's JVM classes: seconds off every local job's start.
 
-    batchscore jvm-cache            # build it (once per machine, JDK, Spark and jar set)
-    batchscore jvm-cache --path     # print the archive a session here would use ("" if none)
-                                    # (--class-path CP: for a session with that driver classpath)
-
-A cold Spark job loads and verifies ~20,000 classes from the jars before its first
-task runs: 7-8 s of a local run's fixed cost on 2 cores. Java's Application Class-Data
-Sharing (JDK 13+, dynamic archives: `-XX:ArchiveClassesAtExit` / `-XX:SharedArchiveFile`)
-maps those classes, already parsed and verified, from one file instead.
-
-The archive is built by running a small scoring job on both lanes with the classpath
-sessions here will use, and dumping the classes it loaded when its JVM exits. It is
-keyed by the `java` binary, the Spark installation and the driver classpath, so a new JDK,
-pyspark or jar set finds no archive (and runs as before) until it is rebuilt. The JVM
-itself checks the archive at start and silently ignores one that does not match. Sessions
-built by `batchscore.session.builder` for local masters use it when it exists; `BATCHSCORE_JVM_CACHE=off`
-turns it off, `BATCHSCORE_CACHE` moves the cache folder (default `~/.cache/batchscore`).
+A cold Spark job loads and verifies ~20,000 classes before its first task: 7-8 s of a
+local run's fixed cost on 2 cores. Java's dynamic Class-Data Sharing archive maps them,
+parsed and verified, from one file instead. The archive is keyed by the `java` binary,
+the Spark installation and the driver classpath, so a new JDK, pyspark or jar set finds
+none (and runs as before) until it is rebuilt; the JVM ignores one that does not match.
+Local sessions use it when it exists (`BATCHSCORE_JVM_CACHE=off` turns it off,
+`BATCHSCORE_CACHE` moves the folder). `batchscore jvm-cache` builds it (jobs/jvm_cache.py).
 """
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def test_dataframe_lane_packs_same_typed_stacked_columns_only(spark) -> None:
     assert row == {"id": 1, "a": 1.0, "d": 4, "e": 5.0, "bs__packed_0": [1.0, 2.0, 3.0]}
 
 
-# --- input.filter on a column holding NaN (issue #10): both lanes keep the rows Spark keeps ---
+# --- input.filter on a column holding NaN: both lanes keep the rows Spark keeps ---
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,12 @@
 """The model host: one process per executor (per assigned GPU) that holds the model for
 every Python worker of that executor (`model.sharing: executor`).
 
-    python -m batchscore.udfs.host.model_host --socket PATH --model DIR ... (started by batchscore.udfs.host.client)
-
-It loads the model once with the workers' own loader (`cache.model_loader`, from
-the local path the starting worker resolved), so its predictions are those of
-`sharing: worker`; sizes TensorFlow's thread pools to the executor's cores and shows
-it only the task's GPU addresses. It listens on a Unix socket (udfs/host/protocol.py
-is the wire format); each connection (one per worker) sends model-input batches and
-gets the outputs back. One scorer thread joins requests that arrive together into one
-model call of at most `model.batch_size` rows, waiting at most `model.host_wait_ms`
-for more rows after the first request; a request larger than the batch size is
-scored in batch-size chunks.
-
-Lifecycle: started detached (its own session, re-parented by a double fork, see
-udfs/host/client.py), so a worker's exit or its daemon's SIGHUP to the workers does
-not end it; it watches the
-process that forked the starting worker (PySpark's daemon, or the executor JVM when
-there is no daemon: both end with the executor, also after a kill -9 of the JVM, when
-the daemon reads end-of-file on its stdin) and exits within a second once it is
-gone, removing its socket, pid file and lock. A crash leaves them stale: the next
-task finds no live socket and starts a new host (udfs/host/client.py).
+It loads the model with the workers' own loader, so its predictions are those of
+`sharing: worker`, and listens on a Unix socket (`protocol` is the wire format): one
+scorer thread joins requests that arrive together into model calls of at most
+`model.batch_size` rows (`RequestBatcher`). It is started detached by `client`, and
+exits within a second once the process that forked the starting worker is gone
+(PySpark's daemon, or the executor JVM), removing its files (`wait_for_exit`).
 """
 from __future__ import annotations
 

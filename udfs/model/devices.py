@@ -1,16 +1,11 @@
 """Run each scoring task's model on the GPU Spark assigned to it.
 
-Spark hands a task GPU addresses (`TaskContext.resources()["gpu"].addresses`: CUDA's indices
-in the executor's processes). Once per worker, before TF's runtime starts, memory growth is
-turned on for every GPU TF sees, or each is capped at `model.gpu_memory_mb`; each task's model
-then runs under `tf.device("/GPU:<address>")`, the model cache keyed by that device, so a
-reused worker handed another address moves its copy (`model_cache.get_predict_fn`). An address
-TF does not have runs on CPU:0, said once per worker and address; the manifest's `devices`
-says where each worker scored (`last_label`, through `worker_stats`).
-
-Fake GPUs (docs/gpu-on-a-laptop.md): `BATCHSCORE_FAKE_GPUS=N`, read once per process here and
-by conf/spark-gpu-discovery.sh, stands logical CPU devices CPU:1..CPU:N in for GPU addresses
-0..N-1 (CPU:0 stays the CPU); `model.gpu_memory_mb` is then logged, not applied.
+Once per worker, before TF's runtime starts, memory growth is turned on for every GPU
+(or each is capped at `model.gpu_memory_mb`); each task's model then runs under
+`tf.device("/GPU:<address>")` of its `TaskContext.resources()["gpu"]`, the model cache
+keyed by that device. An address TF does not have runs on CPU:0, said once per worker.
+Fake GPUs (docs/gpu-on-a-laptop.md): `BATCHSCORE_FAKE_GPUS=N` stands logical CPU devices
+CPU:1..CPU:N in for GPU addresses 0..N-1.
 """
 from __future__ import annotations
 

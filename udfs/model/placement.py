@@ -1,39 +1,13 @@
 """Model-parallel inference (`model.placement: split`): a model cut into consecutive stages,
 one per device of the task, run as a pipeline over micro-batches.
 
-**The task's devices.** The GPUs Spark assigned the task (`udfs/model/devices.py` maps their
-addresses to TF devices); a task with none assigned uses every GPU the worker has
-(`devices.worker_gpus`: with `BATCHSCORE_FAKE_GPUS=N`, the N logical CPU devices standing in
-for GPUs, docs/gpu-on-a-laptop.md), else the CPU. With one device, `split` is `replicate`
-(logged once per worker).
-
-**Stages.** A `.keras` model's layers (topological order) are cut into consecutive groups
-of about equal estimated compute (multiply-adds per row, `node_cost`), since the slowest
-stage bounds a pipeline; each group becomes a Keras sub-model (`keras.Model` between the
-tensors live at its cuts), cloned under `tf.device` of its device so its variables live
-there, weights copied. The model is first loaded on the host CPU, so no accelerator ever
-holds the whole model. A SavedModel splits when it exposes stages by this convention:
-
-- children `stage_0`, ..., `stage_{k-1}` of the root object (`root.stage_0 = tf.Module()`),
-  each callable: its `__call__` a `tf.function` with one input signature, a dict of tensors
-  to a dict of tensors, and its variables its own (attributes of the stage module);
-- `stage_0` takes the served signature's inputs (same names), each stage's output keys are
-  the next stage's input keys, and the last stage returns the signature's outputs;
-- the signature itself (serving_default) should compute the same chain, so `replicate`
-  and `split` agree. `tests/placement_support.build_staged_model` builds one.
-
-Each stage is loaded on its own device (`_load_stages`: the model without its checkpoint
-under `tf.device`, then only that stage's variable values), so a device holds only its stage.
-
-**Pipeline.** One `tf.function` cuts each call into m micro-batches and chains the stages
-on each: `with tf.device(d_s): h = stage_s(h)`. TensorFlow's dataflow executor runs an op
-as soon as its inputs are ready, so stage s of micro-batch j+1 runs beside stage s+1 of
-micro-batch j (GPipe-style inference; the bubble is (k-1)/(m+k-1) of a call). One graph
-instead of a thread per device: no Python (and no GIL) between stages, copies between
-devices inserted by TF, one concrete function with a fixed input signature (no retrace on
-the last short batch), and errors surface from one call. On GPUs the kernels of
-different devices overlap on their own streams; on logical CPU devices the overlap is
-bounded by the inter-op threads the task's cores allow.
+The task's devices are the GPUs Spark assigned it, else every GPU the worker has (with
+`BATCHSCORE_FAKE_GPUS=N`, logical CPU devices standing in, docs/gpu-on-a-laptop.md), else
+the CPU; with one device `split` is `replicate`. A `.keras` model's layers are cut into
+groups of about equal estimated compute (`node_cost`, `keras_cuts`), each cloned on its
+device; a SavedModel splits when it exposes stages (`saved_model_stages`), each loaded on
+its own device (`_load_stages`). One `tf.function` runs the stages over micro-batches
+(`pipelined`), so no device ever holds the whole model and stages overlap.
 """
 from __future__ import annotations
 
@@ -186,7 +160,14 @@ StageCall = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def pipelined(calls: Sequence[StageCall], devices: Sequence[str], micro_batches: int) -> StageCall:
-    """A graph function of the chained stages over `micro_batches` micro-batches (call it inside a tf.function)."""
+    """A graph function of the chained stages over `micro_batches` micro-batches (call it inside a tf.function).
+
+    Each call is cut into m micro-batches and the stages chained on each under `tf.device`.
+    TF's dataflow executor runs an op as soon as its inputs are ready, so stage s of
+    micro-batch j+1 runs beside stage s+1 of micro-batch j (GPipe-style; the bubble is
+    (k-1)/(m+k-1) of a call). One graph, not a thread per device: no Python between stages,
+    copies inserted by TF, one concrete function (no retrace on the last short batch).
+    """
     tf: Any = model_cache.import_tensorflow()
 
     def run(feed: dict[str, Any]) -> dict[str, Any]:
@@ -324,7 +305,14 @@ def load_split_keras(path: str, devices: Sequence[str], *, batch_size: int,
 
 def saved_model_stages(path: str) -> list[str]:
     """The stage children of a SavedModel's root (`stage_0`, `stage_1`, ...), in order, read from
-    its object graph with the protobuf package alone (no TensorFlow, no variables)."""
+    its object graph with the protobuf package alone (no TensorFlow, no variables).
+
+    The convention: children `stage_0..stage_{k-1}` of the root, each a callable module whose
+    `__call__` is a `tf.function` with one input signature (a dict of tensors to a dict of
+    tensors) and owns its variables; `stage_0` takes the signature's inputs, each stage's
+    output keys are the next one's input keys, the last returns the signature's outputs, and
+    serving_default computes the same chain (`tests/support/placement.build_staged_model`).
+    """
     with open(os.path.join(path, "saved_model.pb"), "rb") as fh:
         meta_graphs = parse_saved_model(fh.read()).meta_graphs
     nodes = meta_graphs[0].object_graph_def.nodes if meta_graphs else []
