@@ -116,7 +116,7 @@ def score_dataframe(
         pad_multiple=pad_multiple, mask=mask, columns=columns, keep=_names(df.columns if keep is None else keep),
         rename=rename, bad_rows=bad_rows))
     sig = read_signature(absolute(opts.model), opts.signature)
-    source = make_model_source(df.sparkSession.sparkContext, sig.path, sig.fingerprint, opts.distribution)
+    source = make_model_source(df.sparkSession, sig.path, sig.fingerprint, opts.distribution)
     plan = plan_scoring(sig, arrow_schema_of(df), source, columns=opts.columns or None, batch_size=opts.batch_size,
                         keep_columns=opts.keep, rename=opts.rename, on_bad_rows=_on_bad_rows(opts.bad_rows),
                         pad=opts.pad, pad_multiple=opts.pad_multiple, mask=opts.mask)
@@ -170,7 +170,7 @@ def predict_udf(
         if spark is None:
             raise ConfigError("predict_udf needs a running SparkSession (start one, or pass spark=...)")
     sig = read_signature(absolute(opts.model), opts.signature)
-    source = make_model_source(spark.sparkContext, sig.path, sig.fingerprint, opts.distribution)
+    source = make_model_source(spark, sig.path, sig.fingerprint, opts.distribution)
     from batchscore.udfs.lanes.stats import make_stats_accumulator  # noqa: PLC0415 - imported at use: the modules import each other
 
     return PredictUDF(sig, source, opts.batch_size, _on_bad_rows(opts.bad_rows), dict(opts.pad), opts.pad_multiple,

@@ -32,6 +32,7 @@ from batchscore.session.widgets import notebook_params  # noqa: E402
 from batchscore.session.builder import build_session  # noqa: E402
 from batchscore.evaluation.run import read_predictions, summary  # noqa: E402
 from batchscore.evaluation.metrics import evaluate  # noqa: E402
+from batchscore.core.session_kind import is_connect  # noqa: E402
 
 # COMMAND ----------
 
@@ -66,7 +67,8 @@ try:
     own_session = False
 except NameError:
     spark = build_session({"spark.master": "local[*]", "spark.ui.enabled": False}, app_name="batchscore-evaluate")
-    spark.sparkContext.setLogLevel("WARN")
+    if not is_connect(spark):  # SPARK_REMOTE: a Spark Connect session
+        spark.sparkContext.setLogLevel("WARN")
     own_session = True
 
 # COMMAND ----------

@@ -35,6 +35,8 @@ from batchscore.config.loader import load_config  # noqa: E402
 from batchscore.jobs.score import summary  # noqa: E402
 from batchscore.session.builder import ENGINE_DEFAULTS, build_session  # noqa: E402
 from batchscore.run.steps import run_scoring  # noqa: E402
+from batchscore.run.cluster import master, spark_conf  # noqa: E402
+from batchscore.core.session_kind import is_connect  # noqa: E402
 
 # COMMAND ----------
 
@@ -90,17 +92,18 @@ try:
     spark  # noqa: B018, F821 - the notebook's session on Databricks
     own_session = False
 except NameError:
-    spark = build_session(cfg.spark, app_name="batchscore-notebook")
-    spark.sparkContext.setLogLevel("WARN")
+    spark = build_session(cfg.spark, app_name="batchscore-notebook")  # SPARK_REMOTE: a Spark Connect session
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel("WARN")
     own_session = True
 
 if not own_session:
     for key, value in {**ENGINE_DEFAULTS, **cfg.spark}.items():
         if key.startswith("spark.sql."):
             spark.conf.set(key, str(value).lower() if isinstance(value, bool) else str(value))
-    if spark.sparkContext.getConf().get("spark.python.worker.reuse", "true").lower() != "true":
+    if spark_conf(spark).get("spark.python.worker.reuse", "true").lower() != "true":
         print("warning: spark.python.worker.reuse is off on this cluster: the model is loaded for every task")
-print(f"Spark {spark.version}, master {spark.sparkContext.master}")
+print(f"Spark {spark.version}, master {master(spark)}" + (" (Spark Connect)" if is_connect(spark) else ""))
 
 # COMMAND ----------
 

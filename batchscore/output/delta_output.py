@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 from batchscore.core.columns import BAD_COLUMN, REASON_COLUMN
 from batchscore.core.errors import ConfigError, SchemaError
+from batchscore.core.session_kind import is_connect
 from batchscore.output import publish
 from batchscore.output.hadoop_fs import HadoopFs
 from batchscore.output.manifest import MANIFEST_NAME
@@ -73,6 +74,8 @@ def delta_session(spark: Any) -> bool:
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     if DELTA_EXTENSION not in extensions.split(","):
         return False
+    if is_connect(spark):  # the server's classpath is not visible from a client: its extension conf says it
+        return True
     jvm = spark.sparkContext._jvm
     try:
         jvm.java.lang.Class.forName("io.delta.tables.DeltaTable", False,
@@ -190,13 +193,9 @@ def _manifest_run_id(spark: Any, fs: HadoopFs, out_path: str) -> str | None:
     path = f"{out_path}/{MANIFEST_NAME}"
     if not fs.exists(path):
         return None
-    jvm = spark.sparkContext._jvm
-    jp = jvm.org.apache.hadoop.fs.Path(path)
-    stream = jp.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(jp)
-    try:
-        raw = bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
-    finally:
-        stream.close()
+    raw = fs.read_bytes(path)
+    if raw is None:
+        return None
     try:
         run_id = json.loads(raw).get("run_id")
     except (ValueError, AttributeError):

@@ -13,6 +13,7 @@ from batchscore.config.job_spec import InputSpec
 from batchscore.core import compat
 from batchscore.core.errors import ConfigError
 from batchscore.output.hadoop_fs import HadoopFs
+from batchscore.run.cluster import default_parallelism
 from batchscore.run.planning import TASKS_PER_SLOT
 from batchscore.udfs.batches.arrow_filter import UnsupportedFilter, arrow_filter
 from batchscore.udfs.lanes.arrow import ArrowPlan, UnsupportedInput, plan_arrow_input, sample_rows
@@ -49,7 +50,7 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
     """
     if spec.lane == "dataframe":
         return None
-    slots = slots or spark.sparkContext.defaultParallelism
+    slots = slots or default_parallelism(spark)
     if spec.format != "parquet":
         if spec.lane == "arrow":
             raise ConfigError(f"input.lane 'arrow' reads plain Parquet only; input.format is '{spec.format}'")

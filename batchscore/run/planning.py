@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from batchscore.core.storage import HDFS_SCHEMES, pyarrow_fs, pyarrow_uri
+from batchscore.run.cluster import default_parallelism, live_task_slots, master, spark_conf
 from batchscore.udfs.lanes.arrow import ArrowPlan
 
 log = logging.getLogger("batchscore")
@@ -53,7 +54,7 @@ class TaskPlanning:
 # --- slots ---
 
 
-def task_slots(sc: Any) -> Slots:
+def task_slots(spark: Any) -> Slots:
     """The executors' task slots.
 
     Spark's own count for the live executors (`maxNumConcurrentTasks` of the default
@@ -62,15 +63,15 @@ def task_slots(sc: Any) -> Slots:
     registered, the same formula over the conf (`spark.executor.instances`,
     `spark.executor.cores`, the GPU amounts); else the default parallelism.
     """
-    live = _live_slots(sc)
+    live = live_task_slots(spark)
     if live > 0:
         return Slots(live, "executors")
-    conf = dict(sc.getConf().getAll())
+    conf = spark_conf(spark)
     executors = _int(conf.get("spark.executor.instances")) or _int(conf.get("spark.dynamicAllocation.initialExecutors"))
-    if executors and not sc.master.startswith("local"):
+    if executors and not master(spark).startswith("local"):
         return Slots(max(1, executors * slots_per_executor(conf)), "conf")
     cpus = max(1, _int(conf.get("spark.task.cpus")) or 1)
-    return Slots(max(1, sc.defaultParallelism // cpus), "default_parallelism")
+    return Slots(max(1, default_parallelism(spark) // cpus), "default_parallelism")
 
 
 def slots_per_executor(conf: Mapping[str, str]) -> int:
@@ -81,15 +82,6 @@ def slots_per_executor(conf: Mapping[str, str]) -> int:
     if task_gpu > 0 and executor_gpu > 0:
         slots = min(slots, max(1, int(executor_gpu / task_gpu + 1e-9)))
     return slots
-
-
-def _live_slots(sc: Any) -> int:
-    """Spark's count of concurrent tasks on the registered executors (0 when unknown)."""
-    try:
-        jsc = sc._jsc.sc()
-        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
-    except Exception:  # noqa: BLE001 - a private Spark method: any failure means "not known", the conf decides
-        return 0
 
 
 def _int(v: Any) -> int:

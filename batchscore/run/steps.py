@@ -31,6 +31,7 @@ from batchscore.output.manifest import (
     RunManifest,
     SparkInfo,
 )
+from batchscore.run.cluster import master, spark_conf
 from batchscore.run.inputs import read_input
 from batchscore.run.lane_choice import (
     UNSORTED_WRITE,
@@ -54,7 +55,7 @@ from batchscore.udfs.lanes.scoring import (
     with_predictions,
 )
 from batchscore.udfs.lanes.stats import make_stats_accumulator, model_loads, model_loads_by_executor
-from batchscore.udfs.lanes.warmup import Warmup, start_warmup, warmup_tasks
+from batchscore.udfs.lanes.warmup import Warmup, start_warmup
 from batchscore.udfs.model.distribution import make_model_source
 from batchscore.udfs.model.placement import check_splittable
 from batchscore.udfs.model.signature import ModelSignature, read_signature
@@ -169,11 +170,10 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
     if spec.output.format == "delta":
         delta_output.check_delta_output(spark, fs, out_path)
     signature = read_signature(absolute(spec.model.path), spec.model.signature)
-    sc = spark.sparkContext
-    warmup = (start_warmup(spark, accumulator, tasks=warmup_tasks(sc))
+    warmup = (start_warmup(spark, accumulator, tasks=task_slots(spark).count)
               if spec.model.warmup and accumulator is not None else None)
     try:
-        source = make_model_source(sc, signature.path, signature.fingerprint, spec.model.distribution)
+        source = make_model_source(spark, signature.path, signature.fingerprint, spec.model.distribution)
         clock.phase("signature")
         return _plan_input(spark, fs, spec, signature, source, clock=clock,
                            ids=(run_id, out_path, q_path), warmup=warmup)
@@ -191,10 +191,9 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
     clock.phase("input_and_schema")
     keep = [*spec.output.keep_columns, *(c for c in spec.output.partition_by if c not in spec.output.keep_columns)]
     schema = arrow_schema_of(df)
-    conf = spark.sparkContext.getConf()
     runtime = ModelRuntime(spec.model.sharing, spec.model.placement, spec.model.gpu_memory_mb,
                            host_wait_ms=spec.model.host_wait_ms,
-                           executor_cores=executor_cores(spark.sparkContext.master, conf.get("spark.executor.cores")))
+                           executor_cores=executor_cores(master(spark), spark_conf(spark).get("spark.executor.cores")))
     if runtime.sharing == "executor" and runtime.placement == "split":
         raise ConfigError("model.placement split needs model.sharing worker: the executor's model host "
                           "replicates the model on its device")
@@ -205,12 +204,12 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
                            rename=spec.output.rename, on_bad_rows=spec.quarantine.on_bad_rows,
                            pad=spec.input.pad, pad_multiple=spec.input.pad_multiple, mask=spec.input.mask,
                            runtime=runtime)
+    slots = task_slots(spark)
     corrupt: list[str] = []
     if spec.input.ignore_corrupt_files and spec.input.format == "parquet":
-        corrupt = corrupt_parquet_files(spark, spec.input.path)
+        corrupt = corrupt_parquet_files(spark, spec.input.path, tasks=slots.count * 4)
         for f in corrupt:
             log.warning("skipping corrupt input file %s (input.ignore_corrupt_files)", f)
-    slots = task_slots(spark.sparkContext)
     arrow_plan = choose_arrow_plan(spark, spec.input, schema, scoring.input_columns, df=df,
                                    exclude=frozenset(corrupt), slots=slots.count)
     planning = plan_tasks(df, slots, arrow_plan=arrow_plan, batch_size=spec.model.batch_size)
@@ -454,13 +453,13 @@ def build_manifest(spark: Any, plan: RunPlan, counts: Counts, stats: dict[str, A
         python_workers=len(stats.get("loads", {})),
         peak_worker_rss_mb=round(max(stats.get("peak_rss_mb", {}).values(), default=0), 1),
         corrupt_files_skipped=len(corrupt) + int(stats.get("corrupt_files", 0)),
-        spark=SparkInfo(spark.version, spark.sparkContext.master, class_archive(spark)),
+        spark=SparkInfo(spark.version, master(spark), class_archive(spark)),
     )
 
 
 def class_archive(spark: Any) -> str | None:
     """The class-data archive in the driver's Java options (`-XX:SharedArchiveFile=`), if any."""
-    options = spark.sparkContext.getConf().get("spark.driver.extraJavaOptions", "") or ""
+    options = spark_conf(spark).get("spark.driver.extraJavaOptions", "") or ""
     return next((o.split("=", 1)[1] for o in options.split() if o.startswith("-XX:SharedArchiveFile=")), None)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from batchscore.config.train_spec import TrainSpec
 from batchscore.core.errors import BatchscoreError, ConfigError
+from batchscore.core.session_kind import is_connect
 
 MODULE = "batchscore.training.multiworker"
 PARENT_ENV = "BATCHSCORE_TRAIN_PARENT"  # the barrier task's pid: the trainer exits if it is gone
@@ -44,9 +45,13 @@ def run_multi_worker(spark: Any, spec: TrainSpec, *, row_filter: Any = None) -> 
     """Train on `train.workers` Spark barrier tasks; the chief's training manifest.
 
     Raises:
-        ConfigError: the cluster has fewer task slots than `train.workers`.
+        ConfigError: the cluster has fewer task slots than `train.workers`; a Spark Connect session
+            (no barrier tasks).
         TrainWorkerError: (in the Spark error) a worker failed.
     """
+    if is_connect(spark):
+        raise ConfigError("train.strategy multi_worker needs a classic Spark session (barrier tasks); under Spark "
+                          "Connect use train.strategy default or mirrored, which train in this process")
     n = spec.train.workers
     slots = task_slots(spark)
     if slots is not None and n > slots:  # else Spark retries the barrier stage for 40 x 15 s before it gives up

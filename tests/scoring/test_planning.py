@@ -60,7 +60,7 @@ def test_slots_follow_cores_task_cpus_and_gpus() -> None:
 
 
 def test_the_sessions_slots_are_its_two_local_cores(spark) -> None:
-    assert task_slots(spark.sparkContext) == Slots(2, "executors")
+    assert task_slots(spark) == Slots(2, "executors")
 
 
 @pytest.mark.parametrize("lane", ["arrow", "dataframe"])

@@ -104,7 +104,7 @@ def test_a_scoring_worker_freezes_the_model_and_keeps_spark_zips(spark, demo_inp
 
     sig = read_signature(demo_model)
     df = spark.read.parquet(demo_input)
-    plan = plan_scoring(sig, arrow_schema_of(df), make_model_source(spark.sparkContext, demo_model,
+    plan = plan_scoring(sig, arrow_schema_of(df), make_model_source(spark, demo_model,
                                                                     sig.fingerprint, "direct"),
                         columns={"numeric": list(NUMERIC)}, batch_size=64, keep_columns=["id"])
     rows = (df.select(*plan.input_columns).repartition(2)

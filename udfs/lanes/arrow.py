@@ -358,7 +358,7 @@ def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: An
     return tasks_df.mapInArrow(run, out_schema)
 
 
-def corrupt_parquet_files(spark: Any, root: str) -> list[str]:
+def corrupt_parquet_files(spark: Any, root: str, *, tasks: int) -> list[str]:
     """Files below root whose Parquet footer cannot be read, checked in parallel on the executors.
 
     Raises:
@@ -371,6 +371,11 @@ def corrupt_parquet_files(spark: Any, root: str) -> list[str]:
     paths = [i.path for i in list_input_files(fs, base)]
     if not paths:
         return []
-    slices = max(1, min(len(paths), spark.sparkContext.defaultParallelism * 4))
-    bad = spark.sparkContext.parallelize(paths, slices).filter(lambda p: not parquet_footer_ok(p, uri))
-    return sorted(bad.collect())
+    def bad_footers(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            bad = [p for p in batch.column(0).to_pylist() if not parquet_footer_ok(p, uri)]
+            yield pa.RecordBatch.from_pydict({"path": pa.array(bad, pa.string())})
+
+    # the footers are read by the executors (a DataFrame of paths: the same on classic and Connect sessions)
+    listed = spark.createDataFrame([(p,) for p in paths], "path string").repartition(max(1, min(len(paths), tasks)))
+    return sorted(r[0] for r in listed.mapInArrow(bad_footers, "path string").collect())

@@ -102,9 +102,3 @@ def start_warmup(spark: Any, accumulator: Any, *, tasks: int) -> Warmup:
     warmup.thread = InheritableThread(target=run, name=warmup.group, daemon=True)
     warmup.thread.start()
     return warmup
-
-
-def warmup_tasks(sc: Any) -> int:
-    """One task per task slot: the cores Spark schedules on, over `spark.task.cpus`."""
-    cpus = int(sc.getConf().get("spark.task.cpus", "1") or 1)
-    return max(1, sc.defaultParallelism // max(1, cpus))
