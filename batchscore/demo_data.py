@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from batchscore.session.tf_logs import quiet_tensorflow_start
+
 NUMERIC = [
     "age", "income", "debt_ratio", "credit_lines", "utilization",
     "late_30_59", "late_60_89", "late_90", "months_employed", "loan_amount",
@@ -87,7 +89,7 @@ def write_features(table: pa.Table, path: str) -> None:
 
 def train_model(table: pa.Table, path: str, *, epochs: int = 2, sample: int = 200_000, seed: int = 7) -> None:
     """A small Keras MLP: normalised numeric features + one-hot categoricals -> P(default)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_start()
     import keras  # noqa: PLC0415 - seconds of import: only where a model is built or loaded
     import tensorflow as tf  # noqa: PLC0415 - seconds of import: only where a model is built or loaded
 

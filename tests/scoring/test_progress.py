@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -96,6 +97,10 @@ def test_job_logs_progress_to_a_pipe_without_tensorflow_chatter(tmp_path, demo_i
     assert "\r" not in proc.stderr  # no terminal rewriting in a log
     assert not TF_CHATTER.search(proc.stderr), proc.stderr[-3000:]
     assert "py4j" not in proc.stderr
+    # TensorFlow was imported where its lines are born: by the pre-started daemon the workers came from
+    workers = json.loads((tmp_path / "out" / "_manifest.json").read_text())["workers"]
+    assert workers and all(w["daemon_prestarted"] == 1 and w["daemon_tf_import_s"] > 0
+                           for w in workers.values()), workers
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from batchscore.core.errors import ModelError
+from batchscore.udfs.model import tf_startup
 from batchscore.udfs.model.distribution import ModelSource
 from batchscore.udfs.model.worker_tuning import freeze_long_lived_objects
 
@@ -41,12 +42,14 @@ def seconds_spent() -> dict[str, float]:
 
 
 def import_tensorflow() -> Any:
-    """`import tensorflow`, timed the first time (the import costs seconds)."""
+    """`import tensorflow`, timed the first time (the import costs seconds), with the C++ lines it
+    prints before reading `TF_CPP_MIN_LOG_LEVEL` held to that level (udfs/model/tf_startup.py)."""
     loaded = sys.modules.get("tensorflow")
     if loaded is not None:
         return loaded
     t = time.time()
-    import tensorflow as tf  # noqa: PLC0415 - seconds of import: only in workers that score
+    with tf_startup.held_to_log_level():
+        import tensorflow as tf  # noqa: PLC0415 - seconds of import: only in workers that score
 
     _seconds["tf_import"] += time.time() - t
     return tf
