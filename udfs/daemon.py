@@ -1,28 +1,13 @@
 """Spark's Python daemon, with TensorFlow imported before it forks the workers.
 
-PySpark starts one daemon per executor (`python -m pyspark.daemon`), and the daemon
-forks a Python worker for each task slot. Each worker then imports TensorFlow on its
-own: on `local[2]` that is two imports of ~3 s side by side, the largest part of a cold
-run's fixed cost after the JVM's start. With `spark.python.daemon.module` set to this
-module (`batchscore.session.builder` does so for local masters) the daemon imports TensorFlow and the
-engine's scoring modules once; the workers it forks share those pages.
-
-A local job goes further: before its JVM starts, the driver starts a *pre-started
-daemon* (`start_prestarted`) that imports all of that while the JVM boots (7 s of
-overlap on 2 cores). When the JVM later launches its daemon, this module, started as
-that daemon, hands its stdin, stdout, stderr, environment, arguments and working
-directory over a Unix socket to the pre-started process, which then runs PySpark's own
-daemon loop with them; the launched process stays as its stand-in (it forwards SIGTERM
-and exits with it). Anything off (no pre-started process, already claimed by another
-executor, an environment that differs in a variable the imports read) and the launched
-process preloads and serves by itself, as above.
-
-Fork safety: importing TensorFlow starts no threads and creates no runtime (no eager
-context, no thread pools, no devices); each worker still sizes its thread pools and
-configures its GPUs after the fork (`model_cache.configure_threads`, `devices.pin_task`),
-before the runtime starts. The model is never loaded here: loads stay one per worker, counted there.
-On a cluster whose executors have batchscore installed, set
-`spark.python.daemon.module=batchscore.udfs.daemon` to get the preload there too.
+With `spark.python.daemon.module=batchscore.udfs.daemon` (set for local masters by the
+session builder; set it on a cluster whose executors have batchscore installed) the daemon
+imports TensorFlow and the scoring modules once, and the workers it forks share those
+pages instead of importing TensorFlow each (~3 s a worker). A local job also starts a
+pre-started daemon before its JVM (`start_prestarted`), which does those imports while the
+JVM boots and takes over when the JVM launches its daemon (`_hand_over`). Importing
+TensorFlow starts no threads and no runtime, so forking after it is safe; each worker
+sizes its thread pools and devices after the fork, and loads the model itself.
 """
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from batchscore.udfs import daemon
-from tests.test_progress import TF_CHATTER
+from tests.scoring.test_progress import TF_CHATTER
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(level: str | None) -> dict[str, str]:
