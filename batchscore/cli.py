@@ -1,7 +1,7 @@
 """`batchscore <command> ...`: one command with subcommands, each the job's own `main`.
 
 `batchscore --help` lists the commands (score, check-manifest, report, evaluate, train, demo,
-jvm-cache), `batchscore COMMAND --help` their options; also `python -m batchscore ...`.
+jvm-cache, server), `batchscore COMMAND --help` their options; also `python -m batchscore ...`.
 Each subcommand keeps its job's exit codes (0 success, 2 a user error with one
 `error: ...` line, 1 anything else; evaluate: 3 a `--gate` failed).
 """
@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("batchscore.jobs.train", "train a Keras model on Parquet (tf.distribute, Spark barrier tasks)"),
     "demo": ("batchscore.jobs.demo", "make the demo data and model if missing, then score them"),
     "jvm-cache": ("batchscore.jobs.jvm_cache", "build the JVM class-data archive that cuts local Spark start-up"),
+    "server": ("batchscore.jobs.server", "start, stop or check a local Spark Connect server (sc://127.0.0.1:15002)"),
 }
 
 

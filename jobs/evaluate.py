@@ -86,7 +86,7 @@ def _gates(run: Run) -> int:
 
 JOB = Job(prog="batchscore evaluate", description=__doc__.splitlines()[0], options=_options,
           load=lambda run: [parse_gate(g) for g in run.args.gate], spark_conf=_spark_conf, run=_evaluate,
-          summary=_summary, exit_code=_gates, app_name="batchscore-evaluate", spark_log_level="ERROR",
+          summary=_summary, exit_code=_gates, app_name="batchscore-evaluate", spark_log_level="ERROR", remote=True,
           what="evaluation")
 
 

@@ -6,12 +6,14 @@ it needs one), its run and its summary. Exit codes: 0 success; 2 a user error (a
 `BatchscoreError`, or a Spark failure `translate_spark_error` maps to one), one line
 `error: ...` on stderr; a job's own code from `exit_code` (evaluate: 3 a failed gate); 1
 anything else, logged with its traceback, then one `error: ...` line. A session passed in
-(`spark=`) or shared (Databricks, a notebook's) is left running; one the job built is stopped.
+(`spark=`) or shared (Databricks, a notebook's) is left running; one the job built is stopped
+(a Spark Connect client's stop closes its session only: the server keeps running).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -58,6 +60,8 @@ class Job:
         spark_conf: the conf of the session the run needs, or None when it needs none; without
             this hook the job never starts Spark.
         app_name, spark_log_level, prestart_daemon: how its session is built.
+        remote: the job runs on a Spark Connect session too: `--remote sc://host:port` (else the
+            config's `spark.remote`, else $SPARK_REMOTE) makes its session a Connect client.
         summary: the lines printed after a run, from its result (default: `str`; None: nothing).
         exit_code: the exit code of a run that did not fail (default 0; evaluate: 3 a failed gate).
         what: names the job in the log of an unexpected failure ("scoring failed").
@@ -73,6 +77,7 @@ class Job:
     app_name: str = "batchscore"
     spark_log_level: str = "WARN"
     prestart_daemon: bool = False
+    remote: bool = False
     summary: Callable[[Any], str | None] = str
     exit_code: Callable[[Run], int] = _ok
     what: str = "the job"
@@ -94,6 +99,10 @@ def run_job(job: Job, argv: list[str] | None = None, *, spark: Any = None) -> in
     """
     parser = argparse.ArgumentParser(prog=job.prog, description=job.description)
     job.options(parser)
+    if job.remote:
+        parser.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
+                            help="run on this Spark Connect server (default: the config's spark.remote, "
+                                 "else $SPARK_REMOTE, else a classic session)")
     args = parser.parse_args(argv)
     owns = spark is None and job.spark_conf is not None and not _session_is_shared()
     # A job that owns its process accounts for all of it (the manifest's seconds_by_phase);
@@ -153,11 +162,14 @@ def _session_is_shared() -> bool:
 def _start_session(job: Job, run: Run, conf: dict[str, Any]) -> Any:
     """The job's session from its conf, TensorFlow's log level for the executors merged in
     (`--verbose` wins over the conf's; quiet, the conf's wins)."""
-    from batchscore.session.builder import build_session  # noqa: PLC0415 - only jobs that use Spark
+    from batchscore.core.session_kind import is_connect  # noqa: PLC0415 - only jobs that use Spark
+    from batchscore.session.builder import build_session, remote_url  # noqa: PLC0415 - only jobs that use Spark
 
+    remote = remote_url(getattr(run.args, "remote", None), conf, os.environ) if job.remote else None
     merged = {**conf, **run.tf_conf} if getattr(run.args, "verbose", False) else {**run.tf_conf, **conf}
-    spark = build_session(merged, app_name=job.app_name, prestart_daemon=job.prestart_daemon)
-    spark.sparkContext.setLogLevel(job.spark_log_level)
+    spark = build_session(merged, app_name=job.app_name, prestart_daemon=job.prestart_daemon, remote=remote)
+    if not is_connect(spark):  # a Connect server's log level is its own
+        spark.sparkContext.setLogLevel(job.spark_log_level)
     return spark
 
 

@@ -61,7 +61,7 @@ def summary(manifest: RunManifest) -> str:
 
 JOB = Job(prog="jobs.score", description="Score a dataset with a TensorFlow model on Spark.",
           options=_options, load=_load, spark_conf=lambda run: run.config[0].spark, run=_score,
-          summary=summary, app_name="batchscore-score", prestart_daemon=True, what="scoring")
+          summary=summary, app_name="batchscore-score", prestart_daemon=True, remote=True, what="scoring")
 
 
 def main(argv: list[str] | None = None, *, spark: Any = None) -> int:

@@ -83,7 +83,7 @@ def _load(run: Run) -> Any:
 JOB = Job(prog="jobs.train",
           description="Train a Keras model on Parquet data and export a SavedModel that `batchscore score` reads.",
           options=_options, load=_load, spark_conf=_spark_conf, run=_train, summary=summary,
-          app_name="batchscore-train", failure=_failure,
+          app_name="batchscore-train", failure=_failure, remote=True,
           spark_log_level="ERROR")  # a failed worker's stage failure is reported once, by _failure
 
 

@@ -40,6 +40,32 @@ def spark():
     session.stop()
 
 
+# --- a local Spark Connect server (batchscore/session/connect_server.py) and a client of it ---
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory: pytest.TempPathFactory):
+    """The URL of one local Connect server (local[2], on a free port), stopped at the end of the session."""
+    from batchscore.session import connect_server as server
+
+    folder = str(tmp_path_factory.mktemp("connect"))
+    port = server.free_port()
+    url = server.start(port, master="local[2]", folder=folder,
+                       conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+    yield url
+    server.stop(port, folder=folder)
+
+
+@pytest.fixture
+def connect_spark(connect_server: str):
+    """A new Spark Connect client session on `connect_server`, closed after the test (the server runs on)."""
+    from pyspark.sql.connect.session import SparkSession
+
+    session = SparkSession.builder.remote(connect_server).create()
+    yield session
+    session.stop()
+
+
 # --- the demo-like model: Keras, dict inputs, exported with model.export() ---
 
 

@@ -1,6 +1,7 @@
 """The one place a SparkSession is built from a config's `spark:` section."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -8,7 +9,10 @@ from typing import Any
 
 from batchscore import conf_dir, package_root
 from batchscore.core import compat
+from batchscore.core.errors import ConfigError
 from batchscore.output.delta_output import DELTA_CATALOG, DELTA_EXTENSION
+
+log = logging.getLogger("batchscore")
 
 PROJECT_ROOT = package_root()  # what workers need on their path to import batchscore
 
@@ -173,25 +177,72 @@ def session_is_shared() -> bool:
     return pyspark is not None and pyspark.SparkContext._active_spark_context is not None
 
 
+REMOTE_KEY = "spark.remote"  # the config's Spark Connect address (pyspark's own key)
+REMOTE_ENV = "SPARK_REMOTE"  # pyspark's own variable
+
+
+def remote_url(given: str | None, spark_conf: Mapping[str, Any] | None, env: Mapping[str, str]) -> str | None:
+    """The Spark Connect address a job uses, or None for a classic session.
+
+    The first set of: `given` (`--remote`), the config's `spark.remote`, $SPARK_REMOTE.
+
+    Raises:
+        ConfigError: the address chosen is not `sc://host[:port][/;params]`.
+    """
+    for source, value in (("--remote", given), (REMOTE_KEY, (spark_conf or {}).get(REMOTE_KEY)),
+                          (REMOTE_ENV, env.get(REMOTE_ENV))):
+        text = str(value).strip() if value is not None else ""
+        if text:
+            if not text.startswith("sc://") or len(text) <= len("sc://"):
+                raise ConfigError(f"{source} {text!r}: expected a Spark Connect address sc://host:port")
+            return text
+    return None
+
+
+def _connect_session(url: str, conf: Mapping[str, str], given: Mapping[str, Any]) -> Any:
+    """A Spark Connect client session at `url` with the runtime SQL settings of `conf` set on it.
+
+    Every other setting (master, memory, jars, executor environment, static SQL settings)
+    belongs to the server; those the config gave (`given`) are logged once as ignored.
+    """
+    from pyspark.sql.connect.session import SparkSession as ConnectSession  # noqa: PLC0415 - the connect client's deps are optional
+
+    spark = ConnectSession.builder.remote(url).create()  # the job's own: never another session at another address
+    ignored = [k for k in conf if not k.startswith("spark.sql.") and k in given and k != REMOTE_KEY]
+    for key, value in conf.items():
+        if key.startswith("spark.sql."):
+            try:
+                spark.conf.set(key, value)
+            except Exception:  # noqa: BLE001 - a static SQL setting: the server's to set
+                if key in given:
+                    ignored.append(key)
+    if ignored:
+        log.info("Spark Connect at %s: settings the server owns are ignored: %s", url, ", ".join(sorted(ignored)))
+    return spark
+
+
 def build_session(spark_conf: dict[str, Any] | None = None, app_name: str = "batchscore", *,
-                  class_archive_dump: str | None = None, prestart_daemon: bool = False) -> Any:
+                  class_archive_dump: str | None = None, prestart_daemon: bool = False,
+                  remote: str | None = None) -> Any:
     """Build (or get) the SparkSession for a job.
 
-    `spark.master` from the config is honoured only when not run by spark-submit;
-    Python workers use this interpreter unless PYSPARK_PYTHON says otherwise;
-    `connector_jars()` go on the classpath (not under spark-submit: ./spark-submit.sh adds them);
-    S3A's endpoint and credential source come from the AWS environment (`s3a_env_conf`) where
-    the config sets none.
-    A local session's driver JVM maps its classes from the class-data archive when
-    `batchscore jvm-cache` built one (`class_archive_dump`: build one at exit instead).
-    `prestart_daemon`: a new local session's Python daemon imports TensorFlow while the JVM
-    starts (udfs/daemon.py), for jobs whose tasks all score.
-    With delta-spark among the jars, Delta's SQL extension and catalog are set (`with_delta`).
+    `spark.master` from the config is honoured only when not run by spark-submit; Python workers
+    use this interpreter unless PYSPARK_PYTHON says otherwise; `connector_jars()` go on the classpath
+    (not under spark-submit: ./spark-submit.sh adds them); S3A's endpoint and credential source
+    come from the AWS environment (`s3a_env_conf`) where the config sets none.
+    A local session's driver JVM maps its classes from the class-data archive when `batchscore
+    jvm-cache` built one (`class_archive_dump`: build one at exit instead). `prestart_daemon`: a new
+    local session's Python daemon imports TensorFlow while the JVM starts (udfs/daemon.py), for
+    jobs whose tasks all score. With delta-spark among the jars, Delta's SQL extension and catalog
+    are set (`with_delta`). `remote` (a `remote_url`): a Spark Connect client (`_connect_session`).
     """
     from pyspark.sql import SparkSession  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     conf = {**ENGINE_DEFAULTS, **{k: str(v).lower() if isinstance(v, bool) else str(v)
                                   for k, v in (spark_conf or {}).items()}}
+    if remote:
+        return _connect_session(remote, conf, spark_conf or {})
+    conf.pop(REMOTE_KEY, None)  # pyspark's builder would make it a Connect client
     conf = _with_s3a_env(conf)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by local Python workers
     builder = SparkSession.builder.appName(app_name)
