@@ -5,8 +5,8 @@ On a terminal: one line rewritten in place (rows done of total, rows/s, ETA). El
 default) and one when the step ends. Off when the `batchscore.progress` logger is not
 enabled for INFO (the score job's `--quiet`).
 
-Rows done are the scored rows of finished tasks (the tasks' stats accumulator); the total
-is the plan's row count when Spark knows it, else estimated from finished tasks.
+While the step runs a line counts finished tasks (Spark's status tracker; the ETA from
+them); the last line adds the rows scored, which the block reports once it knows them.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Progress:
 
     tasks_done: int
     tasks: int
-    rows_done: int | None  # rows of finished tasks; None without an accumulator
+    rows_done: int | None  # rows of finished tasks; None until the block reports them
     rows_total: int | None  # from the plan; None when unknown
     seconds: float
 
@@ -74,12 +74,19 @@ def known_rows(df: Any) -> int | None:
         return None
 
 
+@dataclass
+class Done:
+    """What the block tells its progress once it knows: the rows its tasks scored (the last line)."""
+
+    rows: int | None = None
+
+
 class _Tracker:
     """Reads the stages that start while the scoring write runs; the largest is the scoring stage."""
 
-    def __init__(self, sc: Any, accumulator: Any, df: Any) -> None:
+    def __init__(self, sc: Any, done: Done, df: Any) -> None:
         self._status = sc.statusTracker()
-        self._accumulator = accumulator
+        self._done = done
         self._df = df
         self._rows_total: int | None = None
         self._stages: dict[int, tuple[int, int]] = {}  # stage id -> (completed tasks, tasks)
@@ -93,33 +100,27 @@ class _Tracker:
             if info is not None:
                 self._stages[sid] = (info.numCompletedTasks, info.numTasks)
         done, tasks = max(self._stages.values(), key=lambda s: s[1], default=(0, 0))
-        rows = None
-        if self._accumulator is not None:
-            try:
-                rows = int(dict(self._accumulator.value).get("rows", 0))
-            except Exception:  # noqa: BLE001 - read while the accumulator server updates it
-                rows = None
-        return Progress(done, tasks, rows, self._rows_total, time.monotonic() - self._t0)
+        return Progress(done, tasks, self._done.rows, self._rows_total, time.monotonic() - self._t0)
 
 
 @contextmanager
-def scoring_progress(spark: Any, df: Any = None, accumulator: Any = None, *,
-                     stream: TextIO | None = None) -> Iterator[None]:
-    """Report the progress of what runs inside the block (the scoring write).
+def scoring_progress(spark: Any, df: Any = None, *, stream: TextIO | None = None) -> Iterator[Done]:
+    """Report the progress of what runs inside the block (the scoring write); the block sets
+    the `Done` it is given (`rows`: what its tasks scored) for the last line.
 
     Args:
         spark: the session whose status tracker is read.
         df: the input DataFrame, for the plan's row count when Spark knows it.
-        accumulator: the tasks' stats accumulator (`rows` of finished tasks).
         stream: where the terminal line goes (default: sys.stderr).
     """
+    done = Done()
     if not log.isEnabledFor(logging.INFO):
-        yield
+        yield done
         return
     stream = stream or sys.stderr
     terminal = _isatty(stream)
     every = TERMINAL_SECONDS if terminal else _log_seconds()
-    tracker = _Tracker(spark.sparkContext, accumulator, df)
+    tracker = _Tracker(spark.sparkContext, done, df)
     stop = threading.Event()
 
     def report() -> None:
@@ -133,7 +134,7 @@ def scoring_progress(spark: Any, df: Any = None, accumulator: Any = None, *,
     thread.start()
     ok = False
     try:
-        yield
+        yield done
         ok = True
     finally:
         stop.set()
