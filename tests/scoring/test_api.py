@@ -258,3 +258,16 @@ def test_import_batchscore_stays_light() -> None:
             "assert callable(batchscore.predict_udf) and callable(batchscore.score_dataframe); "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_task_stats_count_every_task_once_empty_ones_too(spark, image_model) -> None:
+    from pyspark.sql import functions as F
+
+    # `id` is not nullable: the stats rows put a zero there, never a null Spark would refuse
+    df = spark.range(0, 3, 1, 5).select("id", F.array_repeat(F.lit(0.5).cast("float"), support.IMAGE_SIZE)
+                                        .alias("pixels"))
+    stats = batchscore.TaskStats()
+    scored = batchscore.score_dataframe(df, image_model, columns={"image": "pixels"}, keep=["id"], stats=stats)
+    assert not scored.schema["id"].nullable and "bs__stats" not in scored.columns
+    assert sorted(r["id"] for r in scored.collect()) == [0, 1, 2]
+    assert (stats.value["tasks"], stats.value["rows"], stats.value["model_calls"]) == (5, 3, 3)

@@ -268,7 +268,7 @@ def scored_with_stats(
     scored: Iterable[pa.RecordBatch], stats: dict[str, Any], schema: pa.Schema
 ) -> Iterator[pa.RecordBatch]:
     """A task's scored batches with a null `bs__stats`, then its one stats row: `stats` (filled
-    once `scored` ends) as JSON, and in every other column a null, or a zero value where the
+    once `scored` ends, and `tasks`: 1) as JSON, and in every other column a null, or a zero value where the
     column is not nullable in `schema` (Spark refuses a null there). `schema` is the declared
     one, `STATS_FIELD` last; the row takes the batches' own (an Arrow stream keeps one schema)."""
     stream_schema = schema
@@ -276,7 +276,7 @@ def scored_with_stats(
         out = batch.append_column(STATS_FIELD, pa.nulls(batch.num_rows, pa.string()))
         stream_schema = out.schema
         yield out
-    row = [pa.array([stats_json(stats)], pa.string()) if f.name == STATS_COLUMN
+    row = [pa.array([stats_json({**stats, "tasks": 1})], pa.string()) if f.name == STATS_COLUMN
            else pa.nulls(1, s.type) if f.nullable else pa.array([_zero(s.type)], s.type)
            for f, s in zip(schema, stream_schema, strict=True)]
     yield pa.RecordBatch.from_arrays(row, schema=stream_schema)
