@@ -103,9 +103,8 @@ def score_dataframe(
         distribution: how the model reaches the executors (`model.distribution`).
         pad, pad_multiple, mask: variable-length inputs (`input.pad`, `input.pad_multiple`,
             `input.mask`).
-        stats: a `batchscore.TaskStats()` to read the tasks' counters from (`stats.value`: rows,
-            rows_bad, model calls, loads per worker...) once the first action on the returned
-            DataFrame ended; each task counts once, retried or not. One per call.
+        stats: a `batchscore.TaskStats()`: once an action on the result ended, `stats.value` holds
+            its tasks' counters (rows, model calls, loads per worker...), each task once.
 
     Returns:
         keep columns + one column per signature output (+ `bs__reason`, `bs__column`).
@@ -123,8 +122,7 @@ def score_dataframe(
                         keep_columns=opts.keep, rename=opts.rename, on_bad_rows=_on_bad_rows(opts.bad_rows),
                         pad=opts.pad, pad_multiple=opts.pad_multiple, mask=opts.mask)
     scored = with_predictions(df, plan, task_stats=stats is not None)
-    if stats is not None:  # the tasks' stats rows observed, then dropped
-        scored = stats.observe(scored)
+    scored = stats.observe(scored) if stats is not None else scored  # stats rows observed, then dropped
     if opts.bad_rows == "keep":
         return scored
     if opts.bad_rows == "drop":
