@@ -36,12 +36,12 @@ def conf_dir() -> str:
     return inside if _os.path.isdir(inside) else _os.path.join(_checkout, "conf")
 
 
-_API = ("score_dataframe", "predict_udf")
+_API = ("score_dataframe", "predict_udf", "TaskStats")
 
 
 def __getattr__(name: str) -> Any:
-    """`batchscore.score_dataframe` and `batchscore.predict_udf`, imported on first use, so
-    `import batchscore` stays light (no pyspark, no TensorFlow). Typed Any for callers: the
+    """`batchscore.score_dataframe`, `batchscore.predict_udf` and `batchscore.TaskStats`, imported
+    on first use, so `import batchscore` stays light (no pyspark, no TensorFlow). Typed Any for callers: the
     import contracts keep this module from importing batchscore.api, even for type checkers."""
     if name in _API:
         api = importlib.import_module("batchscore.api")  # on first use: pyspark and TF stay unloaded

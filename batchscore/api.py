@@ -25,6 +25,7 @@ from batchscore.core.errors import BadRowsError, ConfigError, SchemaError
 from batchscore.core.storage import absolute
 from batchscore.udfs.batches.binding import bind_inputs
 from batchscore.udfs.lanes.scoring import ScoringPlan, arrow_schema_of, plan_scoring, score_batches, with_predictions
+from batchscore.udfs.lanes.stats import TaskStats
 from batchscore.udfs.model.distribution import ModelSource, make_model_source
 from batchscore.udfs.model.signature import ModelSignature, read_signature
 
@@ -81,7 +82,7 @@ def score_dataframe(
     pad: dict[str, Any] | None = None,
     pad_multiple: int = 1,
     mask: dict[str, str] | None = None,
-    stats: Any = None,
+    stats: TaskStats | None = None,
 ) -> Any:
     """Score `df` with a TensorFlow model; returns a lazy DataFrame (nothing runs until an action).
 
@@ -102,8 +103,8 @@ def score_dataframe(
         distribution: how the model reaches the executors (`model.distribution`).
         pad, pad_multiple, mask: variable-length inputs (`input.pad`, `input.pad_multiple`,
             `input.mask`).
-        stats: a Spark accumulator (`batchscore.udfs.lanes.stats.make_stats_accumulator`) summing the
-            tasks' counters (rows, model calls, loads per worker) when an action runs.
+        stats: a `batchscore.TaskStats()`: once an action on the result ended, `stats.value` holds
+            its tasks' counters (rows, model calls, loads per worker...), each task once.
 
     Returns:
         keep columns + one column per signature output (+ `bs__reason`, `bs__column`).
@@ -120,7 +121,8 @@ def score_dataframe(
     plan = plan_scoring(sig, arrow_schema_of(df), source, columns=opts.columns or None, batch_size=opts.batch_size,
                         keep_columns=opts.keep, rename=opts.rename, on_bad_rows=_on_bad_rows(opts.bad_rows),
                         pad=opts.pad, pad_multiple=opts.pad_multiple, mask=opts.mask)
-    scored = with_predictions(df, plan, stats)
+    scored = with_predictions(df, plan, task_stats=stats is not None)
+    scored = stats.observe(scored) if stats is not None else scored  # stats rows observed, then dropped
     if opts.bad_rows == "keep":
         return scored
     if opts.bad_rows == "drop":
@@ -171,18 +173,16 @@ def predict_udf(
             raise ConfigError("predict_udf needs a running SparkSession (start one, or pass spark=...)")
     sig = read_signature(absolute(opts.model), opts.signature)
     source = make_model_source(spark, sig.path, sig.fingerprint, opts.distribution)
-    from batchscore.udfs.lanes.stats import make_stats_accumulator  # noqa: PLC0415 - imported at use: the modules import each other
-
     return PredictUDF(sig, source, opts.batch_size, _on_bad_rows(opts.bad_rows), dict(opts.pad), opts.pad_multiple,
-                      dict(opts.mask), make_stats_accumulator(spark.sparkContext))
+                      dict(opts.mask))
 
 
 @dataclass(frozen=True)
 class PredictUDF:
     """What `predict_udf` returns: call it with columns to get a Column of predictions.
 
-    `stats` is a Spark accumulator summing what its tasks did (`rows`, `rows_bad`,
-    `model_calls`, `loads` per worker process) once an action has run.
+    A column gives one value per row, so its tasks have no row to report counters in:
+    `score_dataframe(..., stats=TaskStats())` gives them.
     """
 
     signature: ModelSignature
@@ -192,7 +192,6 @@ class PredictUDF:
     pad: dict[str, Any]
     pad_multiple: int
     mask: dict[str, str]
-    stats: Any
 
     @property
     def input_names(self) -> list[str]:
@@ -211,7 +210,7 @@ class PredictUDF:
         args, columns = _feed_columns(self.input_names, cols, named)
         plan = ScoringPlan(self.signature, (), self.source, self.batch_size, (),
                            tuple(o.name for o in self.signature.outputs), self.on_bad_rows, self.pad_multiple)
-        fn = _udf_function(plan, [name for name, _ in args], columns, self.pad, self.mask, self.stats)
+        fn = _udf_function(plan, [name for name, _ in args], columns, self.pad, self.mask)
         # Iterator[tuple[pa.Array, ...]] -> Iterator[pa.Array]: the worker keeps state (the re-chunking
         # queue) across the task's Arrow batches
         return compat.arrow_iter_udf(fn, self.return_type)(*(c for _, c in args))
@@ -263,7 +262,7 @@ def _arg_name(col: Any, i: int, taken: list[tuple[str, Any]]) -> str:
 
 def _udf_function(
     plan: ScoringPlan, names: list[str], columns: dict[str, str | list[str]],
-    pad: dict[str, Any], mask: dict[str, str], stats: Any,
+    pad: dict[str, Any], mask: dict[str, str],
 ) -> Any:
     """The function each task runs: bind the columns on the first batch, then score the stream."""
 
@@ -274,15 +273,12 @@ def _udf_function(
         if first is None:
             return
         feeds = bind_inputs(plan.signature, first.schema, columns, pad=pad, mask=mask)
-        task_stats: dict[str, Any] = {}
         try:
-            for out in score_batches(replace(plan, feeds=feeds), itertools.chain([first], batches), task_stats):
+            for out in score_batches(replace(plan, feeds=feeds), itertools.chain([first], batches)):
                 yield _result_column(out, plan)
         except BadRowsError as e:  # the engine words it for the job's config
             message = str(e).replace(" (add a key to output.keep_columns to name it)", "")
             raise BadRowsError(message.replace("quarantine.on_bad_rows: fail", "predict_udf bad_rows='fail'")) from None
-        if stats is not None and task_stats:
-            stats.add(task_stats)
 
     return predict
 

@@ -5,8 +5,8 @@ On a terminal: one line rewritten in place (rows done of total, rows/s, ETA). El
 default) and one when the step ends. Off when the `batchscore.progress` logger is not
 enabled for INFO (the score job's `--quiet`).
 
-Rows done are the scored rows of finished tasks (the tasks' stats accumulator); the total
-is the plan's row count when Spark knows it, else estimated from finished tasks.
+While the step runs a line counts finished tasks (Spark's status tracker; the ETA from
+them); the last line adds the rows scored, which the block reports once it knows them.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+from batchscore.core.session_kind import is_connect
 
 log = logging.getLogger("batchscore.progress")
 
@@ -33,7 +35,7 @@ class Progress:
 
     tasks_done: int
     tasks: int
-    rows_done: int | None  # rows of finished tasks; None without an accumulator
+    rows_done: int | None  # rows of finished tasks; None until the block reports them
     rows_total: int | None  # from the plan; None when unknown
     seconds: float
 
@@ -74,12 +76,27 @@ def known_rows(df: Any) -> int | None:
         return None
 
 
-class _Tracker:
-    """Reads the stages that start while the scoring write runs; the largest is the scoring stage."""
+@dataclass
+class Done:
+    """What the block tells its progress once it knows: the rows its tasks scored (the last line)."""
 
-    def __init__(self, sc: Any, accumulator: Any, df: Any) -> None:
-        self._status = sc.statusTracker()
-        self._accumulator = accumulator
+    rows: int | None = None
+
+
+class _Tracker:
+    """Reads the stages that start while the scoring write runs; the largest is the scoring stage.
+
+    A classic session's status tracker is polled; a Spark Connect client gets the same figures
+    pushed by its progress handler (`registerProgressHandler`, Spark 4.0+) while it waits on the
+    write, and `close` unregisters it.
+    """
+
+    def __init__(self, spark: Any, done: Done, df: Any) -> None:
+        self._spark = spark
+        self._status = None if is_connect(spark) else spark.sparkContext.statusTracker()
+        if self._status is None:
+            spark.registerProgressHandler(self._on_progress)
+        self._done = done
         self._df = df
         self._rows_total: int | None = None
         self._stages: dict[int, tuple[int, int]] = {}  # stage id -> (completed tasks, tasks)
@@ -88,38 +105,42 @@ class _Tracker:
     def read(self) -> Progress:
         if self._df is not None:  # once, in this thread: stats may list files
             self._rows_total, self._df = known_rows(self._df), None
-        for sid in {*self._status.getActiveStageIds(), *self._stages}:
-            info = self._status.getStageInfo(sid)
-            if info is not None:
-                self._stages[sid] = (info.numCompletedTasks, info.numTasks)
-        done, tasks = max(self._stages.values(), key=lambda s: s[1], default=(0, 0))
-        rows = None
-        if self._accumulator is not None:
-            try:
-                rows = int(dict(self._accumulator.value).get("rows", 0))
-            except Exception:  # noqa: BLE001 - read while the accumulator server updates it
-                rows = None
-        return Progress(done, tasks, rows, self._rows_total, time.monotonic() - self._t0)
+        if self._status is not None:
+            for sid in {*self._status.getActiveStageIds(), *self._stages}:
+                info = self._status.getStageInfo(sid)
+                if info is not None:
+                    self._stages[sid] = (info.numCompletedTasks, info.numTasks)
+        done, tasks = max(dict(self._stages).values(), key=lambda s: s[1], default=(0, 0))
+        return Progress(done, tasks, self._done.rows, self._rows_total, time.monotonic() - self._t0)
+
+    def _on_progress(self, stages: Any, inflight_tasks: int, operation_id: Any, done: bool) -> None:
+        """Spark Connect's progress handler: the stages of the running operation."""
+        for s in stages or ():
+            self._stages[s.stage_id] = (s.num_completed_tasks, s.num_tasks)
+
+    def close(self) -> None:
+        if self._status is None:
+            self._spark.removeProgressHandler(self._on_progress)
 
 
 @contextmanager
-def scoring_progress(spark: Any, df: Any = None, accumulator: Any = None, *,
-                     stream: TextIO | None = None) -> Iterator[None]:
-    """Report the progress of what runs inside the block (the scoring write).
+def scoring_progress(spark: Any, df: Any = None, *, stream: TextIO | None = None) -> Iterator[Done]:
+    """Report the progress of what runs inside the block (the scoring write); the block sets
+    the `Done` it is given (`rows`: what its tasks scored) for the last line.
 
     Args:
         spark: the session whose status tracker is read.
         df: the input DataFrame, for the plan's row count when Spark knows it.
-        accumulator: the tasks' stats accumulator (`rows` of finished tasks).
         stream: where the terminal line goes (default: sys.stderr).
     """
+    done = Done()
     if not log.isEnabledFor(logging.INFO):
-        yield
+        yield done
         return
     stream = stream or sys.stderr
     terminal = _isatty(stream)
     every = TERMINAL_SECONDS if terminal else _log_seconds()
-    tracker = _Tracker(spark.sparkContext, accumulator, df)
+    tracker = _Tracker(spark, done, df)
     stop = threading.Event()
 
     def report() -> None:
@@ -133,11 +154,12 @@ def scoring_progress(spark: Any, df: Any = None, accumulator: Any = None, *,
     thread.start()
     ok = False
     try:
-        yield
+        yield done
         ok = True
     finally:
         stop.set()
         thread.join(timeout=5)
+        tracker.close()
         if ok:
             try:
                 last = tracker.read()

@@ -54,7 +54,7 @@ from batchscore.udfs.lanes.scoring import (
     plan_scoring,
     with_predictions,
 )
-from batchscore.udfs.lanes.stats import make_stats_accumulator, model_loads, model_loads_by_executor
+from batchscore.udfs.lanes.stats import TaskStats, merge_stats, model_loads, model_loads_by_executor
 from batchscore.udfs.lanes.warmup import Warmup, start_warmup
 from batchscore.udfs.model.distribution import make_model_source
 from batchscore.udfs.model.placement import check_splittable
@@ -91,6 +91,7 @@ class Staged:
 
     path: str
     scored: Any  # the scored DataFrame (its schema makes an empty output)
+    stats: dict[str, Any]  # what its tasks did, each task once (udfs/lanes/stats.py)
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,10 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: 
     """
     clock = clock or Clock()
     fs = HadoopFs(spark)
-    acc = make_stats_accumulator(spark.sparkContext)
-    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock, accumulator=acc)
+    plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock)
     staging = publish.staging_path(plan.out_path, plan.run_id)
     try:
-        staged = score_into_staging(spark, plan, staging, acc, clock=clock)
+        staged = score_into_staging(spark, plan, staging, clock=clock)
         counts = count_and_verify(fs, plan, staged)
         clock.phase("count")
         if spec.output.format == "delta":
@@ -141,7 +141,8 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: 
         if plan.warmup is not None:  # ended before the scoring tasks got its slots; cancelled if a run fails early
             plan.warmup.cancel()
     clock.phase("publish")
-    manifest = build_manifest(spark, plan, counts, acc.value, clock, published)
+    stats = merge_stats(staged.stats, plan.warmup.stats if plan.warmup is not None else {})
+    manifest = build_manifest(spark, plan, counts, stats, clock, published)
     write_manifest(fs, plan, manifest)
     return manifest
 
@@ -157,8 +158,7 @@ def _now() -> str:
 # --- plan ---
 
 
-def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock,
-             accumulator: Any = None) -> RunPlan:
+def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock) -> RunPlan:
     """Check paths, read the signature, start the warm-up, read the input, bind columns, choose
     the lane, check a sample.
 
@@ -170,8 +170,7 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
     if spec.output.format == "delta":
         delta_output.check_delta_output(spark, fs, out_path)
     signature = read_signature(absolute(spec.model.path), spec.model.signature)
-    warmup = (start_warmup(spark, accumulator, tasks=task_slots(spark).count)
-              if spec.model.warmup and accumulator is not None else None)
+    warmup = start_warmup(spark, tasks=task_slots(spark).count) if spec.model.warmup else None
     try:
         source = make_model_source(spark, signature.path, signature.fingerprint, spec.model.distribution)
         clock.phase("signature")
@@ -277,26 +276,29 @@ def open_input(spark: Any, fs: HadoopFs, spec: JobSpec) -> Any:
 # --- score into staging ---
 
 
-def score_into_staging(spark: Any, plan: RunPlan, staging: str, accumulator: Any, *, clock: Clock) -> Staged:
+def score_into_staging(spark: Any, plan: RunPlan, staging: str, *, clock: Clock) -> Staged:
     """Score every row and write it into `staging`, split by status (`bs__reason`, `bs__column`)
-    and the output's partition columns, with Spark's committers."""
-    write_conf = dict(UNSORTED_WRITE)
+    and the output's partition columns, with Spark's committers; the tasks' stats rows are
+    observed and dropped before the write (`TaskStats`)."""
+    write_conf, task_stats = dict(UNSORTED_WRITE), TaskStats()
     if plan.arrow_plan is not None:
-        scored = with_predictions_from_files(spark, plan.arrow_plan, plan.scoring, accumulator)
+        scored = task_stats.observe(with_predictions_from_files(spark, plan.arrow_plan, plan.scoring))
     else:
         rebalance = plan.planning.tasks if plan.planning is not None and plan.planning.rebalanced else None
-        scored = with_predictions(plan.df, plan.scoring, accumulator, partitions=rebalance)
+        scored = task_stats.observe(with_predictions(plan.df, plan.scoring, partitions=rebalance))
         write_conf.update(arrow_batch_conf(spark, fixed_row_bytes(arrow_schema_of(plan.df), plan.scoring)))
     log.info("scoring with the %s lane", plan.lane)
     clock.phase("sample_and_checks")
     try:
-        with temporary_conf(spark, write_conf), scoring_progress(spark, plan.df, accumulator):
+        with temporary_conf(spark, write_conf), scoring_progress(spark, plan.df) as progress:
             scored.write.mode("overwrite").partitionBy(
                 REASON_COLUMN, BAD_COLUMN, *plan.spec.output.partition_by).parquet(staging)
+            stats = task_stats.value
+            progress.rows = int(stats.get("rows", 0))
     except Exception as e:  # noqa: BLE001 - a failed task: a user's bad filter or rows, or a real failure
         raise filter_failure(e, plan.spec.input.filter) or translate_spark_error(e) from None
-    split_scoring_job(clock, accumulator.value)
-    return Staged(staging, scored)
+    split_scoring_job(clock, stats)
+    return Staged(staging, scored, stats)
 
 
 def split_scoring_job(clock: Clock, stats: dict[str, Any]) -> None:

@@ -87,9 +87,7 @@ def test_predict_udf_equals_predict_batch_udf_for_a_flat_array_reshaped_to_hwc(s
     table = support.multi_table(500)
     bare = support.tf_predict(image_model, {"image": support.multi_inputs(table)["image"]})["score"]
     assert support.max_abs_diff(ours_v, bare) <= TOL
-    stats = ours.stats.value
-    assert stats["rows"] == 500 and stats["rows_bad"] == 0
-    assert stats["max_call_rows"] == 64  # re-chunked to batch_size across Arrow batches
+    assert not hasattr(ours, "stats")  # a column has no row to report counters in: score_dataframe's stats do
 
 
 def test_predict_udf_several_inputs_and_outputs_give_a_struct(spark, multi_df, multi_model, multi_table) -> None:
@@ -147,20 +145,26 @@ def test_predict_udf_struct_is_null_for_a_bad_row(spark, multi_model) -> None:
     assert got[0]["label"] == "red#3" and got[0]["doubled"] == 6
 
 
-def test_predict_udf_loads_the_model_once_per_worker(spark, multi_df, image_model, tmp_path) -> None:
+def test_the_api_loads_the_model_once_per_worker(spark, multi_df, image_model, tmp_path) -> None:
     model = support.fresh_copy(image_model, str(tmp_path))  # no worker has it cached yet
-    score = batchscore.predict_udf(model, batch_size=32)
     df = multi_df.repartition(12)
-    assert len(df.select(score("pixels")).collect()) == 500  # collected: a count() would prune the UDF
-    stats = score.stats.value
-    loads = stats["loads"]  # worker process -> loads in this UDF's tasks
-    assert stats["rows"] == 500
+
+    def scored_stats() -> dict:
+        stats = batchscore.TaskStats()
+        scored = batchscore.score_dataframe(df, model, columns={"image": "pixels"}, batch_size=32, keep=["id"],
+                                            stats=stats)
+        assert len(scored.collect()) == 500
+        return stats.value
+
+    stats = scored_stats()
+    loads = stats["loads"]  # worker process -> loads in these tasks
+    assert stats["rows"] == 500 and stats["rows_bad"] == 0 and stats["max_call_rows"] == 32
     # twelve tasks on local[2]: Spark's reused workers (idle ones kept from earlier jobs may join)
     # each load the model once
     assert sorted(loads.values()) == [1] * len(loads) and 1 <= len(loads) < 12
     # a second action reuses the workers' cached model
-    df.select(score("pixels")).collect()
-    assert sum(score.stats.value["loads"].values()) == len(loads)
+    again = scored_stats()
+    assert again["rows"] == 500 and sum(again["loads"].values()) == 0
 
 
 def test_predict_udf_refuses_on_the_driver(spark, multi_model) -> None:
@@ -185,13 +189,11 @@ def test_predict_udf_wrong_column_type_names_the_column(spark, image_model) -> N
 
 def test_score_dataframe_equals_bare_tf_and_keeps_bad_rows_with_reasons(
         spark, multi_model, multi_table, tmp_path) -> None:
-    from batchscore.udfs.lanes.stats import make_stats_accumulator
-
     table = multi_table.set_column(multi_table.schema.get_field_index("f1"), "f1",
                                    pa.array([None if i in (3, 77) else v for i, v in
                                              enumerate(multi_table.column("f1").to_pylist())], pa.float64()))
     df = spark.read.parquet(support.write_parquet(table, str(tmp_path / "in"), files=2))
-    stats = make_stats_accumulator(spark.sparkContext)
+    stats = batchscore.TaskStats()
     scored = batchscore.score_dataframe(df, multi_model, columns=support.MULTI_COLUMNS, batch_size=40,
                                         keep=["id"], stats=stats)
     assert scored.columns == ["id", *support.MULTI_OUTPUTS, "bs__reason", "bs__column"]
@@ -256,3 +258,16 @@ def test_import_batchscore_stays_light() -> None:
             "assert callable(batchscore.predict_udf) and callable(batchscore.score_dataframe); "
             "assert 'tensorflow' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_task_stats_count_every_task_once_empty_ones_too(spark, image_model) -> None:
+    from pyspark.sql import functions as F
+
+    # `id` is not nullable: the stats rows put a zero there, never a null Spark would refuse
+    df = spark.range(0, 3, 1, 5).select("id", F.array_repeat(F.lit(0.5).cast("float"), support.IMAGE_SIZE)
+                                        .alias("pixels"))
+    stats = batchscore.TaskStats()
+    scored = batchscore.score_dataframe(df, image_model, columns={"image": "pixels"}, keep=["id"], stats=stats)
+    assert not scored.schema["id"].nullable and "bs__stats" not in scored.columns
+    assert sorted(r["id"] for r in scored.collect()) == [0, 1, 2]
+    assert (stats.value["tasks"], stats.value["rows"], stats.value["model_calls"]) == (5, 3, 3)

@@ -217,7 +217,7 @@ def test_a_failing_warmup_does_not_fail_the_run(
         spark, demo_table, demo_model, demo_reference, tmp_path, monkeypatch, fault):
     # The warm-up's task function is shipped by value from this process (batchscore.udfs.lanes.warmup reads
     # `warm_worker` when it starts): here it raises, or kills its Python worker.
-    def failing_warm_worker(accumulator) -> None:
+    def failing_warm_worker() -> dict:
         if fault == "exit":
             os._exit(3)
         raise RuntimeError("warm-up broken on purpose")

@@ -285,6 +285,31 @@ def test_worker_killed_mid_task_with_retries_every_row_exactly_once(rel_model, t
         assert SECRET not in read_event_file(path)
 
 
+@pytest.mark.parametrize("lane", ["arrow", "dataframe"])
+def test_task_failing_after_its_stats_row_counts_once(rel_model, tmp_path, lane):
+    """A task's counters travel as its output's last row (udfs/lanes/stats.py): an attempt that dies
+    after sending it (and a thousand copies) is retried, and only the accepted attempt counts."""
+    in_path, table = fault_input(tmp_path)
+    out, events = str(tmp_path / "out"), str(tmp_path / "events")
+    # one row per model call: the exact number of calls does not depend on how rows fall into tasks
+    overrides = [*job_overrides(in_path, rel_model, out, events, "local[2,3]"), f"input.lane={lane}",
+                 "model.batch_size=1"]
+    proc = run_job(tmp_path, overrides, "exit-after-stats:0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("fault_launcher: exit after the stats row of partition 0") == 1, proc.stderr[-3000:]
+    tasks = task_events(events)
+    crashed = [t for t in tasks if t["failed"] and t["index"] == 0 and t["attempt"] == 0]
+    assert crashed, f"the injected worker exit did not happen: {tasks}"
+    assert any(t["stage"] == crashed[0]["stage"] and t["index"] == 0 and t["attempt"] >= 1
+               and t["reason"] == "Success" for t in tasks)
+
+    assert_scored_like_tf(rel_model, support.read_output(out), table)  # every id once
+    manifest = RunManifest.from_dict(read_manifest(out))
+    assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined, manifest.lane) == (400, 400, 0, lane)
+    assert (manifest.model_calls, manifest.max_rows_per_call) == (400, 1)  # each row's call counted once
+    assert manifest.model_loads == manifest.python_workers >= 1  # once per worker: the dead attempt's not counted
+
+
 def test_worker_killed_without_retries_fails_clearly_and_keeps_the_previous_output(rel_model, published, tmp_path):
     in_path, _ = fault_input(tmp_path)
     out, events = str(tmp_path / "out"), str(tmp_path / "events")

@@ -2,20 +2,14 @@
 
     python -m tests.support.fault_launcher FAULT [jobs.score arguments ...]
 
-FAULT is `exit:P` (the Python worker dies with os._exit mid-task, after its first
-output batch, on the first attempt of partition P), `sleep:P:S` (that attempt
-sleeps S seconds after its first output batch: a straggler for speculation),
-`kill-host:P` (under `model.sharing: executor`, that attempt SIGKILLs the executor's
-model host once the host has scored HOST_KILL_AFTER_ROWS of its rows: the task's next
-request fails) or `die-at:STEP` (the driver process dies with os._exit when the run
-calls the publish step `batchscore.output.publish.STEP`, e.g. `commit_run`: a run killed while
-publishing).
-
-The launcher wraps the engine's `batchscore.udfs.lanes.scoring.score_batches` on the driver, then
-runs `jobs.score.main`. Both lanes' partition functions are closures Spark pickles
-when the job starts; they carry the wrapper (and the engine's own function inside
-it) to the executors by value, so production code reads no test switch and the
-scoring path is the real one.
+FAULT, on the first attempt of partition P: `exit:P` (its Python worker dies after its first
+output batch), `exit-after-stats:P` (it dies after its stats row reached Spark), `sleep:P:S`
+(it sleeps S seconds after its first batch: a straggler), `kill-host:P` (it SIGKILLs the
+executor's model host once that served HOST_KILL_AFTER_ROWS rows); or `die-at:STEP` (the
+driver dies at the publish step `batchscore.output.publish.STEP`). The launcher wraps
+`batchscore.udfs.lanes.scoring.score_batches` (or `scored_with_stats`, or the step) on the
+driver, then runs `jobs.score.main`; both lanes' task functions are closures Spark pickles by
+value with the wrapper inside, so production code reads no test switch.
 """
 from __future__ import annotations
 
@@ -31,10 +25,11 @@ from batchscore.output import publish
 from batchscore.udfs.host import client as host_client
 from batchscore.udfs.lanes import scoring
 
-KINDS = ("exit", "sleep", "kill-host", "die-at")
+KINDS = ("exit", "exit-after-stats", "sleep", "kill-host", "die-at")
 DIED = 17  # the exit status of a process the launcher killed
 HOST_KILL_AFTER_ROWS = 128  # kill-host: rows the host has been handed (two model calls of 64) before it dies
 SLICE_ROWS = 32  # kill-host: the task's input in slices this small, so the kill falls between model calls
+PAD_ROWS = 1000  # exit-after-stats: copies of the stats row sent after it, past the worker's 64 KiB output buffer
 
 
 def die_at(step: str) -> None:
@@ -92,14 +87,44 @@ def killing_host_midway(plan: Any, batches: Iterable[Any]) -> Iterator[Any]:
             yield part
 
 
+def exit_after_stats(partition: int) -> None:
+    """Replace `scoring.scored_with_stats` by a wrapper that kills the Python worker of the first
+    attempt of `partition` once the task's stats row is out: it sends PAD_ROWS copies of that row
+    after it (a batch larger than the worker's output buffer, so the row before it reaches Spark),
+    then exits. Had Spark kept that attempt's observed rows, the run's counters would be inflated
+    more than a thousandfold."""
+    engine = scoring.scored_with_stats
+
+    def scored_with_stats_then_exit(scored: Iterable[Any], stats: dict[str, Any], schema: Any) -> Iterator[Any]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        armed = ctx is not None and ctx.attemptNumber() == 0 and ctx.partitionId() == partition
+        last = None
+        for last in engine(scored, stats, schema):
+            yield last
+        if armed and last is not None:
+            yield pa.concat_batches([last] * PAD_ROWS)
+            sys.stderr.write(f"fault_launcher: exit after the stats row of partition {partition}\n")
+            sys.stderr.flush()
+            os._exit(DIED)
+
+    scoring.scored_with_stats = scored_with_stats_then_exit
+
+
 def inject(fault: str) -> None:
     """Replace `scoring.score_batches` (or a publish step) in this (driver) process by a wrapper that fires `fault`."""
     kind, *args = fault.split(":")
     if kind == "die-at" and len(args) == 1:
         die_at(args[0])
         return
+    if kind == "exit-after-stats" and len(args) == 1:
+        exit_after_stats(int(args[0]))
+        return
     if kind not in KINDS or len(args) != (2 if kind == "sleep" else 1):
-        raise SystemExit(f"fault must be exit:P, sleep:P:S, kill-host:P or die-at:STEP, got {fault!r}")
+        raise SystemExit(f"fault must be exit:P, exit-after-stats:P, sleep:P:S, kill-host:P or die-at:STEP, "
+                         f"got {fault!r}")
     partition, seconds = int(args[0]), float(args[1]) if kind == "sleep" else 0.0
     engine = scoring.score_batches
 

@@ -22,7 +22,7 @@ from batchscore.config.job_spec import parse_job_spec
 from batchscore.core.errors import ConfigError
 from batchscore.core.spark_errors import translate_spark_error
 from batchscore.run.steps import run_scoring
-from batchscore.udfs.lanes.stats import ScoringStatsParam
+from batchscore.udfs.lanes.stats import merged_stats
 from batchscore.udfs.model import devices
 from tests import support
 
@@ -97,11 +97,8 @@ def test_gpu_memory_mb_is_accepted_by_a_run_and_cpu_tasks_record_their_device(sp
 
 
 def test_devices_of_a_worker_are_joined_across_its_tasks() -> None:
-    param = ScoringStatsParam()
-    total = param.zero({})
-    for task in ({"devices": {"h:1": "GPU:0"}}, {"devices": {"h:1": "GPU:1", "h:2": "GPU:1"}},
-                 {"devices": {"h:1": "GPU:0"}}):
-        total = param.addInPlace(total, task)
+    total = merged_stats([{"devices": {"h:1": "GPU:0"}}, {"devices": {"h:1": "GPU:1", "h:2": "GPU:1"}},
+                          {"devices": {"h:1": "GPU:0"}}])
     assert total == {"devices": {"h:1": "GPU:0; GPU:1", "h:2": "GPU:1"}}
 
 

@@ -24,7 +24,7 @@ PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 @dataclass
 class ScoreStats:
-    """What one partition (or process) did; summed into the job's accumulator."""
+    """What one partition (or process) did; merged into the run's stats (udfs/lanes/stats.py)."""
 
     rows: int = 0
     rows_bad: int = 0

@@ -29,7 +29,7 @@ from batchscore.core.storage import (
     pyarrow_uri,
 )
 from batchscore.udfs.batches.arrow_filter import RowFilter
-from batchscore.udfs.lanes.scoring import score_batches, scored_schema
+from batchscore.udfs.lanes.scoring import STATS_FIELD, score_batches, scored_schema, scored_with_stats
 
 
 class UnsupportedInput(ValueError):
@@ -296,7 +296,7 @@ class _UnitReader:
                 return
 
 
-def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, int]) -> Iterator[pa.RecordBatch]:
+def read_task(task: list[dict[str, Any]], source: ArrowSource, counters: dict[str, Any]) -> Iterator[pa.RecordBatch]:
     """On an executor: the task's rows as Arrow batches of `source.columns`, Spark-typed."""
     reader = _UnitReader(source)
     out_schema = pa.schema([reader.schema.field(c) for c in source.columns])
@@ -334,13 +334,15 @@ def sample_rows(plan: ArrowPlan, columns: list[str], rows: int) -> pa.Table:
     return table if table.schema.equals(out) else table.cast(out)
 
 
-def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: Any, accumulator: Any) -> Any:
-    """Arrow lane: a DataFrame of keep columns + predictions + reason, one task per planned group."""
+def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: Any) -> Any:
+    """Arrow lane: a DataFrame of keep columns + predictions + reason + bs__stats, one task per
+    planned group; each task ends with its stats row (`scored_with_stats`: its counters and the
+    corrupt files it skipped), for a `TaskStats` (batchscore.udfs.lanes.stats) to observe and drop."""
     from pyspark.sql.pandas.types import from_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
     source = plan_in.source
     arrow_in = pa.schema([source.schema.field(c) for c in source.columns])
-    out_schema = from_arrow_schema(scored_schema(scoring_plan, arrow_in))
+    arrow_out = scored_schema(scoring_plan, arrow_in).append(STATS_FIELD)
     tasks = plan_in.tasks
     # One row per task, made by the JVM (spark.range): no Python worker runs just to
     # hand out task numbers; each task looks its fragments up in the closure.
@@ -349,13 +351,11 @@ def with_predictions_from_files(spark: Any, plan_in: ArrowPlan, scoring_plan: An
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for b in batches:
             for i in b.column("id").to_pylist():
-                counters: dict[str, int] = {}
-                stats: dict[str, Any] = {}
-                yield from score_batches(scoring_plan, read_task(tasks[i], source, counters), stats)
-                if accumulator is not None:
-                    accumulator.add({**stats, **counters})
+                stats: dict[str, Any] = {}  # read_task counts corrupt files into it, score_batches the rest
+                scored = score_batches(scoring_plan, read_task(tasks[i], source, stats), stats)
+                yield from scored_with_stats(scored, stats, arrow_out)
 
-    return tasks_df.mapInArrow(run, out_schema)
+    return tasks_df.mapInArrow(run, from_arrow_schema(arrow_out))
 
 
 def corrupt_parquet_files(spark: Any, root: str, *, tasks: int) -> list[str]:

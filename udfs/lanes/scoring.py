@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import os
 import resource
 import socket
@@ -14,11 +15,12 @@ import pyarrow as pa
 
 from batchscore.core.choices import OnBadRows, Placement, Sharing
 from batchscore.core.clock import process_start_time
-from batchscore.core.columns import BAD_COLUMN, OK_REASON, REASON_COLUMN
+from batchscore.core.columns import BAD_COLUMN, OK_REASON, REASON_COLUMN, STATS_COLUMN
 from batchscore.core.errors import BadRowsError, ConfigError, ModelError, SchemaError
 from batchscore.udfs.batches.batching import StreamScorer
 from batchscore.udfs.batches.binding import InputFeed, bind_inputs, required_columns
 from batchscore.udfs.host import client as host_client
+from batchscore.udfs.lanes.stats import stats_json
 from batchscore.udfs.model import cache as model_cache
 from batchscore.udfs.model import devices, placement
 from batchscore.udfs.model import tensor_types as tt
@@ -240,17 +242,63 @@ def _first_bad(batch: pa.RecordBatch, plan: ScoringPlan) -> str:
 
 
 def partition_scorer(
-    plan: ScoringPlan, accumulator: Any
+    plan: ScoringPlan, schema: pa.Schema | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """The mapInArrow function of the DataFrame lane."""
+    """The mapInArrow function of the DataFrame lane.
+
+    With `schema` (the task's output schema, `bs__stats` last) each task ends its output
+    with its stats row (`scored_with_stats`). Every task that runs to its end reports, an
+    empty one too: zero rows, and the model load its worker did for it.
+    """
 
     def score_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        if schema is None:
+            yield from score_batches(plan, batches)
+            return
         stats: dict[str, Any] = {}
-        yield from score_batches(plan, batches, stats)
-        if accumulator is not None and stats:
-            accumulator.add(stats)
+        yield from scored_with_stats(score_batches(plan, batches, stats), stats, schema)
 
     return score_partition
+
+
+STATS_FIELD = pa.field(STATS_COLUMN, pa.string())
+
+
+def scored_with_stats(
+    scored: Iterable[pa.RecordBatch], stats: dict[str, Any], schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """A task's scored batches with a null `bs__stats`, then its one stats row: `stats` (filled
+    once `scored` ends, and `tasks`: 1) as JSON, and in every other column a null, or a zero value where the
+    column is not nullable in `schema` (Spark refuses a null there). `schema` is the declared
+    one, `STATS_FIELD` last; the row takes the batches' own (an Arrow stream keeps one schema)."""
+    stream_schema = schema
+    for batch in scored:
+        out = batch.append_column(STATS_FIELD, pa.nulls(batch.num_rows, pa.string()))
+        stream_schema = out.schema
+        yield out
+    row = [pa.array([stats_json({**stats, "tasks": 1})], pa.string()) if f.name == STATS_COLUMN
+           else pa.nulls(1, s.type) if f.nullable else pa.array([_zero(s.type)], s.type)
+           for f, s in zip(schema, stream_schema, strict=True)]
+    yield pa.RecordBatch.from_arrays(row, schema=stream_schema)
+
+
+def _zero(t: pa.DataType) -> Any:
+    """A value of type `t` with no null inside: zero, empty, or a struct of those."""
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _zero(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_fixed_size_list(t):
+        return [_zero(t.value_type)] * t.list_size
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_map(t):
+        return []
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return ""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return b"\0" * getattr(t, "byte_width", 0)
+    if pa.types.is_boolean(t):
+        return False
+    if pa.types.is_decimal(t):
+        return decimal.Decimal(0)
+    return 0  # numbers, dates, times, timestamps, durations
 
 
 # Spark types a stacked feed's columns may have to be packed into one array column.
@@ -283,12 +331,14 @@ def pack_stacked_feeds(df: Any, plan: ScoringPlan) -> tuple[list[Any], ScoringPl
     return [*plain, *packed.values()], plan
 
 
-def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None, *, partitions: int | None = None) -> Any:
-    """DataFrame lane: `df` -> keep columns + predictions + bs__reason + bs__column.
+def with_predictions(df: Any, plan: ScoringPlan, *, partitions: int | None = None, task_stats: bool = True) -> Any:
+    """DataFrame lane: `df` -> keep columns + predictions + bs__reason + bs__column (+ bs__stats).
 
     Args:
         partitions: rebalance first: a round-robin repartition of the selected columns into this many
             partitions (batchscore.run.planning.plan_dataframe_tasks says when it pays).
+        task_stats: each task ends with its stats row (`scored_with_stats`); a `TaskStats`
+            (batchscore.udfs.lanes.stats) observes them and drops them.
     """
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema  # noqa: PLC0415 - pyspark is the optional [spark] extra: imported where Spark is used
 
@@ -296,9 +346,10 @@ def with_predictions(df: Any, plan: ScoringPlan, accumulator: Any = None, *, par
     selected = df.select(*select)
     if partitions is not None:  # only the columns scoring reads cross the shuffle
         selected = selected.repartition(partitions)
-    arrow_in = to_arrow_schema(selected.schema)
-    out_schema = from_arrow_schema(scored_schema(plan, arrow_in))
-    return selected.mapInArrow(partition_scorer(plan, accumulator), out_schema)
+    arrow_out = scored_schema(plan, to_arrow_schema(selected.schema))
+    if task_stats:
+        arrow_out = arrow_out.append(STATS_FIELD)
+    return selected.mapInArrow(partition_scorer(plan, arrow_out if task_stats else None), from_arrow_schema(arrow_out))
 
 
 def fixed_row_bytes(schema: pa.Schema, plan: ScoringPlan) -> int | None:
