@@ -191,6 +191,21 @@ def connect_phase(p: Profile, workloads: dict[int, Workload], configs: dict[int,
         _say(f"round {r + 1}/{p.runs} done")
 
 
+def stop_stale_servers(folder: str) -> list[int]:
+    """Stop the servers an interrupted run of this harness left behind (state files in `folder`); their ports."""
+    import glob
+
+    from batchscore.session import connect_server as cs
+
+    stopped = []
+    for state in glob.glob(os.path.join(folder, "server-*.json")):
+        port = int(os.path.basename(state)[len("server-"):-len(".json")])
+        if cs.stop(port, folder=folder):
+            _say(f"stopped a server left on port {port}")
+            stopped.append(port)
+    return stopped
+
+
 def run_benchmark(p: Profile, *, th: quiet.Thresholds, work: str, port: int | None,
                   save_to: str) -> dict[str, Any]:
     """Bare TF, then the server and its clients; returns the raw result (slots, warm-ups, server, checks)."""
@@ -203,8 +218,8 @@ def run_benchmark(p: Profile, *, th: quiet.Thresholds, work: str, port: int | No
                      batch_size=p.batch_size)
     workloads = {rows: make_workload(cold_p, rows, work=work) for rows in p.points}
     configs = {rows: write_config(w, os.path.join(work, "connect-configs")) for rows, w in workloads.items()}
+    stop_stale_servers(folder)
     port = port or cs.free_port()
-    cs.stop(port, folder=folder)  # a server a stopped run of this harness left behind
     raw: dict[str, Any] = {"slots": [], "warmups": [], "output_checks": {}, "server": None}
     own: set[int] = set()
     t_start = time.monotonic()
