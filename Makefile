@@ -13,7 +13,7 @@ export PYSPARK_PYTHON ?= $(abspath $(PY))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: demo demo-train test test-fast test-airflow test-lts venv-lts jars jars-lts jvm-cache lint bench bench-plan bench-quick bench-tiny bench-cnn bench-soak bench-soak-plan \
-	bench-sharing bench-ray-venv bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
+	bench-sharing bench-connect bench-connect-tiny bench-connect-plan bench-ray-venv bench-warm bench-warm-quick bench-floor bench-jvm-profile bench-cpu clean venv
 
 venv: $(VENV)/.installed
 
@@ -93,6 +93,17 @@ bench-cnn: venv jvm-cache
 
 bench-soak: venv jvm-cache
 	$(PY) -m bench.soak
+
+# a warm local Spark Connect server: bare TF cold first, then the server (untimed) and
+# `batchscore score --remote` / predict_batch_udf as fresh client processes (bench/connect.py)
+bench-connect: venv jvm-cache
+	$(PY) -m bench.connect --profile full
+
+bench-connect-tiny: venv jvm-cache
+	$(PY) -m bench.connect --profile tiny
+
+bench-connect-plan: venv
+	$(PY) -m bench.connect --profile full --dry-run
 
 # model.sharing executor vs worker on local[2], cold, each alone (bench/sharing.py; ~6 min)
 bench-sharing: venv jvm-cache

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from bench.coldrun import LABELS
@@ -19,7 +20,7 @@ def _unit_name(unit: int) -> str:
     return "1M rows" if unit == 1_000_000 else f"{unit:,} rows"
 
 
-def fits_table(res: dict[str, Any]) -> list[str]:
+def fits_table(res: dict[str, Any], labels: Mapping[str, str] = LABELS) -> list[str]:
     s, unit = res["summary"], res["settings"]["unit"]
     ratio_rows = [str(r) for r in res["settings"]["ratio_rows"]]
     head = ["contender", "fixed cost (s)", f"s per {_unit_name(unit)}", "R²"]
@@ -32,7 +33,7 @@ def fits_table(res: dict[str, Any]) -> list[str]:
         loads = sorted({x for p in c["points"].values() for x in p["model_loads"]})
         rss = [p["peak_worker_rss_mb"] for p in c["points"].values() if p["peak_worker_rss_mb"]]
         mrss = [p["manifest_peak_worker_rss_mb"] for p in c["points"].values() if p["manifest_peak_worker_rss_mb"]]
-        row = [LABELS.get(key, key), _f(fit.get("intercept")), _f(fit.get("slope"), "{:.3f}"),
+        row = [labels.get(key, key), _f(fit.get("intercept")), _f(fit.get("slope"), "{:.3f}"),
                _f(fit.get("r2"), "{:.4f}")]
         row += [f"{_f(r.get('measured'))} / {_f(r.get('fit'))}" for r in ratios]
         row += [", ".join(map(str, loads)) or "–",
@@ -41,7 +42,7 @@ def fits_table(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def points_table(res: dict[str, Any]) -> list[str]:
+def points_table(res: dict[str, Any], labels: Mapping[str, str] = LABELS) -> list[str]:
     points = [str(p) for p in res["settings"]["points"]]
     lines = ["| contender | " + " | ".join(f"{_compact(int(p))} rows" for p in points) + " |",
              "|---|" + "---|" * len(points)]
@@ -51,7 +52,7 @@ def points_table(res: dict[str, Any]) -> list[str]:
             v = c["points"][p]
             flag = f", {v['contended_runs']} contended" if v["contended_runs"] else ""
             cells.append(f"{_f(v['median_seconds'])} s ({v['runs']} runs{flag})")
-        lines.append(f"| {LABELS.get(key, key)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -124,7 +125,8 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def chart(res: dict[str, Any], path: str) -> None:
+def chart(res: dict[str, Any], path: str, labels: Mapping[str, str] = LABELS,
+          title: str = "Cold runs: medians, runs, fits") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +139,7 @@ def chart(res: dict[str, Any], path: str) -> None:
         pts = [(int(r), v["median_seconds"]) for r, v in c["points"].items() if v["median_seconds"] is not None]
         if not pts:
             continue
-        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=LABELS.get(key, key))[0]
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", label=labels.get(key, key))[0]
         every = [(int(r), s) for r, v in c["points"].items() for s in v["seconds"]]
         ax.plot([p[0] for p in every], [p[1] for p in every], ".", color=line.get_color(), alpha=0.35)
         if c["fit"]:
@@ -149,8 +151,8 @@ def chart(res: dict[str, Any], path: str) -> None:
                 grid = [xs[1] * i / 40 for i in range(1, 41)]
                 ax2.plot(grid, [(bare["intercept"] + bare["slope"] * x / unit)
                                 / (c["fit"]["intercept"] + c["fit"]["slope"] * x / unit) for x in grid],
-                         color=line.get_color(), label=LABELS.get(key, key))
-    ax.set(xlabel="rows", ylabel="wall seconds (cold whole command)", title="Cold runs: medians, runs, fits")
+                         color=line.get_color(), label=labels.get(key, key))
+    ax.set(xlabel="rows", ylabel="wall seconds (whole command)", title=title)
     ax2.axhline(1.0, color="grey", lw=0.8)
     ax2.set(xlabel="rows", ylabel="× bare TF (bare seconds / contender seconds, fits)",
             title="Ratio vs bare TF from the fits")

@@ -94,12 +94,17 @@ def lane_config(w: Workload, path: str) -> str:
     return path
 
 
-def command(key: str, w: Workload, *, out: str, loads_dir: str, config: str | None = None) -> list[str]:
-    """The whole command contender `key` runs for workload `w`, writing to `out`."""
+def command(key: str, w: Workload, *, out: str, loads_dir: str, config: str | None = None,
+            remote: str | None = None) -> list[str]:
+    """The whole command contender `key` runs for workload `w`, writing to `out`.
+
+    `remote` (`sc://host:port`): the lanes and the Spark peers run as Spark Connect clients of
+    that server (the server owns the Spark settings, so the peers get no --master/--conf)."""
     if key in LANES:
         assert config is not None
         return [sys.executable, "-m", "batchscore", "score", "--config", config, "--quiet",
-                "--set", f"input.lane={LANES[key]}", "--set", f"output.path={out}"]
+                "--set", f"input.lane={LANES[key]}", "--set", f"output.path={out}",
+                *(["--remote", remote] if remote else [])]
     kind = {"bare_tf": "bare_tf", "predict_batch_udf": "predict_batch_udf", "pandas_udf": "pandas_udf",
             "ray_data": "ray"}[key]
     py = ray_python() if key == "ray_data" else sys.executable
@@ -107,7 +112,9 @@ def command(key: str, w: Workload, *, out: str, loads_dir: str, config: str | No
             "--input", w.input_name, "--batch-size", str(w.batch_size), "--out", out, "--loads-dir", loads_dir]
     argv += ["--columns", ",".join(w.columns)] if w.stacked else ["--tensor", w.columns[0], "--shape",
                                                                   ",".join(map(str, w.tensor_shape))]
-    if key in ("predict_batch_udf", "pandas_udf"):
+    if key in ("predict_batch_udf", "pandas_udf") and remote:
+        argv += ["--remote", remote]
+    elif key in ("predict_batch_udf", "pandas_udf"):
         for k, v in {**SPARK_CONF, **w.spark_conf}.items():
             if k == "spark.master":
                 argv += ["--master", v]
@@ -138,13 +145,19 @@ class ProcInfo:
     worker: bool
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0
+    cpu_base: float = 0.0  # CPU seconds it had used when first seen (a long-lived server's processes)
 
 
 class TreeSampler:
-    """A thread sampling the RSS and CPU time of every process of one session (the run's)."""
+    """A thread sampling the RSS and CPU time of every process of one session (the run's).
 
-    def __init__(self, root_pid: int, key: str, *, interval: float = SAMPLE_S, series: bool = False) -> None:
+    `extra_sessions`: further sessions whose processes serve the run (a Connect server's JVM
+    and Python workers); their CPU counts from when the sampler first sees them."""
+
+    def __init__(self, root_pid: int, key: str, *, interval: float = SAMPLE_S, series: bool = False,
+                 extra_sessions: frozenset[int] = frozenset()) -> None:
         self.root_pid, self.key, self.interval = root_pid, key, interval
+        self.extra_sessions = extra_sessions
         self.procs: dict[int, ProcInfo] = {}
         self._handles: dict[int, psutil.Process] = {}
         self.series: list[dict[str, Any]] | None = [] if series else None
@@ -168,17 +181,20 @@ class TreeSampler:
                         pass
                 continue
             try:
-                if os.getsid(pid) != self.root_pid:
+                sid = os.getsid(pid)
+                if sid != self.root_pid and sid not in self.extra_sessions:
                     continue
                 p = psutil.Process(pid)
                 cmd = p.cmdline()
                 parent = p.parent()
                 parent_cmd = parent.cmdline() if parent is not None else []
+                t = p.cpu_times()
             except (OSError, psutil.Error):
                 continue
             self._handles[pid] = p
             self.procs[pid] = ProcInfo(pid, " ".join(cmd)[:160],
-                                       _is_worker(cmd, parent_cmd, root=pid == self.root_pid, key=self.key))
+                                       _is_worker(cmd, parent_cmd, root=pid == self.root_pid, key=self.key),
+                                       cpu_base=t.user + t.system if sid != self.root_pid else 0.0)
 
     def _sample(self) -> None:
         now = time.perf_counter()
@@ -198,7 +214,7 @@ class TreeSampler:
                 continue
             info = self.procs[pid]
             info.peak_rss_mb = max(info.peak_rss_mb, rss)
-            info.cpu_s = max(info.cpu_s, t.user + t.system)
+            info.cpu_s = max(info.cpu_s, t.user + t.system - info.cpu_base)
             tree += rss
             if info.worker:
                 workers[pid] = round(rss, 1)
@@ -237,7 +253,7 @@ class TreeSampler:
 
 MANIFEST_KEYS = ("lane", "rows_in", "rows_scored", "rows_quarantined", "seconds_total", "seconds_scoring",
                  "rows_per_second", "model_loads", "python_workers", "peak_worker_rss_mb", "model_calls",
-                 "max_rows_per_call")
+                 "max_rows_per_call", "seconds_by_phase")
 
 
 def count_output_rows(path: str) -> int | None:
@@ -270,23 +286,27 @@ def _last_line(path: str) -> str:
 
 def timed_run(key: str, w: Workload, *, run_dir: str, own_sessions: set[int], th: quiet.Thresholds,
               config: str | None = None, series: bool = False, timeout_s: float = RUN_TIMEOUT_S,
-              sampler_cls: type[TreeSampler] | None = None) -> dict[str, Any]:
+              sampler_cls: type[TreeSampler] | None = None, remote: str | None = None,
+              server_sessions: frozenset[int] = frozenset()) -> dict[str, Any]:
     """Run contender `key` on `w` cold and alone; returns the run's record (see bench/README.md).
 
     `sampler_cls`: a TreeSampler that also finds processes outside the command's session
-    (bench/sharing.py: the model host, detached into a session of its own)."""
+    (bench/sharing.py: the model host, detached into a session of its own). `remote`: the
+    command is a client of that Spark Connect server, whose sessions `server_sessions` are
+    tolerated before the run and sampled as the run's own during it (bench/connect.py)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(run_dir)
     out, loads_dir = os.path.join(run_dir, "out"), os.path.join(run_dir, "loads")
-    argv = command(key, w, out=out, loads_dir=loads_dir, config=config)
-    c = quiet.before_run(own_sessions, th)
+    argv = command(key, w, out=out, loads_dir=loads_dir, config=config, remote=remote)
+    c = quiet.before_run(own_sessions, th, tolerate=server_sessions)
     snap0, stat0 = quiet.cpu_snapshot(), quiet.proc_stat()
     with open(os.path.join(run_dir, "stdout.log"), "w") as so, open(os.path.join(run_dir, "stderr.log"), "w") as se:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=run_env(), stdout=so, stderr=se,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         own_sessions.add(proc.pid)
-        sampler = (sampler_cls or TreeSampler)(proc.pid, key, series=series)
+        sampler = (sampler_cls(proc.pid, key, series=series) if sampler_cls
+                   else TreeSampler(proc.pid, key, series=series, extra_sessions=server_sessions))
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -295,7 +315,8 @@ def timed_run(key: str, w: Workload, *, run_dir: str, own_sessions: set[int], th
         seconds = time.perf_counter() - t0
         sampler.stop()
     stat1, snap1 = quiet.proc_stat(), quiet.cpu_snapshot()
-    foreign = quiet.foreign_cpu_seconds(snap0, snap1, own_sessions, exclude_pids=frozenset({os.getpid()}))
+    foreign = quiet.foreign_cpu_seconds(snap0, snap1, own_sessions | server_sessions,
+                                        exclude_pids=frozenset({os.getpid()}))
     quiet.after_run(c, th, wall_s=seconds, own_cpu_s=sampler.own_cpu_s(), foreign_cpu_s=foreign,
                     run_busy=quiet.busy_fraction(stat0, stat1))
     rec: dict[str, Any] = {"key": key, "workload": w.name, "rows": w.rows, "seconds": round(seconds, 3),

@@ -2,12 +2,13 @@
 
     python -m bench.oneshot bare_tf|predict_batch_udf|pandas_udf|ray --data DIR --model DIR
         --input NAME (--columns f0,f1,...|--tensor COL --shape 64,64,3) --batch-size N --out DIR
-        [--master local[2]] [--conf k=v ...] [--loads-dir DIR]
+        [--master local[2]] [--conf k=v ...] [--remote sc://HOST:PORT] [--loads-dir DIR]
 
 Each reads the same Parquet with its own reader, feeds the same SavedModel in
 `--batch-size` chunks and writes `id` + `prediction` as Parquet into `--out`; the
 last stdout line is `ONESHOT {json}` (rows written by the driver where known,
-model loads). The harness (bench.cold) times the whole process. The batchscore
+model loads). The harness (bench.cold) times the whole process. `--remote`: the Spark
+peers run as Spark Connect clients of that server (bench.connect). The batchscore
 lanes are not here: they run as users run them (`python -m batchscore score`).
 
 Only numpy and pyarrow are imported at the top: the Ray contender runs this
@@ -39,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--master", default="local[2]")
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="Spark conf (Spark peers)")
+    p.add_argument("--remote", default=None, metavar="sc://HOST:PORT",
+                   help="Spark peers: a Spark Connect client of this server instead of a local session")
     p.add_argument("--loads-dir", default=None, help="one file per model load is written here")
     return p.parse_args(argv)
 
@@ -70,8 +73,12 @@ def _record_load(loads_dir: str) -> None:
 
 
 def _spark(a: argparse.Namespace) -> Any:
-    """A SparkSession with the settings bench.cold gives the lanes' generated config."""
+    """A SparkSession with the settings bench.cold gives the lanes' generated config, or with
+    `--remote` a Spark Connect client session (the server owns the settings)."""
     from pyspark.sql import SparkSession
+
+    if a.remote:
+        return SparkSession.builder.remote(a.remote).create()
 
     from batchscore import conf_dir
 

@@ -57,8 +57,10 @@ def classify(cmdline: list[str]) -> str | None:
     return None
 
 
-def stray_processes(own_sessions: set[int], *, exclude: set[int] | None = None) -> list[Stray]:
-    """Processes of the MARKERS kinds alive now (this process and its ancestors excluded)."""
+def stray_processes(own_sessions: set[int], *, exclude: set[int] | None = None,
+                    tolerate: frozenset[int] = frozenset()) -> list[Stray]:
+    """Processes of the MARKERS kinds alive now (this process and its ancestors excluded, and
+    the processes of the sessions `tolerate`: a benchmark's own Connect server while it runs)."""
     skip = {os.getpid(), *(p.pid for p in psutil.Process().parents()), *(exclude or set())}
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
@@ -68,8 +70,8 @@ def stray_processes(own_sessions: set[int], *, exclude: set[int] | None = None) 
             kind = classify(p.info["cmdline"] or [])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if kind:
-            sid = _sid(p.pid)
+        sid = _sid(p.pid) if kind else None
+        if kind and (sid is None or sid not in tolerate):
             found.append(Stray(p.pid, kind, sid in own_sessions, " ".join(p.info["cmdline"])[:200]))
     return found
 
@@ -208,11 +210,12 @@ class Contention:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def before_run(own_sessions: set[int], th: Thresholds, *, leftover_wait_s: float = 10.0) -> Contention:
+def before_run(own_sessions: set[int], th: Thresholds, *, leftover_wait_s: float = 10.0,
+               tolerate: frozenset[int] = frozenset()) -> Contention:
     """Clear own leftovers, wait for load1 (bounded), take the quiet CPU sample; note foreign strays.
 
     Contended when the machine was busy in the sample or a foreign Spark/Ray/benchmark
-    process is alive; load1 is recorded only (see `Thresholds`).
+    process is alive (the sessions `tolerate` excepted); load1 is recorded only (see `Thresholds`).
     """
     c = Contention()
     c.killed_leftovers = [f"{s.pid} {s.kind}" for s in clear_own_leftovers(own_sessions, wait_s=leftover_wait_s)]
@@ -223,7 +226,8 @@ def before_run(own_sessions: set[int], th: Thresholds, *, leftover_wait_s: float
     time.sleep(th.settle_s)
     c.pre_busy = busy_fraction(a, proc_stat())
     c.load1_before, c.load5_before, _ = os.getloadavg()
-    c.foreign_strays = [f"{s.pid} {s.kind}: {s.cmd[:80]}" for s in stray_processes(own_sessions) if not s.own]
+    c.foreign_strays = [f"{s.pid} {s.kind}: {s.cmd[:80]}" for s in stray_processes(own_sessions, tolerate=tolerate)
+                        if not s.own]
     if c.pre_busy > th.max_pre_busy:
         c.reasons.append(f"machine {c.pre_busy:.0%} busy before the start")
     if c.foreign_strays:

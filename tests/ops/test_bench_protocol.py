@@ -104,3 +104,55 @@ def test_idle_worker_pools_are_touched_in_their_own_workers(bench, monkeypatch):
     jvm = jvm_pid(bench.spark)
     assert spark_python_workers(jvm, "bench-test-idle")  # the one-row task ran in that pool's own worker
     assert not spark_python_workers(jvm, "bench-test-running")
+
+
+def _attempt(key: str, rows: int, seconds: float, *, ok: bool = True, loads: int | None = 0,
+             problems: list[str] | None = None) -> dict[str, Any]:
+    return {"key": key, "rows": rows, "seconds": seconds, "ok": ok, "accepted": ok, "model_loads": loads,
+            "problems": problems or [], "contention": {"contended": False}, "peak_worker_rss_mb": None}
+
+
+def test_connect_targets_are_computed_from_the_medians_fits_and_model_loads() -> None:
+    """bench.connect's figures (no Spark): fixed cost = our fit's intercept, speedups = the other's median
+    over ours at the target point, model loads of every run after the first; a failed run is counted as such."""
+    from bench.coldstats import summarize
+    from bench.connect_report import BARE, OURS, PBU, later_loads, markdown, targets
+
+    m = 1_000_000
+    seconds = {BARE: {m: [5.0, 5.2, 4.9], 2 * m: [6.0, 6.0, 6.4]},  # bare TF medians 5.0 and 6.0 s
+               OURS: {m: [3.5, 3.4, 3.6], 2 * m: [4.0, 4.2, 3.9]},  # ours 3.5 and 4.0 s: 3.0 s + 0.5 s per 1M
+               PBU: {m: [7.0, 7.0, 7.0], 2 * m: [6.0, 7.0, 8.0]}}  # 7.0 s at 2M: 1.75x ours
+    slots = [{"key": k, "attempts": [_attempt(k, rows, s)]} for k, pts in seconds.items()
+             for rows, runs in pts.items() for s in runs]
+    slots.append({"key": OURS, "attempts": [_attempt(OURS, 2 * m, 99.0, ok=False, loads=None,
+                                                     problems=["exit 1: AttributeError: sparkContext"])]})
+    summary = summarize(slots, contenders=[BARE, OURS, PBU], points=(m, 2 * m), ratio_rows=(2 * m,), unit=m)
+    assert summary[OURS]["points"][str(2 * m)]["median_seconds"] == 4.0  # the failed run is not in the median
+    assert summary[OURS]["failed_runs"] == 1 and "sparkContext" in summary[OURS]["failures"][0]
+
+    warmup = _attempt(OURS, m, 20.0, loads=2)
+    loads = later_loads([warmup, *(a for s in slots for a in s["attempts"])])
+    assert loads == [0] * 6  # the warm-up loaded the model; the six successful timed runs did not
+    fixed, vs_bare, vs_pbu, no_reload = targets(summary, target_rows=2 * m, loads=loads)
+    assert "fixed cost" in fixed["target"] and fixed["value"] == pytest.approx(3.0) and fixed["met"] is True
+    assert "bare TF" in vs_bare["target"] and vs_bare["value"] == pytest.approx(1.5) and vs_bare["met"] is True
+    assert "predict_batch_udf" in vs_pbu["target"] and vs_pbu["value"] == pytest.approx(1.75) and vs_pbu["met"]
+    assert no_reload["value"] == loads and no_reload["met"] is True
+    slow = {**summary, OURS: {**summary[OURS], "fit": {**summary[OURS]["fit"], "intercept": 3.2},
+                              "points": {str(2 * m): {"median_seconds": 6.5}}}}
+    assert [t["met"] for t in targets(slow, target_rows=2 * m, loads=loads)] == [False, False, False, True]
+
+    slower = targets(summary, target_rows=2 * m, loads=[0, 1, 0])
+    assert slower[3]["met"] is False  # a later run that loaded the model again
+    assert targets(summary, target_rows=2 * m, loads=[])[3]["met"] is None  # no later run: n/a
+    no_ours = {k: v for k, v in summary.items() if k != OURS}
+    assert [t["met"] for t in targets(no_ours, target_rows=2 * m, loads=[])] == [None] * 4
+
+    res = {"settings": {"name": "t", "points": [m, 2 * m], "runs": 3, "rows_per_file": 250_000, "batch_size": 10_000,
+                        "unit": m, "ratio_rows": [2 * m], "target_rows": 2 * m},
+           "machine": {}, "started_at": "now", "server": {"master": "local[2]", "url": "sc://127.0.0.1:1"},
+           "summary": summary, "slots": [], "warmups": [warmup], "ratios": {"vs_predict_batch_udf": 1.75},
+           "targets": targets(summary, target_rows=2 * m, loads=loads)}
+    text = markdown(res)
+    assert "1 failed run(s)" in text and "exit 1: AttributeError: sparkContext" in text
+    assert text.count("**met**") == 4
