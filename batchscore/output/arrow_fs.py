@@ -15,7 +15,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -28,12 +28,12 @@ _URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/]*)(.*)$")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):(.*)$")
 
 
-def s3_options(get: Callable[[str], str | None]) -> dict[str, Any]:
+def s3_options(get: Callable[[str], str | None], env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """`pyarrow.fs.S3FileSystem` options from S3A settings (`get`: a conf lookup, None when unset).
 
-    Keys and endpoint the conf sets win; what it leaves unset pyarrow reads from the AWS
-    environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`, ...), as
-    `batchscore.session.builder.s3a_env_conf` leaves the keys there for S3A too.
+    Keys and endpoint the conf sets win. Else the endpoint is the environment's
+    (`AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`, path-style, as `batchscore.session.builder.s3a_env_conf`
+    gives it to S3A) and the keys are left to pyarrow's AWS credential chain (`AWS_ACCESS_KEY_ID`, ...).
     """
     opts: dict[str, Any] = {}
     access, secret = get(S3A + "access.key"), get(S3A + "secret.key")
@@ -45,7 +45,7 @@ def s3_options(get: Callable[[str], str | None]) -> dict[str, Any]:
     region = get(S3A + "endpoint.region")
     if region:
         opts["region"] = region
-    endpoint = get(S3A + "endpoint")
+    endpoint = get(S3A + "endpoint") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         scheme, sep, host = endpoint.partition("://")
         if not sep:  # S3A's form: a host, https unless SSL is off
@@ -53,7 +53,7 @@ def s3_options(get: Callable[[str], str | None]) -> dict[str, Any]:
         opts.update(endpoint_override=host.rstrip("/"), scheme=scheme)
         if (get(S3A + "path.style.access") or "").lower() == "false":
             opts["force_virtual_addressing"] = True  # pyarrow addresses an endpoint by path unless told
-        opts.setdefault("region", os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        opts.setdefault("region", env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1")
     return opts
 
 
