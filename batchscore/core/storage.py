@@ -4,8 +4,9 @@ Two ways in, each where it must be used:
 
 - **pyarrow filesystems** read and list: executors reading input (no JVM there),
   the driver planning and sampling the Arrow lane, the manifest check.
-- **Hadoop's FileSystem through the session** (`batchscore.output.hadoop_fs`) on the
-  driver, for everything Spark's committers wrote or that needs the session's credentials.
+- **The session's filesystem** (`batchscore.output.filesystem`: Hadoop's through the JVM of a
+  classic session, pyarrow's on a Spark Connect client) on the driver, for everything Spark's
+  committers wrote or that needs the session's credentials.
 """
 from __future__ import annotations
 

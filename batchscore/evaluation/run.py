@@ -6,7 +6,7 @@ output is read as Delta. `evaluate_run` joins labels from another table when ask
 (`metrics.join_labels`) and computes the metrics on Spark (`metrics.evaluate`);
 `write_evaluation` writes `metrics.json` and the PNG plots to `<predictions>/_evaluation/`
 (a `_` name: Spark and pyarrow readers of the predictions skip it) or elsewhere, through
-Hadoop's filesystem, so any path Spark writes works.
+the session's filesystem (batchscore/output/filesystem.py), so any path Spark writes works.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from batchscore.evaluation.gates import Gate, check_gate_metrics
 from batchscore.evaluation.metrics import duplicate_key, evaluate, join_labels, resolve_task
 from batchscore.evaluation.plots import render_plots
 from batchscore.evaluation.results import Evaluation
-from batchscore.output.hadoop_fs import HadoopFs
+from batchscore.output.filesystem import filesystem_for
 from batchscore.output.manifest import MANIFEST_NAME, RunManifest
 
 if TYPE_CHECKING:  # pyspark is the optional [spark] extra
@@ -51,7 +51,7 @@ def read_predictions(spark: SparkSession, path: str) -> Predictions:
         InputError: naming the path, when the manifest or the data cannot be read.
     """
     base = absolute(path).rstrip("/")
-    raw = HadoopFs(spark).read_bytes(f"{base}/{MANIFEST_NAME}")
+    raw = filesystem_for(spark).read_bytes(f"{base}/{MANIFEST_NAME}")
     manifest = None
     if raw is not None:
         try:
@@ -135,7 +135,7 @@ def write_evaluation(spark: SparkSession, evaluation: Evaluation, out: str, *,
             with open(os.path.join(local, name), "wb") as fh:
                 fh.write(data)
     else:
-        fs = HadoopFs(spark)
+        fs = filesystem_for(spark)
         fs.mkdirs(base)
         for name, data in files.items():
             fs.write_bytes(f"{base}/{name}", data)

@@ -20,7 +20,7 @@ from batchscore.core.columns import BAD_COLUMN, REASON_COLUMN
 from batchscore.core.errors import ConfigError, SchemaError
 from batchscore.core.session_kind import is_connect
 from batchscore.output import publish
-from batchscore.output.hadoop_fs import HadoopFs
+from batchscore.output.filesystem import FileSystem
 from batchscore.output.manifest import MANIFEST_NAME
 
 log = logging.getLogger("batchscore")
@@ -49,7 +49,7 @@ def txn_app_id(run_id: str) -> str:
     return f"batchscore-{run_id}"
 
 
-def check_delta_output(spark: Any, fs: HadoopFs, out_path: str) -> None:
+def check_delta_output(spark: Any, fs: FileSystem, out_path: str) -> None:
     """Refuse `output.format: delta` where it cannot work, before anything is scored.
 
     Raises:
@@ -85,7 +85,7 @@ def delta_session(spark: Any) -> bool:
     return True
 
 
-def publish_delta(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_path: str, q_path: str,
+def publish_delta(spark: Any, fs: FileSystem, *, staging: str, scored: Any, out_path: str, q_path: str,
                   mode: str, partition_by: list[str], run_id: str, rows_scored: int) -> DeltaCommit:
     """Commit the staged `ok` rows to the Delta table at `out_path`, then publish the quarantine.
 
@@ -107,7 +107,7 @@ def publish_delta(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_pa
     return commit
 
 
-def commit_ok_rows(spark: Any, fs: HadoopFs, *, staging: str, scored: Any, out_path: str, mode: str,
+def commit_ok_rows(spark: Any, fs: FileSystem, *, staging: str, scored: Any, out_path: str, mode: str,
                    partition_by: list[str], run_id: str, rescored: set[str] | None) -> DeltaCommit:
     """One Delta write of the staged `ok` rows in `mode` (idempotent per run id).
 
@@ -165,7 +165,7 @@ def replace_where(partitions: set[str], schema: Any) -> str:
     return " OR ".join(clauses)
 
 
-def latest_commit(spark: Any, fs: HadoopFs, path: str) -> tuple[int, int] | None:
+def latest_commit(spark: Any, fs: FileSystem, path: str) -> tuple[int, int] | None:
     """(version, numOutputRows) of the Delta table's latest commit; None if it is not a Delta table."""
     if not fs.exists(f"{path}/_delta_log"):
         return None
@@ -175,7 +175,7 @@ def latest_commit(spark: Any, fs: HadoopFs, path: str) -> tuple[int, int] | None
     return int(row["version"]), int(metrics.get("numOutputRows", 0))
 
 
-def publish_quarantine(fs: HadoopFs, *, staging: str, q_path: str, mode: str, run_id: str,
+def publish_quarantine(fs: FileSystem, *, staging: str, q_path: str, mode: str, run_id: str,
                        rescored: set[str] | None) -> None:
     """The staged bad rows to `q_path` as Parquet, by renames, as for Parquet output."""
     new_q = publish.build_quarantine_tree(fs, staging, run_id, q_path)
@@ -188,12 +188,9 @@ def publish_quarantine(fs: HadoopFs, *, staging: str, q_path: str, mode: str, ru
         publish.cleanup(fs, new_q)
 
 
-def _manifest_run_id(spark: Any, fs: HadoopFs, out_path: str) -> str | None:
+def _manifest_run_id(spark: Any, fs: FileSystem, out_path: str) -> str | None:
     """The run id in the manifest beside the table, if there is a readable one."""
-    path = f"{out_path}/{MANIFEST_NAME}"
-    if not fs.exists(path):
-        return None
-    raw = fs.read_bytes(path)
+    raw = fs.read_bytes(f"{out_path}/{MANIFEST_NAME}")
     if raw is None:
         return None
     try:

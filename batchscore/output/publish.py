@@ -13,7 +13,7 @@ import posixpath
 from typing import Any
 
 from batchscore.core.columns import BAD_COLUMN, NO_COLUMN, OK_REASON, REASON_COLUMN
-from batchscore.output.hadoop_fs import HadoopFs
+from batchscore.output.filesystem import FileSystem
 
 RUNS_DIR = "_runs"  # hidden from Spark's and pyarrow's listings of the output
 
@@ -32,7 +32,7 @@ def sibling(path: str, tag: str, run_id: str) -> str:
     return posixpath.join(parent, f".{name}.bs-{tag}-{run_id}")
 
 
-def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> None:
+def publish_dir(fs: FileSystem, new: str, target: str, mode: str, run_id: str) -> None:
     """Make the complete directory `new` visible at `target`.
 
     Modes: `error`/`overwrite` swap the whole directory; `append` moves the new
@@ -82,7 +82,7 @@ def publish_dir(fs: HadoopFs, new: str, target: str, mode: str, run_id: str) -> 
     raise ValueError(f"unknown output mode {mode}")
 
 
-def publish_quarantine(fs: HadoopFs, new_q: str | None, q_path: str, mode: str, run_id: str) -> None:
+def publish_quarantine(fs: FileSystem, new_q: str | None, q_path: str, mode: str, run_id: str) -> None:
     """Publish the run's quarantine tree `new_q` at `q_path` (mode `error` counts as overwrite
     there); with no bad rows, an overwrite removes the old quarantine: yesterday's bad rows
     are not today's."""
@@ -93,12 +93,12 @@ def publish_quarantine(fs: HadoopFs, new_q: str | None, q_path: str, mode: str, 
         fs.delete(q_path)
 
 
-def partitions_in(fs: HadoopFs, staging: str) -> set[str]:
+def partitions_in(fs: FileSystem, staging: str) -> set[str]:
     """Partition paths (`k=v/...`) the staged run wrote rows to, good or bad alike."""
     return {"/".join(rel.split("/")[2:]) for rel in fs.leaf_dirs(staging)}  # below bs__reason=/bs__column=
 
 
-def drop_stale_partitions(fs: HadoopFs, target: str, new: str | None, rescored: set[str], *, skip: int) -> None:
+def drop_stale_partitions(fs: FileSystem, target: str, new: str | None, rescored: set[str], *, skip: int) -> None:
     """`overwrite_partitions`: delete the partitions of `target` this run rescored but has no new files for.
 
     Otherwise a row that moved between output and quarantine in a rescore (or a
@@ -111,7 +111,7 @@ def drop_stale_partitions(fs: HadoopFs, target: str, new: str | None, rescored: 
             fs.delete(f"{target}/{rel}")
 
 
-def build_quarantine_tree(fs: HadoopFs, staging: str, run_id: str, quarantine: str, *,
+def build_quarantine_tree(fs: FileSystem, staging: str, run_id: str, quarantine: str, *,
                           tree: str | None = None) -> str | None:
     """Move staged bad rows into `<tree>/reason=X/column=Y/...` (by default a sibling of the
     quarantine); returns the tree, or None if there are no bad rows."""
@@ -132,7 +132,7 @@ def build_quarantine_tree(fs: HadoopFs, staging: str, run_id: str, quarantine: s
     return tree
 
 
-def new_output_dir(fs: HadoopFs, staging: str, output: str, run_id: str, *, dst: str | None = None) -> str | None:
+def new_output_dir(fs: FileSystem, staging: str, output: str, run_id: str, *, dst: str | None = None) -> str | None:
     """Move the staged predictions to `dst` (by default beside the output, ready to publish);
     returns `dst`, or None if there are none."""
     src = ok_dir(staging)
@@ -146,7 +146,7 @@ def new_output_dir(fs: HadoopFs, staging: str, output: str, run_id: str, *, dst:
     return dst
 
 
-def staged_counts(fs: HadoopFs, staging: str) -> dict[str, int]:
+def staged_counts(fs: FileSystem, staging: str) -> dict[str, int]:
     """Rows per reason as written: the staged files' Parquet footers, no Spark job."""
     counts: dict[str, int] = {}
     for rel in fs.files_under(staging):
@@ -155,11 +155,11 @@ def staged_counts(fs: HadoopFs, staging: str) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def mark_success(fs: HadoopFs, path: str) -> None:
+def mark_success(fs: FileSystem, path: str) -> None:
     fs.write_bytes(f"{path}/_SUCCESS", b"")
 
 
-def cleanup(fs: HadoopFs, *paths: Any) -> None:
+def cleanup(fs: FileSystem, *paths: Any) -> None:
     for p in paths:
         if p:
             fs.delete(p)
@@ -173,7 +173,7 @@ def run_dir(path: str, run_id: str) -> str:
     return f"{path.rstrip('/')}/{RUNS_DIR}/{run_id}"
 
 
-def committed_dirs(fs: HadoopFs, manifest_path: str) -> set[str]:
+def committed_dirs(fs: FileSystem, manifest_path: str) -> set[str]:
     """The run prefixes the manifest at `manifest_path` names (none if there is no manifest)."""
     raw = fs.read_bytes(manifest_path)
     if raw is None:
@@ -185,7 +185,7 @@ def committed_dirs(fs: HadoopFs, manifest_path: str) -> set[str]:
     return {p.rstrip("/") for p in (output.get("data_path"), output.get("quarantine_data_path")) if p}
 
 
-def commit_run(fs: HadoopFs, manifest_path: str, manifest: bytes, *, roots: list[str], current: set[str]) -> None:
+def commit_run(fs: FileSystem, manifest_path: str, manifest: bytes, *, roots: list[str], current: set[str]) -> None:
     """Commit a run on an object store: write its manifest (one object: readers see the
     previous run or this one), then delete the run prefixes below `roots` that neither this
     manifest nor the previous one names (older runs, and runs killed before their commit).

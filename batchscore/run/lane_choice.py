@@ -12,7 +12,7 @@ import pyarrow as pa
 from batchscore.config.job_spec import InputSpec
 from batchscore.core import compat
 from batchscore.core.errors import ConfigError
-from batchscore.output.hadoop_fs import HadoopFs
+from batchscore.output.filesystem import filesystem_for
 from batchscore.run.cluster import default_parallelism
 from batchscore.run.planning import TASKS_PER_SLOT
 from batchscore.udfs.batches.arrow_filter import UnsupportedFilter, arrow_filter
@@ -58,7 +58,7 @@ def choose_arrow_plan(spark: Any, spec: InputSpec, schema: pa.Schema, columns: l
         return None
     try:
         return plan_arrow_input(
-            HadoopFs(spark).qualify(spec.path), schema, columns,
+            filesystem_for(spark).qualify(spec.path), schema, columns,
             row_filter=arrow_filter(df, schema) if spec.filter else None,
             target_tasks=TASKS_PER_SLOT * slots, slots=slots,
             ignore_corrupt_files=spec.ignore_corrupt_files, exclude=exclude)

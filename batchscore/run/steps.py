@@ -21,7 +21,7 @@ from batchscore.core.errors import BatchscoreError, ConfigError, InputError
 from batchscore.core.spark_errors import translate_spark_error
 from batchscore.core.storage import absolute, inside, is_object_store, pyarrow_uri
 from batchscore.output import delta_output, publish
-from batchscore.output.hadoop_fs import HadoopFs
+from batchscore.output.filesystem import FileSystem, filesystem_for
 from batchscore.output.manifest import (
     MANIFEST_NAME,
     InputInfo,
@@ -121,7 +121,7 @@ def run_scoring(spark: Any, spec: JobSpec, *, run_id: str | None = None, clock: 
         BatchscoreError: a user error (config, input, model, schema, bad rows with on_bad_rows=fail).
     """
     clock = clock or Clock()
-    fs = HadoopFs(spark)
+    fs = filesystem_for(spark)
     plan = plan_run(spark, fs, spec, run_id=run_id or new_run_id(), clock=clock)
     staging = publish.staging_path(plan.out_path, plan.run_id)
     try:
@@ -158,7 +158,7 @@ def _now() -> str:
 # --- plan ---
 
 
-def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clock) -> RunPlan:
+def plan_run(spark: Any, fs: FileSystem, spec: JobSpec, *, run_id: str, clock: Clock) -> RunPlan:
     """Check paths, read the signature, start the warm-up, read the input, bind columns, choose
     the lane, check a sample.
 
@@ -182,7 +182,7 @@ def plan_run(spark: Any, fs: HadoopFs, spec: JobSpec, *, run_id: str, clock: Clo
         raise
 
 
-def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignature, source: Any, *,
+def _plan_input(spark: Any, fs: FileSystem, spec: JobSpec, signature: ModelSignature, source: Any, *,
                 clock: Clock, ids: tuple[str, str, str], warmup: Warmup | None) -> RunPlan:
     """The input, its binding to the signature, the lane and the sample check."""
     clock.start_scoring()
@@ -221,7 +221,7 @@ def _plan_input(spark: Any, fs: HadoopFs, spec: JobSpec, signature: ModelSignatu
     return RunPlan(spec, *ids, keep, signature, df, scoring, arrow_plan, corrupt, warmup, planning)
 
 
-def output_paths(fs: HadoopFs, spec: JobSpec) -> tuple[str, str]:
+def output_paths(fs: FileSystem, spec: JobSpec) -> tuple[str, str]:
     """Qualified output and quarantine paths; refuse outputs inside the input or model, and
     an existing output under `output.mode: error`."""
     out = fs.qualify(spec.output.path)
@@ -245,7 +245,7 @@ def output_paths(fs: HadoopFs, spec: JobSpec) -> tuple[str, str]:
     return out, q
 
 
-def _check_object_store_output(fs: HadoopFs, spec: JobSpec, out: str, q: str) -> None:
+def _check_object_store_output(fs: FileSystem, spec: JobSpec, out: str, q: str) -> None:
     """Object stores publish each run whole under its own prefix (batchscore/output/publish.py): the output
     and its quarantine both there, in mode error or overwrite; `error` refuses a committed
     output (a manifest), not the leftovers of a killed run."""
@@ -261,7 +261,7 @@ def _check_object_store_output(fs: HadoopFs, spec: JobSpec, out: str, q: str) ->
                           "choose overwrite")
 
 
-def open_input(spark: Any, fs: HadoopFs, spec: JobSpec) -> Any:
+def open_input(spark: Any, fs: FileSystem, spec: JobSpec) -> Any:
     """The input DataFrame; a missing path or a corrupt file met while Spark infers the schema is an InputError."""
     if spec.input.format != "table" and not fs.exists(fs.qualify(spec.input.path)):
         raise InputError(f"input.path '{spec.input.path}' does not exist")
@@ -321,7 +321,7 @@ def split_scoring_job(clock: Clock, stats: dict[str, Any]) -> None:
 # --- count and verify ---
 
 
-def count_and_verify(fs: HadoopFs, plan: RunPlan, staged: Staged) -> Counts:
+def count_and_verify(fs: FileSystem, plan: RunPlan, staged: Staged) -> Counts:
     """Rows written per status, checked against rows read.
 
     Raises:
@@ -338,7 +338,7 @@ def count_and_verify(fs: HadoopFs, plan: RunPlan, staged: Staged) -> Counts:
     return Counts(rows_in, rows_scored, rows_quarantined, reasons)
 
 
-def count_input(fs: HadoopFs, plan: RunPlan) -> int:
+def count_input(fs: FileSystem, plan: RunPlan) -> int:
     """rows_in, counted apart from the scoring: Parquet footers of the files Spark lists when
     nothing filters rows, else a Spark count of the filtered input."""
     if plan.spec.input.format == "parquet" and not plan.spec.input.filter:
@@ -350,7 +350,7 @@ def count_input(fs: HadoopFs, plan: RunPlan) -> int:
 # --- publish ---
 
 
-def publish_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> Published:
+def publish_run(spark: Any, fs: FileSystem, plan: RunPlan, staged: Staged) -> Published:
     """Make the staged output and quarantine visible by renames, in `output.mode`; on an
     object store, move them under the run's own prefixes (`write_manifest` commits them)."""
     if is_object_store(plan.out_path):
@@ -359,7 +359,7 @@ def publish_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> Publ
     return Published(plan.out_path, plan.q_path if fs.exists(plan.q_path) else None)
 
 
-def place_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> Published:
+def place_run(spark: Any, fs: FileSystem, plan: RunPlan, staged: Staged) -> Published:
     """Object stores: the run's rows under `<output>/_runs/<run_id>` and `<quarantine>/_runs/<run_id>`,
     each copied once; nothing a reader follows changes until the manifest is written."""
     data = publish.run_dir(plan.out_path, plan.run_id)
@@ -371,7 +371,7 @@ def place_run(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> Publis
     return Published(data, bad)
 
 
-def rename_into_place(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -> None:
+def rename_into_place(spark: Any, fs: FileSystem, plan: RunPlan, staged: Staged) -> None:
     """Local disk and HDFS: publish by directory renames, in `output.mode`."""
     mode, out_path, q_path, run_id = plan.spec.output.mode, plan.out_path, plan.q_path, plan.run_id
     rescored = (publish.partitions_in(fs, staged.path)
@@ -395,7 +395,7 @@ def rename_into_place(spark: Any, fs: HadoopFs, plan: RunPlan, staged: Staged) -
         publish.cleanup(fs, new_out, new_q)
 
 
-def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run_id: str, *,
+def write_empty_output(spark: Any, fs: FileSystem, scored: Any, out_path: str, run_id: str, *,
                        dst: str | None = None) -> str:
     """No row was scored: an empty dataset with the output schema at `dst` (by default beside
     the output, ready to publish)."""
@@ -409,7 +409,7 @@ def write_empty_output(spark: Any, fs: HadoopFs, scored: Any, out_path: str, run
 # --- manifest ---
 
 
-def write_manifest(fs: HadoopFs, plan: RunPlan, manifest: RunManifest) -> None:
+def write_manifest(fs: FileSystem, plan: RunPlan, manifest: RunManifest) -> None:
     """Write the manifest last. On an object store this is the commit (`publish.commit_run`)."""
     path = f"{plan.out_path}/{MANIFEST_NAME}"
     if not is_object_store(plan.out_path):

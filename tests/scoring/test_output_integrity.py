@@ -44,6 +44,18 @@ SECRET = "SHOULD_NOT_LEAK_7f3a"
 # --- nothing half-written ---
 
 
+@pytest.fixture(params=["hadoop", "arrow"])
+def driver_fs(request, monkeypatch) -> str:
+    """The runs' driver filesystem: HadoopFs (a classic session's) or ArrowFs (what a Spark
+    Connect client uses, batchscore/output/filesystem.py), both on this classic session."""
+    if request.param == "arrow":
+        from batchscore.output.arrow_fs import ArrowFs
+        from batchscore.run import steps
+
+        monkeypatch.setattr(steps, "filesystem_for", ArrowFs.for_session)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def published(spark, rel_model, tmp_path_factory):
     """A good run's output and quarantine (two bad rows), to be copied and then failed over."""
@@ -74,7 +86,8 @@ def _failing_input(case: str, path: str) -> tuple[str, list[str], type, str]:
 
 
 @pytest.mark.parametrize("case", ["bad_rows_with_fail", "model_fails_every_row", "corrupt_input", "missing_column"])
-def test_failed_overwrite_leaves_the_previous_output_byte_identical(spark, rel_model, published, tmp_path, case):
+def test_failed_overwrite_leaves_the_previous_output_byte_identical(spark, rel_model, published, tmp_path, case,
+                                                                     driver_fs):
     out, q = str(tmp_path / "run" / "out"), str(tmp_path / "run" / "out_quarantine")
     shutil.copytree(published, out)
     shutil.copytree(published + "_quarantine", q)
@@ -136,7 +149,7 @@ def _partition_hashes(root: str, prefix: str = "") -> dict[str, dict[str, str]]:
     return dict(out)
 
 
-def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_model, tmp_path):
+def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_model, tmp_path, driver_fs):
     table = rs.rel_table(60, dates=DATES)  # row i is in DATES[i % 3]
     table = rs.set_cells(rs.set_cells(table, "code", {0: "zz"}), "b", {1: float("nan")})  # Jan, Feb bad rows
     in_path, out = str(tmp_path / "in"), str(tmp_path / "out")
@@ -180,7 +193,7 @@ def test_overwrite_partitions_replaces_only_the_rescored_partition(spark, rel_mo
     assert _partition_hashes(q) == q_after
 
 
-def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path):
+def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path, driver_fs):
     table = rs.set_cells(rs.set_cells(rs.rel_table(120, seed=3), "a", {5: None}), "code", {77: "?"})
     in_path = rs.write_files(table, str(tmp_path / "in"), files=3)
     out = str(tmp_path / "out")
@@ -193,6 +206,8 @@ def test_rerun_gives_identical_rows_and_values(spark, rel_model, tmp_path):
     assert second.run_id != first.run_id
     assert second.model.fingerprint == first.model.fingerprint == model_fingerprint(rel_model)
     assert read_manifest(out)["run_id"] == second.run_id
+    # Hadoop's local filesystem writes a checksum beside each file it writes; pyarrow does not
+    assert os.path.exists(os.path.join(out, "._manifest.json.crc")) == (driver_fs == "hadoop")
 
 
 # --- faults survived: worker crashes and speculation, in their own Spark applications ---

@@ -50,7 +50,8 @@ def test_gpu_memory_mb_must_be_a_positive_integer(value: Any) -> None:
     with pytest.raises(ConfigError) as e:
         parse_job_spec({"input": {"path": "in"}, "output": {"path": "out"},
                         "model": {"path": "m", "gpu_memory_mb": value}})
-    assert str(e.value) == "config key 'model.gpu_memory_mb' must be a positive integer (MB of GPU memory per process)"
+    assert str(e.value) == ("config key 'model.gpu_memory_mb' must be a positive integer (MB of GPU memory per "
+                            f"process), got {value!r}")
     spec = parse_job_spec({"input": {"path": "in"}, "output": {"path": "out"}, "model": {"path": "m", "gpu_memory_mb": 512}})
     assert spec.model.gpu_memory_mb == 512
 
