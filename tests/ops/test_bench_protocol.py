@@ -122,7 +122,7 @@ def test_connect_targets_are_computed_from_the_medians_fits_and_model_loads() ->
     seconds = {BARE: {m: [5.0, 5.2, 4.9], 2 * m: [6.0, 6.0, 6.4]},  # bare TF medians 5.0 and 6.0 s
                OURS: {m: [3.5, 3.4, 3.6], 2 * m: [4.0, 4.2, 3.9]},  # ours 3.5 and 4.0 s: 3.0 s + 0.5 s per 1M
                PBU: {m: [7.0, 7.0, 7.0], 2 * m: [6.0, 7.0, 8.0]}}  # 7.0 s at 2M: 1.75x ours
-    slots = [{"key": k, "attempts": [_attempt(k, rows, s)]} for k, pts in seconds.items()
+    slots: list[dict[str, Any]] = [{"key": k, "attempts": [_attempt(k, rows, s)]} for k, pts in seconds.items()
              for rows, runs in pts.items() for s in runs]
     slots.append({"key": OURS, "attempts": [_attempt(OURS, 2 * m, 99.0, ok=False, loads=None,
                                                      problems=["exit 1: AttributeError: sparkContext"])]})

@@ -101,7 +101,9 @@ def test_start_status_warm_workers_across_sessions_stop_leaves_nothing() -> None
         assert status.returncode == 0 and status.stdout.startswith(f"running {url}")
         first, second = _worker_pids(url), _worker_pids(url)
         assert first and first == second  # two client sessions, in turn, in the same warm workers
-        pid = server.status(port).pid
+        state = server.status(port)
+        assert state is not None
+        pid = state.pid
         tree = psutil.Process(pid).children(recursive=True)
         assert {p.pid for p in tree} >= set(first)
     finally:
@@ -117,7 +119,9 @@ def test_a_client_killed_mid_query_leaves_the_server_healthy(tmp_path: Path) -> 
     port, folder = server.free_port(), str(tmp_path / "state")
     url = server.start(port, master="local[2]", folder=folder)
     try:
-        pid = server.status(port, folder=folder).pid
+        state = server.status(port, folder=folder)
+        assert state is not None
+        pid = state.pid
         marker = tmp_path / "task-running"
         client = subprocess.Popen([sys.executable, "-c", CLIENT, url, str(marker), "20"], env=ENV)
         deadline = time.monotonic() + 120

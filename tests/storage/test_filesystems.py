@@ -135,6 +135,7 @@ def test_publish_by_renames(fs: FileSystem, tmp_path, mode: str) -> None:
     assert publish.partitions_in(fs, staging) == {"d=1", "d=2"}
     new_out = publish.new_output_dir(fs, staging, out, "r1")
     new_q = publish.build_quarantine_tree(fs, staging, "r1", q)
+    assert new_q is not None
     assert new_out == publish.sibling(out, "new", "r1") and fs.files_under(new_out) == [
         "d=1/part-0.parquet", "d=2/part-0.parquet"]
     assert fs.files_under(new_q) == ["reason=null_feature/column=a/d=2/part-0.parquet"]
@@ -205,10 +206,10 @@ def test_s3_options_come_from_the_s3a_settings(s3_server: S3Server) -> None:
     host = s3_server.url.removeprefix("http://")
     assert opts == {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "endpoint_override": host, "scheme": "http",
                     "region": "us-east-1"}
-    assert s3_options({"spark.hadoop.fs.s3a.endpoint": "minio.local:9000",
-                       "spark.hadoop.fs.s3a.path.style.access": "false"}.get)["scheme"] == "https"
-    assert s3_options({}.get, env={}) == {}  # pyarrow's AWS credential chain, AWS's endpoint
-    assert s3_options({}.get, env={"AWS_ENDPOINT_URL_S3": "http://minio:9000", "AWS_REGION": "eu-west-1"}) == {
+    conf = {"spark.hadoop.fs.s3a.endpoint": "minio.local:9000", "spark.hadoop.fs.s3a.path.style.access": "false"}
+    assert s3_options(lambda k: conf.get(k))["scheme"] == "https"
+    assert s3_options(lambda k: None, env={}) == {}  # pyarrow's AWS credential chain, AWS's endpoint
+    assert s3_options(lambda k: None, env={"AWS_ENDPOINT_URL_S3": "http://minio:9000", "AWS_REGION": "eu-west-1"}) == {
         "endpoint_override": "minio:9000", "scheme": "http", "region": "eu-west-1"}
 
 

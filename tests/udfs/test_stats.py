@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pyarrow as pa
 
@@ -9,7 +10,7 @@ from batchscore.core.columns import STATS_COLUMN
 from batchscore.udfs.lanes.scoring import STATS_FIELD, scored_with_stats
 from batchscore.udfs.lanes.stats import merge_stats, merged_stats, stats_json, stats_of_rows
 
-TASKS = [
+TASKS: list[dict[str, Any]] = [
     {"rows": 100, "rows_bad": 2, "model_calls": 4, "max_call_rows": 32, "max_batch_rows": 100,
      "first_task_at": 10.0, "last_task_end_at": 12.5, "loads": {"h:1": 1}, "model_load_s": {"h:1": 0.5},
      "peak_rss_mb": {"h:1": 300.0}, "host_loads": {"e1/0": 1}, "devices": {"h:1": "CPU:0"}, "corrupt_files": 1},
