@@ -56,6 +56,14 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory):
     server.stop(port, folder=folder)
 
 
+@pytest.fixture(autouse=True)
+def _classic_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job run in this process on Spark Connect marks the process as a Connect client
+    (SPARK_CONNECT_MODE_ENABLED, as pyspark's builder does); the mark ends with its test, so the
+    tests' classic session keeps building classic plans."""
+    monkeypatch.delenv("SPARK_CONNECT_MODE_ENABLED", raising=False)
+
+
 @pytest.fixture
 def connect_spark(connect_server: str):
     """A new Spark Connect client session on `connect_server`, closed after the test (the server runs on)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from batchscore.core.session_kind import is_connect
 from batchscore.core.storage import HDFS_SCHEMES, pyarrow_fs, pyarrow_uri
 from batchscore.run.cluster import default_parallelism, live_task_slots, master, spark_conf
 from batchscore.udfs.lanes.arrow import ArrowPlan
@@ -113,6 +114,9 @@ def plan_dataframe_tasks(df: Any, slots: Slots, *, batch_size: int) -> TaskPlann
     weights, unit = (partition_weights(splits) if splits is not None else (None, ""))
     parts = len(splits) if splits is not None else _partitions(df)
     target = TASKS_PER_SLOT * slots.count
+    if parts is None:
+        return TaskPlanning(slots.count, slots.source, 0, 0, False,
+                            "input partitions not known to a Spark Connect client: Spark's own split kept")
     keep = TaskPlanning(slots.count, slots.source, parts, parts, False, "")
     if weights is not None and unit == "rows" and sum(weights) < batch_size * slots.count:
         return _with(keep, f"{int(sum(weights))} rows: fewer than one model call per slot")
@@ -132,10 +136,13 @@ def _with(p: TaskPlanning, reason: str, *, tasks: int | None = None) -> TaskPlan
     return TaskPlanning(p.slots, p.slots_source, p.input_partitions, tasks or p.tasks, tasks is not None, reason)
 
 
-def _partitions(df: Any) -> int:
+def _partitions(df: Any) -> int | None:
+    """The DataFrame's partitions; None under Spark Connect (no JVM plan, no RDD API)."""
+    if is_connect(df.sparkSession):
+        return None
     try:
         return int(df._jdf.queryExecution().toRdd().getNumPartitions())
-    except Exception:  # noqa: BLE001 - no JVM DataFrame here (Spark Connect): ask the RDD API
+    except Exception:  # noqa: BLE001 - Spark internals changed: ask the RDD API
         return int(df.rdd.getNumPartitions())
 
 

@@ -208,6 +208,9 @@ def _connect_session(url: str, conf: Mapping[str, str], given: Mapping[str, Any]
     from pyspark.sql.connect.session import SparkSession as ConnectSession  # noqa: PLC0415 - the connect client's deps are optional
 
     spark = ConnectSession.builder.remote(url).create()  # the job's own: never another session at another address
+    # pyspark's own builder marks a process that talks Spark Connect so `pyspark.sql.functions`, UDFs and
+    # Observation build Connect plans (`pyspark.sql.utils.is_remote`); its `.create()` above does not.
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
     ignored = [k for k in conf if not k.startswith("spark.sql.") and k in given and k != REMOTE_KEY]
     for key, value in conf.items():
         if key.startswith("spark.sql."):
