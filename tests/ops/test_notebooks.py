@@ -1,14 +1,18 @@
 """The Databricks notebooks in notebooks/, executed top to bottom on local Spark, cell by cell.
 
 Each notebook is split on its `# COMMAND ----------` separators and every code cell is
-exec'd in one namespace holding `spark` (the tests' session), as Databricks runs them:
-the working directory is the notebook's folder, `__file__` is unset and there is no
-`dbutils`, so the widgets' stand-in reads `BATCHSCORE_WIDGET_<NAME>`.
+exec'd in one namespace holding `spark`, as Databricks runs them: the working directory is
+the notebook's folder, `__file__` is unset and there is no `dbutils`, so the widgets'
+stand-in reads `BATCHSCORE_WIDGET_<NAME>`. `spark` is the tests' classic session, or a
+Spark Connect session on the local server (what Databricks serverless and standard access
+mode hand a notebook; the process marked as a Connect client while the notebook runs).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import py_compile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from batchscore.core.session_kind import is_connect
 from tests import support
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +58,28 @@ def run_notebook(path: Path, spark: Any, widgets: dict[str, str], monkeypatch: p
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
-    assert namespace["own_session"] is False and not spark.sparkContext._jsc.sc().isStopped()
+    assert namespace["own_session"] is False
+    if not is_connect(spark):
+        assert not spark.sparkContext._jsc.sc().isStopped()
     return namespace
+
+
+@contextlib.contextmanager
+def notebook_session(kind: str, spark: Any, request: pytest.FixtureRequest) -> Iterator[tuple[Any, pytest.MonkeyPatch]]:
+    """The session a notebook gets: the tests' classic one, or a new Spark Connect client session
+    (the process marked as pyspark's builder marks a Connect client, until the block ends)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if kind == "classic":
+            yield spark, mp
+            return
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+        mp.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
+        session = ConnectSession.builder.remote(request.getfixturevalue("connect_server")).create()
+        try:
+            yield session, mp
+        finally:
+            session.stop()
 
 
 _SQL_KEYS = ("spark.sql.shuffle.partitions", "spark.sql.execution.arrow.maxRecordsPerBatch",
@@ -72,17 +97,18 @@ def test_notebooks_are_databricks_source(name: str, tmp_path: Path) -> None:
     py_compile.compile(str(path), cfile=str(tmp_path / "nb.pyc"), doraise=True)
 
 
-@pytest.fixture(scope="module")
-def scored(spark: Any, demo_input: str, demo_model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The score notebook run once for one day of the demo input."""
+@pytest.fixture(scope="module", params=["classic", "connect"])
+def scored(request: pytest.FixtureRequest, spark: Any, demo_input: str, demo_model: str,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The score notebook run once for one day of the demo input, on each kind of session."""
     out = str(tmp_path_factory.mktemp("nb") / "predictions")
-    with pytest.MonkeyPatch.context() as mp:
-        ns = run_notebook(NOTEBOOKS / "score.py", spark, {
+    with notebook_session(request.param, spark, request) as (session, mp):
+        ns = run_notebook(NOTEBOOKS / "score.py", session, {
             "config": str(ROOT / "conf" / "demo.yaml"),
             "input_path": demo_input, "model_path": demo_model, "output_path": out,
             "filter": f"as_of_date = '{DAY}'",
         }, mp)
-    return {"output": out, "namespace": ns}
+    return {"output": out, "namespace": ns, "kind": request.param}
 
 
 def test_score_notebook_writes_the_days_predictions(scored: dict[str, Any], demo_table: pa.Table,
@@ -110,12 +136,13 @@ def _auc_pairwise(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def test_evaluate_notebook_metrics(spark: Any, scored: dict[str, Any], demo_table: pa.Table,
-                                   demo_reference: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                   demo_reference: np.ndarray, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     metrics_path = str(tmp_path / "metrics")
-    ns = run_notebook(NOTEBOOKS / "evaluate.py", spark, {
-        "predictions_path": scored["output"], "label": "defaulted", "score": "default_probability",
-        "threshold": "0.3", "metrics_path": metrics_path,
-    }, monkeypatch)
+    with notebook_session(scored["kind"], spark, request) as (session, mp):
+        ns = run_notebook(NOTEBOOKS / "evaluate.py", session, {
+            "predictions_path": scored["output"], "label": "defaulted", "score": "default_probability",
+            "threshold": "0.3", "metrics_path": metrics_path,
+        }, mp)
     # Expected, from the demo rows and bare TF, not from the notebook's output.
     ids = np.flatnonzero(np.asarray(demo_table.column("as_of_date").to_pylist()) == DAY)
     labels = demo_table.column("defaulted").to_numpy()[ids].astype(bool)
