@@ -7,9 +7,9 @@
 # MAGIC manifest and a sample of the predictions. `notebooks/evaluate.py` then measures them.
 # MAGIC
 # MAGIC * **On Databricks**: open this file from a Git folder holding the repository (or install
-# MAGIC   the `batchscore` wheel on the cluster). Use a cluster in *Dedicated* access mode with a
-# MAGIC   Databricks Runtime ML, and see `conf/databricks.yaml` for the paths and the cluster's
-# MAGIC   Spark config. Set the widgets, then *Run all*.
+# MAGIC   the `batchscore` wheel on the cluster). Any access mode works (Dedicated, Standard or
+# MAGIC   serverless: the last two hand the notebook a Spark Connect session); see
+# MAGIC   `conf/databricks.yaml` for the paths and the cluster's Spark config. Set the widgets, then *Run all*.
 # MAGIC * **Anywhere else**: `python notebooks/score.py` from the repository root after
 # MAGIC   `make demo`. The widgets keep their defaults, or take environment variables
 # MAGIC   `BATCHSCORE_WIDGET_<NAME>` (e.g. `BATCHSCORE_WIDGET_OUTPUT_PATH`).
