@@ -41,13 +41,15 @@ class TaskPlanning:
 
     slots: int
     slots_source: str
-    input_partitions: int  # DataFrame lane: Spark's partitions of the input; Arrow lane: input files
-    tasks: int  # scoring tasks
+    input_partitions: int  # DataFrame lane: Spark's partitions of the input (0: not known); Arrow lane: input files
+    tasks: int  # scoring tasks (0: Spark's own split, not known to a Spark Connect client)
     rebalanced: bool
     reason: str
 
     def log_line(self, lane: str) -> str:
         verdict = f"rebalanced ({self.reason})" if self.rebalanced else f"not rebalanced ({self.reason})"
+        if not self.tasks:
+            return f"planning: {self.slots} task slot(s) ({self.slots_source}), the {lane} lane, {verdict}"
         return (f"planning: {self.slots} task slot(s) ({self.slots_source}), {self.input_partitions} input "
                 f"partition(s) -> {self.tasks} scoring task(s) in the {lane} lane, {verdict}")
 
