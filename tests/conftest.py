@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -62,11 +62,14 @@ def connect_server(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(autouse=True)
-def _classic_process(monkeypatch: pytest.MonkeyPatch) -> None:
+def _classic_process() -> Iterator[None]:
     """A job run in this process on Spark Connect marks the process as a Connect client
     (SPARK_CONNECT_MODE_ENABLED, as pyspark's builder does); the mark ends with its test, so the
-    tests' classic session keeps building classic plans."""
-    monkeypatch.delenv("SPARK_CONNECT_MODE_ENABLED", raising=False)
+    tests' classic session keeps building classic plans. (Popped, not monkeypatched: a
+    monkeypatch of an absent variable records nothing to undo.)"""
+    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
+    yield
+    os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
 
 
 @pytest.fixture

@@ -375,3 +375,13 @@ def test_more_workers_than_task_slots_exits_2_naming_the_key(spark, tmp_path, bi
     assert train_job.main(["--config", config, "--quiet"], spark=spark) == 2  # local[2]: two slots
     assert capsys.readouterr().err.strip() == ("error: config key 'train.workers' 3 is more than the cluster's 2 task "
                                                "slots (barrier tasks all run at once)")
+
+
+def test_multi_worker_under_spark_connect_exits_2_saying_what_to_use(tmp_path, binary_data, connect_server, capsys):
+    data, _ = binary_data
+    config = write_config(tmp_path, data, str(tmp_path / "model"), strategy="multi_worker", workers=2)
+    assert train_job.main(["--config", config, "--remote", connect_server, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "multi_worker needs a classic Spark session" in err[0], err
+    assert "train.strategy default or mirrored" in err[0]
+    assert not os.path.exists(tmp_path / "model")
