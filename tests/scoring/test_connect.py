@@ -273,9 +273,17 @@ def test_manifests_agree_on_both_kinds_of_session(twin_runs: dict[tuple[str, str
     a, b = flat(classic), flat(connect)
     assert set(a) == set(b) and EXCLUDED <= set(a)
     differing = {k: (a[k], b[k]) for k in a if k not in EXCLUDED and a[k] != b[k]}
+    if lane == "dataframe":
+        # A client cannot see the input's partitions: Spark's own split is kept, and the manifest says
+        # so (0: not counted); the classic session counted them, and kept its split too.
+        assert {k: v[1] for k, v in differing.items()} == {
+            "planning.input_partitions": 0, "planning.tasks": 0,
+            "planning.reason": "input partitions not known to a Spark Connect client: Spark's own split kept"}
+        assert a["planning.input_partitions"] == a["planning.tasks"] >= 1 and a["planning.rebalanced"] is False
+        differing = {}
     assert differing == {}, differing
     assert (connect.rows_in, connect.rows_scored, connect.lane) == (1200, 1200, lane)  # not equal by being empty
-    assert connect.model_calls > 0 and connect.planning.tasks
+    assert connect.model_calls > 0 and classic.planning.tasks
 
     # Each kind's own: the slots a client cannot count from executors come from default parallelism.
     assert (classic.planning.slots_source, connect.planning.slots_source) == ("executors", "default_parallelism")
