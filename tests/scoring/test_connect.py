@@ -161,6 +161,7 @@ def test_every_row_lands_once_in_output_or_quarantine(runner: Runner, multi_mode
     np.testing.assert_array_equal(scored.column("id").to_numpy(), good)
     expected = support.tf_predict(multi_model, support.multi_inputs(table.take(good)))
     assert support.max_abs_diff(scored.column("score").to_numpy(), expected["score"]) <= TOL
+    assert manifest.output.quarantine_path is not None
     q = support.read_output(manifest.output.quarantine_path.removeprefix("file:"))
     assert dict(zip(q.column("id").to_pylist(), q.column("reason").to_pylist(), strict=True)) == bad
     assert (manifest.rows_in, manifest.rows_scored, manifest.rows_quarantined) == (120, 117, 3)
