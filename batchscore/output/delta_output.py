@@ -132,7 +132,8 @@ def commit_ok_rows(spark: Any, fs: FileSystem, *, staging: str, scored: Any, out
             return DeltaCommit(None, 0)  # nothing rescored: no partition to replace
         writer = writer.mode("overwrite").option("replaceWhere", replace_where(rescored, schema))
     else:  # overwrite_partitions of a table not there yet: it is made
-        writer = writer.mode({"error": "errorifexists", "overwrite_partitions": "overwrite"}.get(mode, mode))
+        # "error", not its alias "errorifexists": Spark Connect's writer knows the first only
+        writer = writer.mode("overwrite" if mode == "overwrite_partitions" else mode)
     before = latest_commit(spark, fs, out_path)
     try:
         writer.save(out_path)
