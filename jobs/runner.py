@@ -129,7 +129,7 @@ def run_job(job: Job, argv: list[str] | None = None, *, spark: Any = None) -> in
     except Exception as e:  # noqa: BLE001 - the job's last word: one line and its exit code
         return (job.failure or _failure(job.what))(e)
     finally:
-        if built and owns:
+        if built and (owns or _is_connect(run.spark)):  # a Connect session built here is this job's alone
             _stop_session(run)
     return code
 
@@ -151,6 +151,12 @@ def _failure(what: str) -> Callable[[Exception], int]:
         return 1
 
     return failed
+
+
+def _is_connect(spark: Any) -> bool:
+    from batchscore.core.session_kind import is_connect  # noqa: PLC0415 - only jobs that use Spark
+
+    return is_connect(spark)
 
 
 def _session_is_shared() -> bool:
