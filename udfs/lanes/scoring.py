@@ -273,7 +273,9 @@ def scored_with_stats(
     one, `STATS_FIELD` last; the row takes the batches' own (an Arrow stream keeps one schema)."""
     stream_schema = schema
     for batch in scored:
-        out = batch.append_column(STATS_FIELD, pa.nulls(batch.num_rows, pa.string()))
+        # RecordBatch.append_column is pyarrow 15+: built from the columns on every stack
+        out = pa.RecordBatch.from_arrays([*batch.columns, pa.nulls(batch.num_rows, pa.string())],
+                                         schema=batch.schema.append(STATS_FIELD))
         stream_schema = out.schema
         yield out
     row = [pa.array([stats_json({**stats, "tasks": 1})], pa.string()) if f.name == STATS_COLUMN
