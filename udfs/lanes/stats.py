@@ -85,7 +85,10 @@ class TaskStats:
         if self._observation is not None:
             raise ValueError("a TaskStats observes one DataFrame; make one per score_dataframe call")
         self._observation = Observation(f"bs_stats_{uuid.uuid4().hex[:12]}")
-        observed = scored.observe(self._observation, F.collect_list(STATS_COLUMN).alias(STATS_COLUMN))
+        # one string, not the list itself: Spark 3.5's Observation hands a list back as a JVM object.
+        # A stats row's JSON has no newline (stats_json), so the newline joins them unambiguously.
+        joined = F.concat_ws("\n", F.collect_list(STATS_COLUMN)).alias(STATS_COLUMN)
+        observed = scored.observe(self._observation, joined)
         return observed.filter(F.col(STATS_COLUMN).isNull()).drop(STATS_COLUMN)
 
     @property
@@ -93,7 +96,7 @@ class TaskStats:
         """The merged counters; waits for the first action on the observed DataFrame to end."""
         if self._observation is None:
             return {}
-        return stats_of_rows(self._observation.get.get(STATS_COLUMN) or [])
+        return stats_of_rows((self._observation.get.get(STATS_COLUMN) or "").split("\n"))
 
 
 def model_loads(stats: dict[str, Any]) -> int:
