@@ -1,4 +1,4 @@
-"""A Spark application of its own for the model-host lifecycle tests (tests/udfs/test_model_host.py).
+"""A Spark application of its own for the model-host lifecycle tests (tests/processes/test_model_host.py).
 
     python -m tests.support.host_app INPUT MODEL OUTPUT
 
