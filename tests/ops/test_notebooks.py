@@ -72,10 +72,11 @@ def notebook_session(kind: str, spark: Any, request: pytest.FixtureRequest) -> I
         if kind == "classic":
             yield spark, mp
             return
+        url = request.getfixturevalue("connect_server")  # skips on a stack without Spark Connect
         from pyspark.sql.connect.session import SparkSession as ConnectSession
 
         mp.setenv("SPARK_CONNECT_MODE_ENABLED", "1")
-        session = ConnectSession.builder.remote(request.getfixturevalue("connect_server")).create()
+        session = ConnectSession.builder.remote(url).create()
         try:
             yield session, mp
         finally:

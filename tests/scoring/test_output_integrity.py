@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
+from batchscore.core.compat import spark_version
 from batchscore.core.errors import BadRowsError, ConfigError, InputError, SchemaError
 from batchscore.output.manifest import RunManifest
 from batchscore.run.steps import run_scoring
@@ -311,8 +312,9 @@ def test_task_failing_after_its_stats_row_counts_once(rel_model, tmp_path, lane)
                  "model.batch_size=1"]
     proc = run_job(tmp_path, overrides, "exit-after-stats:0")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("fault_launcher: exit after the stats row of partition 0") == 1, proc.stderr[-3000:]
-    tasks = task_events(events)
+    if spark_version() >= (4, 0):  # Spark 3.5's Python workers' stderr does not reach the job's here
+        assert proc.stderr.count("fault_launcher: exit after the stats row of partition 0") == 1, proc.stderr[-3000:]
+    tasks = task_events(events)  # the event log: attempt 0 of partition 0 crashed, a later one succeeded
     crashed = [t for t in tasks if t["failed"] and t["index"] == 0 and t["attempt"] == 0]
     assert crashed, f"the injected worker exit did not happen: {tasks}"
     assert any(t["stage"] == crashed[0]["stage"] and t["index"] == 0 and t["attempt"] >= 1

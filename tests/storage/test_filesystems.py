@@ -168,6 +168,7 @@ def _check_commit_run(fs: FileSystem, out: str) -> None:
 
 
 def test_filesystem_for_picks_by_the_session_kind(spark) -> None:
+    pytest.importorskip("grpc_status", reason="the Spark Connect client's deps are installed on the current stack")
     from pyspark.sql.connect.session import SparkSession as ConnectSession
 
     assert isinstance(filesystem_for(spark), HadoopFs)
