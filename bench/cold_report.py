@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench.coldrun import LABELS
@@ -166,13 +166,15 @@ def chart(res: dict[str, Any], path: str, labels: Mapping[str, str] = LABELS,
     plt.close(fig)
 
 
-def write_all(res: dict[str, Any], directory: str, name: str) -> list[str]:
-    """`<directory>/<name>.json|md|png`; returns the paths written."""
+def write_all(res: dict[str, Any], directory: str, name: str, *, text: str | None = None,
+              draw: Callable[[dict[str, Any], str], None] | None = None) -> list[str]:
+    """`<directory>/<name>.json|md|png` (the Markdown `text` and the chart's `draw` default to
+    this report's); returns the paths written."""
     os.makedirs(directory, exist_ok=True)
     base = os.path.join(directory, name)
     with open(base + ".json", "w") as fh:
         json.dump(res, fh, indent=1, default=str)
     with open(base + ".md", "w") as fh:
-        fh.write(markdown(res))
-    chart(res, base + ".png")
+        fh.write(markdown(res) if text is None else text)
+    (draw or chart)(res, base + ".png")
     return [base + ".json", base + ".md", base + ".png"]

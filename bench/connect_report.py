@@ -5,11 +5,10 @@ summary (bench/coldstats.py), so the arithmetic is tested without Spark.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 from bench.cold_report import _f, chart, fits_table, points_table, runs_table
+from bench.cold_report import write_all as cold_write_all
 from bench.report import _compact, _machine_line
 
 BARE, OURS, PBU = "bare_tf", "arrow_lane_connect", "predict_batch_udf_connect"
@@ -128,12 +127,8 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def write_all(res: dict[str, Any], directory: str, name: str) -> list[str]:
-    """`<directory>/<name>.json|md|png`; returns the paths written."""
-    os.makedirs(directory, exist_ok=True)
-    base = os.path.join(directory, name)
-    with open(base + ".json", "w") as fh:
-        json.dump(res, fh, indent=1, default=str)
-    with open(base + ".md", "w") as fh:
-        fh.write(markdown(res))
-    chart(res, base + ".png", LABELS, title="Warm Connect server: medians, runs, fits (bare TF cold)")
-    return [base + ".json", base + ".md", base + ".png"]
+    """`<directory>/<name>.json|md|png`, as the cold report writes them; returns the paths written."""
+    def draw(r: dict[str, Any], path: str) -> None:
+        chart(r, path, LABELS, title="Warm Connect server: medians, runs, fits (bare TF cold)")
+
+    return cold_write_all(res, directory, name, text=markdown(res), draw=draw)

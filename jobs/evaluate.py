@@ -14,9 +14,8 @@ import sys
 from typing import Any
 
 from batchscore.core.choices import TASKS
-from batchscore.core.errors import ConfigError
 from batchscore.evaluation.gates import failed_gates, parse_gate
-from batchscore.jobs.runner import Job, Run, run_job
+from batchscore.jobs.runner import Job, Run, conf_pairs, run_job
 
 __all__ = ["GATE_FAILED_EXIT", "main"]
 
@@ -47,13 +46,7 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 
 def _spark_conf(run: Run) -> dict[str, str]:
-    conf = {"spark.master": "local[*]"}
-    for pair in run.args.conf:
-        k, sep, v = pair.partition("=")
-        if not sep or not k.strip():
-            raise ConfigError(f"--conf {pair!r}: expected KEY=VALUE")
-        conf[k.strip()] = v
-    return conf
+    return {"spark.master": "local[*]", **conf_pairs(run.args.conf)}
 
 
 def _evaluate(run: Run) -> tuple[Any, str, list[str]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchscore.core.clock import Clock
-from batchscore.core.errors import BatchscoreError
+from batchscore.core.errors import BatchscoreError, ConfigError
 from batchscore.core.spark_errors import one_line, translate_spark_error
 from batchscore.session.tf_logs import tensorflow_logs
 
@@ -132,6 +132,17 @@ def run_job(job: Job, argv: list[str] | None = None, *, spark: Any = None) -> in
         if built and (owns or _is_connect(run.spark)):  # a Connect session built here is this job's alone
             _stop_session(run)
     return code
+
+
+def conf_pairs(items: list[str]) -> dict[str, str]:
+    """`--conf KEY=VALUE` options as a mapping; a malformed one is a one-line ConfigError."""
+    conf: dict[str, str] = {}
+    for pair in items:
+        k, sep, v = pair.partition("=")
+        if not sep or not k.strip():
+            raise ConfigError(f"--conf {pair!r}: expected KEY=VALUE")
+        conf[k.strip()] = v
+    return conf
 
 
 def user_error(e: Exception) -> BatchscoreError | None:

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from batchscore.core.errors import ConfigError
-from batchscore.jobs.runner import Job, Run, run_job
+from batchscore.jobs.runner import Job, Run, conf_pairs, run_job
 from batchscore.session import connect_server
 
 NOT_RUNNING_EXIT = 1
@@ -34,13 +34,7 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 
 def _pairs(run: Run) -> dict[str, str]:
-    conf: dict[str, str] = {}
-    for pair in run.args.conf:
-        k, sep, v = pair.partition("=")
-        if not sep or not k.strip():
-            raise ConfigError(f"--conf {pair!r}: expected KEY=VALUE")
-        conf[k.strip()] = v
-    return conf
+    return conf_pairs(run.args.conf)
 
 
 def _load(run: Run) -> dict[str, str]:
